@@ -1,0 +1,319 @@
+//! The pool actor: the one task that creates connections and, while the runtime lives, closes
+//! them. A thin driver: it turns messages, finished jobs and timer ticks into calls on the
+//! shared bookkeeping.
+
+use std::future::{poll_fn, Future};
+use std::panic::AssertUnwindSafe;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::Poll;
+
+use futures_lite::FutureExt;
+
+use crate::error::CreateFailure;
+use crate::ledger::{plan_growth, Ending};
+use crate::manager::Manager;
+use crate::pool::{Idle, Shared};
+use crate::runtime::{timed, BoxFuture};
+use crate::status::CloseCause;
+
+/// Messages to the actor.
+pub(crate) enum Msg<C> {
+    /// A caller is waiting and the pool has room: create.
+    Grow,
+    /// A slot was freed outside the actor (a detach): serve waiters, or finish a close.
+    Freed,
+    /// A connection that must not be reused: close it gracefully.
+    Retire { conn: C, from_guard: bool },
+    /// Close the pool.
+    Close,
+}
+
+type Creation<C, E> = Pin<Box<dyn Future<Output = (Result<C, CreateFailure<E>>, bool)> + Send>>;
+
+/// Holds a connection while it is being shut down. Whatever ends the shutdown — success,
+/// error, timeout, or the future being dropped by a runtime teardown — `close` runs exactly
+/// once.
+struct Closing<M: Manager> {
+    shared: Arc<Shared<M>>,
+    conn: Option<M::Connection>,
+}
+
+impl<M: Manager> Closing<M> {
+    fn finish(mut self, graceful: bool) {
+        let conn = self.conn.take().expect("finish runs once, with the connection");
+        let shared = &self.shared;
+        let ending = match std::panic::catch_unwind(AssertUnwindSafe(|| shared.manager.close(conn))) {
+            Ok(Ok(())) if graceful => Ending::Graceful,
+            Ok(Ok(())) => Ending::Sync,
+            _ => Ending::Failed,
+        };
+        shared.ledger.record_end(ending);
+    }
+}
+
+impl<M: Manager> Drop for Closing<M> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.shared.close_sync(conn);
+        }
+    }
+}
+
+async fn shut_down<M: Manager>(shared: Arc<Shared<M>>, conn: M::Connection) {
+    let mut closing = Closing {
+        shared: shared.clone(),
+        conn: Some(conn),
+    };
+    let farewell = AssertUnwindSafe(
+        shared
+            .manager
+            .shutdown(closing.conn.as_mut().expect("set just above")),
+    )
+    .catch_unwind();
+    let said = timed(&*shared.runtime, shared.config.shutdown_timeout, farewell).await;
+    closing.finish(matches!(said, Some(Ok(Ok(())))));
+}
+
+async fn create<M: Manager>(shared: Arc<Shared<M>>) -> Result<M::Connection, CreateFailure<M::Error>> {
+    let attempt = AssertUnwindSafe(shared.manager.create()).catch_unwind();
+    match timed(&*shared.runtime, shared.config.create_timeout, attempt).await {
+        Some(Ok(Ok(conn))) => Ok(conn),
+        Some(Ok(Err(e))) => Err(CreateFailure::Backend(e)),
+        Some(Err(_panic)) => Err(CreateFailure::Panicked),
+        None => Err(CreateFailure::Timeout(
+            shared.config.create_timeout.expect("only a set timeout can expire"),
+        )),
+    }
+}
+
+enum Event<M: Manager> {
+    Created(Result<M::Connection, CreateFailure<M::Error>>, bool),
+    ShutDown,
+    Msg(Msg<M::Connection>),
+    MailboxClosed,
+    Tick,
+    Deadline,
+}
+
+pub(crate) struct PoolActor<M: Manager> {
+    shared: Arc<Shared<M>>,
+    creating: Vec<Creation<M::Connection, M::Error>>,
+    closing: Vec<BoxFuture>,
+    deadline: Option<BoxFuture>,
+}
+
+impl<M: Manager> PoolActor<M> {
+    pub(crate) fn new(shared: Arc<Shared<M>>) -> Self {
+        shared.ledger.set_actor_alive(true);
+        PoolActor {
+            shared,
+            creating: Vec::new(),
+            closing: Vec::new(),
+            deadline: None,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let shared = self.shared.clone();
+        let interval = shared.config.maintenance_interval;
+        let mut tick = shared.runtime.sleep(interval);
+        shared.ledger.tick_clock();
+        self.grow();
+        loop {
+            let event = {
+                let mut mail = pin!(shared.mailbox_rx.recv());
+                poll_fn(|cx| -> Poll<Event<M>> {
+                    if let Some(done) = poll_any(&mut self.creating, cx) {
+                        return Poll::Ready(Event::Created(done.0, done.1));
+                    }
+                    if poll_any(&mut self.closing, cx).is_some() {
+                        return Poll::Ready(Event::ShutDown);
+                    }
+                    if let Poll::Ready(r) = mail.as_mut().poll(cx) {
+                        return Poll::Ready(r.map_or(Event::MailboxClosed, Event::Msg));
+                    }
+                    if let Some(deadline) = self.deadline.as_mut() {
+                        if deadline.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Event::Deadline);
+                        }
+                    }
+                    if tick.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Tick);
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            shared.ledger.tick_clock();
+            match event {
+                Event::Created(result, for_waiter) => self.created(result, for_waiter),
+                Event::ShutDown => self.grow(),
+                Event::Msg(Msg::Grow) | Event::Msg(Msg::Freed) => self.grow(),
+                Event::Msg(Msg::Retire { conn, from_guard }) => {
+                    if from_guard {
+                        shared.ledger.check_in();
+                    }
+                    self.retire(conn);
+                }
+                Event::Msg(Msg::Close) => self.start_closing(),
+                Event::Tick => {
+                    self.maintain();
+                    tick = shared.runtime.sleep(interval);
+                }
+                Event::Deadline => {
+                    // Checked-out connections did not all come back in time: finish now.
+                    // They close when their guards drop.
+                    self.finish();
+                    return;
+                }
+                Event::MailboxClosed => {
+                    // The fallback finished the close: nothing is left for the actor to do.
+                    return;
+                }
+            }
+            if !shared.ledger.is_running() && self.closing_done() {
+                self.finish();
+                return;
+            }
+        }
+    }
+
+    fn grow(&mut self) {
+        let shared = &self.shared;
+        if !shared.ledger.is_running() {
+            return;
+        }
+        let growth = plan_growth(
+            shared.ledger.waiters(),
+            shared.idle_rx.len(),
+            self.creating.len(),
+            shared.ledger.slots(),
+            shared.config.max_size,
+            shared.config.min_idle,
+        );
+        for i in 0..growth.for_waiters + growth.for_min_idle {
+            let for_waiter = i < growth.for_waiters;
+            shared.ledger.reserve_slot();
+            let s = shared.clone();
+            self.creating
+                .push(Box::pin(async move { (create(s).await, for_waiter) }));
+        }
+    }
+
+    fn created(&mut self, result: Result<M::Connection, CreateFailure<M::Error>>, for_waiter: bool) {
+        let shared = &self.shared;
+        match result {
+            Ok(conn) => {
+                shared.ledger.record_created();
+                if !shared.ledger.is_running() {
+                    self.retire(conn);
+                    return;
+                }
+                let now = shared.ledger.now_ms();
+                let entry = Idle {
+                    conn,
+                    created_ms: now,
+                    returned_ms: now,
+                };
+                if let Err(e) = shared.idle_tx.try_send(entry) {
+                    self.retire(e.into_inner().conn);
+                }
+            }
+            Err(failure) => {
+                shared.ledger.release_slot();
+                // Hand the failure to a waiter, so it learns why instead of timing out.
+                if for_waiter && shared.ledger.waiters() > 0 {
+                    let _ = shared.failures_tx.try_send(failure);
+                }
+                self.grow();
+            }
+        }
+    }
+
+    fn retire(&mut self, conn: M::Connection) {
+        self.closing
+            .push(Box::pin(shut_down(self.shared.clone(), conn)));
+    }
+
+    /// Reaps idle connections past their idle timeout or lifetime, then tops up.
+    fn maintain(&mut self) {
+        let shared = self.shared.clone();
+        if !shared.ledger.is_running() {
+            return;
+        }
+        if shared.config.idle_timeout.is_some() || shared.config.max_lifetime.is_some() {
+            // Take each idle connection once and put the fresh ones back at the tail.
+            for _ in 0..shared.idle_rx.len() {
+                let Ok(entry) = shared.idle_rx.try_recv() else {
+                    break;
+                };
+                if shared.expired(&entry) {
+                    self.retire(entry.conn);
+                } else if let Err(e) = shared.idle_tx.try_send(entry) {
+                    self.retire(e.into_inner().conn);
+                }
+            }
+        }
+        self.grow();
+    }
+
+    fn start_closing(&mut self) {
+        let shared = self.shared.clone();
+        // Creations under way are abandoned: their futures are dropped, their slots freed.
+        for _ in self.creating.drain(..) {
+            shared.ledger.abandon_slot();
+        }
+        // The idle queue is closed already: what it holds is all it will ever hold.
+        while let Ok(entry) = shared.idle_rx.try_recv() {
+            self.retire(entry.conn);
+        }
+        let started = shared.lock_close().started.map(|(at, _)| at);
+        let left = started.map_or(shared.config.close_deadline, |at| {
+            shared.config.close_deadline.saturating_sub(at.elapsed())
+        });
+        self.deadline = Some(shared.runtime.sleep(left));
+    }
+
+    fn closing_done(&self) -> bool {
+        self.closing.is_empty()
+            && self.shared.ledger.in_use() == 0
+            && self.shared.idle_rx.is_empty()
+    }
+
+    /// Ends the close: connections still being shut down are closed synchronously, then the
+    /// queues are closed and drained and the report written.
+    fn finish(&mut self) {
+        self.closing.clear();
+        self.shared.shutdown_sync(CloseCause::Requested);
+    }
+}
+
+/// Polls every future in `jobs`; removes and returns the output of the first that is ready.
+fn poll_any<T>(
+    jobs: &mut Vec<Pin<Box<dyn Future<Output = T> + Send>>>,
+    cx: &mut std::task::Context<'_>,
+) -> Option<T> {
+    for i in 0..jobs.len() {
+        if let Poll::Ready(out) = jobs[i].as_mut().poll(cx) {
+            drop(jobs.swap_remove(i));
+            return Some(out);
+        }
+    }
+    None
+}
+
+impl<M: Manager> Drop for PoolActor<M> {
+    fn drop(&mut self) {
+        // Runs when the actor finishes, and when a runtime teardown drops its task. Creations
+        // under way are dropped with their futures; connections being shut down are closed
+        // synchronously by their `Closing` holders; then the fallback drains the queues.
+        self.shared.ledger.set_actor_alive(false);
+        for _ in self.creating.drain(..) {
+            self.shared.ledger.abandon_slot();
+        }
+        self.closing.clear();
+        self.deadline = None;
+        self.shared.shutdown_sync(CloseCause::RuntimeGone);
+    }
+}

@@ -1,0 +1,160 @@
+//! The close protocol.
+//!
+//! `Running → Closing → Closed`. The first close request closes the idle queue (waking every
+//! waiter) and asks the actor to close gracefully. The actor closes idle connections with
+//! `shutdown` + `close`, waits up to the close deadline for checked-out ones, then finishes.
+//!
+//! The sync fallback ([`Shared::shutdown_sync`]) finishes the close whenever the actor cannot:
+//! it is gone (its task was dropped), its mailbox is closed, or it did not finish in time. It
+//! closes both queues *first*, so every later send fails and hands its connection back to the
+//! sender, who closes it; then it drains both with `try_recv`, closing each connection with the
+//! manager's synchronous `close`. Nothing can slip in behind the drain, and each connection is
+//! taken by exactly one party. It uses only channel operations, atomics, a mutex and the
+//! manager's `close`: no spawn, no timer, no runtime.
+
+use std::future::{poll_fn, Future};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use event_listener::Listener;
+
+use crate::actor::Msg;
+use crate::manager::Manager;
+use crate::pool::{Pool, Shared};
+use crate::status::{CloseCause, CloseReport};
+
+/// How long a closer waits beyond the close deadline for the actor before it falls back.
+const ACTOR_GRACE: Duration = Duration::from_millis(100);
+
+impl<M: Manager> Shared<M> {
+    /// Requests a close without blocking. Idempotent. Falls back at once if the actor cannot
+    /// be reached.
+    pub(crate) fn begin_close(&self, cause: CloseCause) {
+        if !self.ledger.start_closing() {
+            return;
+        }
+        self.lock_close().started = Some((Instant::now(), cause));
+        // Closing the idle queue wakes every waiter with `Closed`, and makes every later
+        // return fail, so returning guards close their connections instead.
+        self.idle_tx.close();
+        let reached = self.ledger.actor_alive() && self.mailbox_tx.try_send(Msg::Close).is_ok();
+        if !reached {
+            self.shutdown_sync(cause);
+        }
+    }
+
+    /// The sync fallback: finishes the close here and now. Idempotent, callable from any
+    /// thread, any `Drop`, with or without a runtime.
+    pub(crate) fn shutdown_sync(&self, cause: CloseCause) {
+        if self.ledger.start_closing() {
+            self.lock_close().started = Some((Instant::now(), cause));
+        }
+        // Close first, then drain: after `close`, no send can succeed, so the drain sees
+        // everything that will ever be queued.
+        self.idle_tx.close();
+        self.mailbox_tx.close();
+        self.failures_tx.close();
+        while let Ok(entry) = self.idle_rx.try_recv() {
+            self.close_sync(entry.conn);
+        }
+        while let Ok(msg) = self.mailbox_rx.try_recv() {
+            if let Msg::Retire { conn, from_guard } = msg {
+                if from_guard {
+                    self.ledger.check_in();
+                }
+                self.close_sync(conn);
+            }
+        }
+        self.finish_close(true);
+    }
+
+    /// Writes the report once and wakes every closer.
+    pub(crate) fn finish_close(&self, fallback: bool) {
+        let mut close = self.lock_close();
+        if close.report.is_none() {
+            let (started, cause) = close
+                .started
+                .unwrap_or((Instant::now(), CloseCause::Requested));
+            close.report = Some(CloseReport {
+                cause,
+                counters: self.ledger.counters(),
+                checked_out: self.ledger.in_use(),
+                fallback,
+                elapsed: started.elapsed(),
+            });
+            self.ledger.set_closed();
+        }
+        drop(close);
+        self.closed.notify(usize::MAX);
+    }
+
+    fn report(&self) -> Option<CloseReport> {
+        self.lock_close().report
+    }
+
+    /// How long a closer still waits for the actor before falling back.
+    fn patience(&self) -> Duration {
+        let started = self.lock_close().started.map(|(at, _)| at);
+        let total = self.config.close_deadline + ACTOR_GRACE;
+        started.map_or(total, |at| total.saturating_sub(at.elapsed()))
+    }
+}
+
+impl<M: Manager> Pool<M> {
+    /// Closes the pool and waits until it is closed. Idempotent: every caller gets the same
+    /// report.
+    ///
+    /// At once: `get()` starts failing with [`Error::Closed`](crate::Error::Closed), every
+    /// waiter is woken with it, and idle connections are closed. Checked-out connections are
+    /// closed as their guards drop, for up to the close deadline; those still out then are
+    /// closed when their guards drop, and the report counts them in `checked_out`.
+    ///
+    /// Never hangs: if the actor is gone or does not finish by the deadline (a runtime that is
+    /// not being polled), the close finishes here with the synchronous fallback.
+    pub async fn close(&self) -> CloseReport {
+        let shared = &self.shared;
+        shared.begin_close(CloseCause::Requested);
+        if let Some(report) = shared.report() {
+            return report;
+        }
+        let mut listener = shared.closed.listen();
+        if let Some(report) = shared.report() {
+            return report;
+        }
+        let mut timer = shared.runtime.sleep(shared.patience());
+        let finished = poll_fn(|cx| {
+            if std::pin::Pin::new(&mut listener).poll(cx).is_ready() {
+                return Poll::Ready(true);
+            }
+            timer.as_mut().poll(cx).map(|()| false)
+        })
+        .await;
+        if !finished {
+            shared.shutdown_sync(CloseCause::Requested);
+        }
+        shared
+            .report()
+            .expect("a close that finished or fell back has written its report")
+    }
+
+    /// Closes the pool from synchronous code, blocking the thread for at most `patience`.
+    ///
+    /// Needs no runtime and never calls any runtime's `block_on`: it parks the thread until
+    /// the actor finishes the close, and finishes it with the synchronous fallback when the
+    /// actor is gone or `patience` runs out (as it will when called on the very thread that
+    /// should be polling the actor). Idempotent.
+    pub fn close_blocking(&self, patience: Duration) -> CloseReport {
+        let shared = &self.shared;
+        shared.begin_close(CloseCause::Requested);
+        if let Some(report) = shared.report() {
+            return report;
+        }
+        let listener = shared.closed.listen();
+        if shared.report().is_none() && listener.wait_timeout(patience).is_none() {
+            shared.shutdown_sync(CloseCause::Requested);
+        }
+        shared
+            .report()
+            .expect("a close that finished or fell back has written its report")
+    }
+}

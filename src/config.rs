@@ -1,0 +1,113 @@
+//! The pool's knobs, and how they are checked.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::runtime::Runtime;
+
+/// The pool's configuration. Built and checked by [`Builder`](crate::Builder).
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub max_size: usize,
+    pub min_idle: usize,
+    pub wait_timeout: Option<Duration>,
+    pub create_timeout: Option<Duration>,
+    pub check_timeout: Option<Duration>,
+    pub shutdown_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub max_lifetime: Option<Duration>,
+    pub close_deadline: Duration,
+    pub maintenance_interval: Duration,
+    pub check_on_checkout: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_size: 10,
+            min_idle: 0,
+            wait_timeout: Some(Duration::from_secs(30)),
+            create_timeout: Some(Duration::from_secs(30)),
+            check_timeout: Some(Duration::from_secs(5)),
+            shutdown_timeout: Some(Duration::from_secs(5)),
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            close_deadline: Duration::from_secs(30),
+            maintenance_interval: Duration::from_secs(1),
+            check_on_checkout: true,
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn validate(&self, runtime: Option<&Arc<dyn Runtime>>) -> Result<(), ConfigError> {
+        if self.max_size == 0 {
+            return Err(ConfigError::MaxSizeZero);
+        }
+        if self.min_idle > self.max_size {
+            return Err(ConfigError::MinIdleAboveMax {
+                min_idle: self.min_idle,
+                max_size: self.max_size,
+            });
+        }
+        let timeouts = [
+            ("wait_timeout", self.wait_timeout),
+            ("create_timeout", self.create_timeout),
+            ("check_timeout", self.check_timeout),
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("max_lifetime", self.max_lifetime),
+            ("maintenance_interval", Some(self.maintenance_interval)),
+        ];
+        for (name, value) in timeouts {
+            if value == Some(Duration::ZERO) {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if runtime.is_none() {
+            return Err(ConfigError::NoRuntime);
+        }
+        Ok(())
+    }
+}
+
+/// What is wrong with a pool's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// `max_size` is 0: the pool could never hand out a connection.
+    MaxSizeZero,
+    /// `min_idle` is larger than `max_size`.
+    MinIdleAboveMax {
+        /// The configured `min_idle`.
+        min_idle: usize,
+        /// The configured `max_size`.
+        max_size: usize,
+    },
+    /// A duration that must be positive is zero (its builder method's name).
+    ZeroDuration(&'static str),
+    /// No runtime was given to spawn the pool actor on.
+    NoRuntime,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::MaxSizeZero => f.write_str("max_size is 0; it must be at least 1"),
+            ConfigError::MinIdleAboveMax { min_idle, max_size } => write!(
+                f,
+                "min_idle ({min_idle}) is larger than max_size ({max_size}); lower min_idle or raise max_size"
+            ),
+            ConfigError::ZeroDuration(name) => write!(
+                f,
+                "{name} is zero; give a positive duration, or None where the builder allows it"
+            ),
+            ConfigError::NoRuntime => f.write_str(
+                "no runtime given: call Builder::runtime with an adapter (gracepool-tokio, gracepool-smol, gracepool-actix)",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,125 @@
+//! The one error type of the pool's surface.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::ConfigError;
+use crate::runtime::SpawnError;
+
+/// Which manager method a panic or timeout happened in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stage {
+    /// [`Manager::create`](crate::Manager::create).
+    Create,
+    /// [`Manager::check`](crate::Manager::check).
+    Check,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Create => "create",
+            Stage::Check => "check",
+        })
+    }
+}
+
+/// Everything a pool operation can fail with. `E` is the manager's error.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error<E> {
+    /// The pool is closing or closed.
+    Closed,
+    /// The runtime the pool actor ran on has shut down; the pool closed itself.
+    RuntimeGone,
+    /// No connection became available within the wait timeout.
+    Timeout {
+        /// How long the caller waited.
+        waited: Duration,
+    },
+    /// [`Pool::try_get`](crate::Pool::try_get) found no idle connection.
+    Exhausted,
+    /// The manager failed to create a connection.
+    Backend(E),
+    /// A manager method did not finish within its timeout.
+    ManagerTimeout {
+        /// The method that took too long.
+        stage: Stage,
+        /// The timeout it ran into.
+        limit: Duration,
+    },
+    /// A manager method panicked. The panic was contained; the pool keeps working.
+    ManagerPanicked {
+        /// The method that panicked.
+        stage: Stage,
+    },
+    /// The builder's configuration is invalid.
+    Config(ConfigError),
+    /// The runtime refused to start the pool actor.
+    Spawn(SpawnError),
+}
+
+impl<E: fmt::Display> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Closed => f.write_str(
+                "pool is closed: get() after close() or after the last handle was dropped",
+            ),
+            Error::RuntimeGone => f.write_str(
+                "pool is closed: the runtime its actor ran on has shut down; build a new pool on a live runtime",
+            ),
+            Error::Timeout { waited } => write!(
+                f,
+                "no connection became available within {waited:?}: raise max_size or the wait timeout, or hold connections for less time"
+            ),
+            Error::Exhausted => f.write_str(
+                "no idle connection right now: use get() to wait for one",
+            ),
+            Error::Backend(e) => write!(f, "the manager failed to create a connection: {e}"),
+            Error::ManagerTimeout { stage, limit } => write!(
+                f,
+                "the manager's {stage} did not finish within {limit:?}: is the backend reachable? raise the {stage} timeout if it is slow"
+            ),
+            Error::ManagerPanicked { stage } => write!(
+                f,
+                "the manager's {stage} panicked; the panic was contained and the pool keeps working"
+            ),
+            Error::Config(e) => write!(f, "invalid pool configuration: {e}"),
+            Error::Spawn(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Backend(e) => Some(e),
+            Error::Config(e) => Some(e),
+            Error::Spawn(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why a creation failed, as handed from the actor to a waiter.
+pub(crate) enum CreateFailure<E> {
+    Backend(E),
+    Timeout(Duration),
+    Panicked,
+}
+
+impl<E> From<CreateFailure<E>> for Error<E> {
+    fn from(f: CreateFailure<E>) -> Self {
+        match f {
+            CreateFailure::Backend(e) => Error::Backend(e),
+            CreateFailure::Timeout(limit) => Error::ManagerTimeout {
+                stage: Stage::Create,
+                limit,
+            },
+            CreateFailure::Panicked => Error::ManagerPanicked {
+                stage: Stage::Create,
+            },
+        }
+    }
+}

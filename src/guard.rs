@@ -1,0 +1,109 @@
+//! The checked-out connection.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use crate::ledger::Ending;
+use crate::manager::Manager;
+use crate::pool::{Idle, Shared};
+
+/// A connection checked out of a [`Pool`](crate::Pool). Derefs to the connection.
+///
+/// Dropping it returns the connection to the idle queue with no round trip to the actor. The
+/// connection is closed instead when the pool is closing or closed, when the actor is gone
+/// (synchronously, with [`Manager::close`]), or when the guard is dropped while its thread is
+/// panicking (the connection may be in a broken state). Dropping a guard never blocks, spawns
+/// or panics.
+pub struct Pooled<M: Manager> {
+    entry: Option<Idle<M::Connection>>,
+    shared: Arc<Shared<M>>,
+    /// Set while the health check runs: a guard dropped then retires its connection.
+    checking: bool,
+}
+
+impl<M: Manager> Pooled<M> {
+    pub(crate) fn checking(shared: Arc<Shared<M>>, entry: Idle<M::Connection>) -> Self {
+        Pooled {
+            entry: Some(entry),
+            shared,
+            checking: true,
+        }
+    }
+
+    pub(crate) fn checked(&mut self) {
+        self.checking = false;
+    }
+
+    pub(crate) fn conn_mut(&mut self) -> &mut M::Connection {
+        &mut self
+            .entry
+            .as_mut()
+            .expect("a guard holds its connection until it is dropped or detached")
+            .conn
+    }
+
+    /// Takes the connection out of the pool for good. The pool forgets it (it counts as
+    /// `detached`) and its slot is free for a new connection; closing it is now the caller's
+    /// business.
+    pub fn detach(mut this: Self) -> M::Connection {
+        let entry = this
+            .entry
+            .take()
+            .expect("a guard holds its connection until it is dropped or detached");
+        let shared = &this.shared;
+        shared.ledger.check_in();
+        shared.ledger.record_end(Ending::Detached);
+        // A slot is free: the actor may serve a waiter, or finish a close.
+        if shared.ledger.actor_alive() {
+            let _ = shared.mailbox_tx.try_send(crate::actor::Msg::Freed);
+        }
+        entry.conn
+    }
+}
+
+impl<M: Manager> Deref for Pooled<M> {
+    type Target = M::Connection;
+
+    fn deref(&self) -> &M::Connection {
+        &self
+            .entry
+            .as_ref()
+            .expect("a guard holds its connection until it is dropped or detached")
+            .conn
+    }
+}
+
+impl<M: Manager> DerefMut for Pooled<M> {
+    fn deref_mut(&mut self) -> &mut M::Connection {
+        self.conn_mut()
+    }
+}
+
+impl<M: Manager> fmt::Debug for Pooled<M>
+where
+    M::Connection: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Pooled").field(&**self).finish()
+    }
+}
+
+impl<M: Manager> Drop for Pooled<M> {
+    fn drop(&mut self) {
+        let Some(mut entry) = self.entry.take() else {
+            return;
+        };
+        let shared = &self.shared;
+        if self.checking || std::thread::panicking() || !shared.ledger.is_running() {
+            shared.retire(entry.conn, true);
+            return;
+        }
+        entry.returned_ms = shared.ledger.now_ms();
+        match shared.idle_tx.try_send(entry) {
+            Ok(()) => shared.ledger.check_in(),
+            // A closed queue hands the connection back: close started after the check above.
+            Err(e) => shared.retire(e.into_inner().conn, true),
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! The pool's bookkeeping: counts, limits and who may create. Plain data with methods, no
+//! runtime, so it can be tested on its own; the actor and the handles call into it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use std::time::Instant;
+
+use crate::status::{Counters, PoolState};
+
+const RUNNING: u8 = 0;
+const CLOSING: u8 = 1;
+const CLOSED: u8 = 2;
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    Graceful,
+    Sync,
+    Failed,
+    Detached,
+}
+
+/// Shared counts. Every field is an atomic: handles, guards, the actor and the fallback all
+/// touch it, from any thread, with no lock.
+#[derive(Debug)]
+pub(crate) struct Ledger {
+    state: AtomicU8,
+    actor_alive: AtomicBool,
+    /// Connections alive or being created: the figure `max_size` bounds. Only the actor adds.
+    slots: AtomicUsize,
+    in_use: AtomicUsize,
+    waiters: AtomicUsize,
+    handles: AtomicUsize,
+    created: AtomicU64,
+    closed_graceful: AtomicU64,
+    closed_sync: AtomicU64,
+    close_failed: AtomicU64,
+    detached: AtomicU64,
+    create_failed: AtomicU64,
+    check_failed: AtomicU64,
+    /// A coarse clock (milliseconds since `epoch`), advanced by the actor, so the hot path
+    /// never reads the system clock.
+    clock_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Ledger {
+    pub(crate) fn new() -> Self {
+        Ledger {
+            state: AtomicU8::new(RUNNING),
+            actor_alive: AtomicBool::new(false),
+            slots: AtomicUsize::new(0),
+            in_use: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            handles: AtomicUsize::new(1),
+            created: AtomicU64::new(0),
+            closed_graceful: AtomicU64::new(0),
+            closed_sync: AtomicU64::new(0),
+            close_failed: AtomicU64::new(0),
+            detached: AtomicU64::new(0),
+            create_failed: AtomicU64::new(0),
+            check_failed: AtomicU64::new(0),
+            clock_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    // --- state -------------------------------------------------------------------------
+
+    pub(crate) fn state(&self) -> PoolState {
+        match self.state.load(Acquire) {
+            RUNNING => PoolState::Running,
+            CLOSING => PoolState::Closing,
+            _ => PoolState::Closed,
+        }
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.state.load(Acquire) == RUNNING
+    }
+
+    /// `Running → Closing`. True for the one caller that made the move.
+    pub(crate) fn start_closing(&self) -> bool {
+        self.state
+            .compare_exchange(RUNNING, CLOSING, AcqRel, Acquire)
+            .is_ok()
+    }
+
+    pub(crate) fn set_closed(&self) {
+        self.state.store(CLOSED, Release);
+    }
+
+    pub(crate) fn actor_alive(&self) -> bool {
+        self.actor_alive.load(Acquire)
+    }
+
+    pub(crate) fn set_actor_alive(&self, alive: bool) {
+        self.actor_alive.store(alive, Release);
+    }
+
+    // --- handles -----------------------------------------------------------------------
+
+    pub(crate) fn add_handle(&self) {
+        self.handles.fetch_add(1, Relaxed);
+    }
+
+    /// True when the last handle went.
+    pub(crate) fn drop_handle(&self) -> bool {
+        self.handles.fetch_sub(1, AcqRel) == 1
+    }
+
+    // --- sizes -------------------------------------------------------------------------
+
+    pub(crate) fn slots(&self) -> usize {
+        self.slots.load(SeqCst)
+    }
+
+    /// A creation starts (the actor alone calls this).
+    pub(crate) fn reserve_slot(&self) {
+        self.slots.fetch_add(1, SeqCst);
+    }
+
+    /// A creation failed: its slot is free again.
+    pub(crate) fn release_slot(&self) {
+        self.slots.fetch_sub(1, SeqCst);
+        self.create_failed.fetch_add(1, Relaxed);
+    }
+
+    /// A creation was abandoned (close, teardown): its slot is free, nothing failed.
+    pub(crate) fn abandon_slot(&self) {
+        self.slots.fetch_sub(1, SeqCst);
+    }
+
+    pub(crate) fn record_created(&self) {
+        self.created.fetch_add(1, Relaxed);
+    }
+
+    /// A connection reached its end: count it and free its slot.
+    pub(crate) fn record_end(&self, ending: Ending) {
+        let counter = match ending {
+            Ending::Graceful => &self.closed_graceful,
+            Ending::Sync => &self.closed_sync,
+            Ending::Failed => &self.close_failed,
+            Ending::Detached => &self.detached,
+        };
+        counter.fetch_add(1, Relaxed);
+        self.slots.fetch_sub(1, SeqCst);
+    }
+
+    pub(crate) fn record_check_failed(&self) {
+        self.check_failed.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn in_use(&self) -> usize {
+        self.in_use.load(SeqCst)
+    }
+
+    pub(crate) fn check_out(&self) {
+        self.in_use.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn check_in(&self) {
+        self.in_use.fetch_sub(1, SeqCst);
+    }
+
+    pub(crate) fn waiters(&self) -> usize {
+        self.waiters.load(SeqCst)
+    }
+
+    pub(crate) fn add_waiter(&self) {
+        self.waiters.fetch_add(1, SeqCst);
+    }
+
+    pub(crate) fn remove_waiter(&self) {
+        self.waiters.fetch_sub(1, SeqCst);
+    }
+
+    // --- clock -------------------------------------------------------------------------
+
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock_ms.load(Relaxed)
+    }
+
+    pub(crate) fn tick_clock(&self) -> u64 {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.clock_ms.fetch_max(now, Relaxed);
+        now
+    }
+
+    pub(crate) fn counters(&self) -> Counters {
+        Counters {
+            created: self.created.load(Acquire),
+            closed_graceful: self.closed_graceful.load(Acquire),
+            closed_sync: self.closed_sync.load(Acquire),
+            close_failed: self.close_failed.load(Acquire),
+            detached: self.detached.load(Acquire),
+            create_failed: self.create_failed.load(Relaxed),
+            check_failed: self.check_failed.load(Relaxed),
+        }
+    }
+}
+
+/// How many connections the actor should start creating now, and how many of those are for
+/// callers that are waiting (the rest keep `min_idle` warm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Growth {
+    pub for_waiters: usize,
+    pub for_min_idle: usize,
+}
+
+/// The growth rule. `creating` is how many creations are already under way; they count
+/// toward both the waiters' demand and `min_idle`. Never grows past `max_size`.
+pub(crate) fn plan_growth(
+    waiters: usize,
+    idle: usize,
+    creating: usize,
+    slots: usize,
+    max_size: usize,
+    min_idle: usize,
+) -> Growth {
+    let room = max_size.saturating_sub(slots);
+    let for_waiters = waiters.saturating_sub(idle + creating).min(room);
+    let room = room - for_waiters;
+    let for_min_idle = min_idle
+        .saturating_sub(idle + creating + for_waiters)
+        .min(room);
+    Growth {
+        for_waiters,
+        for_min_idle,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_serves_waiters_within_max() {
+        assert_eq!(plan_growth(5, 0, 0, 0, 3, 0), Growth { for_waiters: 3, for_min_idle: 0 });
+        assert_eq!(plan_growth(5, 0, 2, 2, 3, 0), Growth { for_waiters: 1, for_min_idle: 0 });
+        assert_eq!(plan_growth(5, 0, 0, 3, 3, 0), Growth { for_waiters: 0, for_min_idle: 0 });
+    }
+
+    #[test]
+    fn growth_counts_idle_and_creating_against_demand() {
+        assert_eq!(plan_growth(2, 2, 0, 2, 10, 0), Growth { for_waiters: 0, for_min_idle: 0 });
+        assert_eq!(plan_growth(3, 1, 1, 4, 10, 0), Growth { for_waiters: 1, for_min_idle: 0 });
+    }
+
+    #[test]
+    fn growth_keeps_min_idle_warm() {
+        assert_eq!(plan_growth(0, 0, 0, 0, 10, 4), Growth { for_waiters: 0, for_min_idle: 4 });
+        assert_eq!(plan_growth(0, 1, 1, 5, 10, 4), Growth { for_waiters: 0, for_min_idle: 2 });
+        // Demand first, min_idle from what room is left.
+        assert_eq!(plan_growth(2, 0, 0, 7, 10, 4), Growth { for_waiters: 2, for_min_idle: 1 });
+    }
+
+    #[test]
+    fn state_moves_once() {
+        let l = Ledger::new();
+        assert_eq!(l.state(), PoolState::Running);
+        assert!(l.start_closing());
+        assert!(!l.start_closing());
+        assert_eq!(l.state(), PoolState::Closing);
+        l.set_closed();
+        assert_eq!(l.state(), PoolState::Closed);
+        assert!(!l.start_closing());
+    }
+
+    #[test]
+    fn endings_free_slots_and_balance() {
+        let l = Ledger::new();
+        for _ in 0..4 {
+            l.reserve_slot();
+            l.record_created();
+        }
+        l.reserve_slot();
+        l.release_slot();
+        l.record_end(Ending::Graceful);
+        l.record_end(Ending::Sync);
+        l.record_end(Ending::Failed);
+        assert_eq!(l.slots(), 1);
+        assert_eq!(l.counters().open(), 1);
+        l.record_end(Ending::Detached);
+        let c = l.counters();
+        assert_eq!(c.open(), 0);
+        assert_eq!(c.created_failed_check(), (4, 1));
+    }
+
+    #[test]
+    fn last_handle_is_seen_once() {
+        let l = Ledger::new();
+        l.add_handle();
+        assert!(!l.drop_handle());
+        assert!(l.drop_handle());
+    }
+
+    impl Counters {
+        fn created_failed_check(&self) -> (u64, u64) {
+            (self.created, self.create_failed)
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! The pool handle, its builder, and checkout.
+
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::panic::AssertUnwindSafe;
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender, TryRecvError};
+use event_listener::Event;
+use futures_lite::FutureExt;
+
+use crate::actor::{Msg, PoolActor};
+use crate::config::Config;
+use crate::error::{CreateFailure, Error};
+use crate::guard::Pooled;
+use crate::ledger::{Ending, Ledger};
+use crate::manager::Manager;
+use crate::runtime::{timed, BoxFuture, Runtime};
+use crate::status::{CloseCause, CloseReport, PoolState, Status};
+
+/// A connection waiting in the idle queue, with the coarse times the reaper needs.
+pub(crate) struct Idle<C> {
+    pub(crate) conn: C,
+    pub(crate) created_ms: u64,
+    pub(crate) returned_ms: u64,
+}
+
+/// The part every handle, guard and the actor share.
+pub(crate) struct Shared<M: Manager> {
+    pub(crate) manager: M,
+    pub(crate) config: Config,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) ledger: Ledger,
+    pub(crate) idle_tx: Sender<Idle<M::Connection>>,
+    pub(crate) idle_rx: Receiver<Idle<M::Connection>>,
+    /// Creation failures, handed to whichever waiter comes first.
+    pub(crate) failures_tx: Sender<CreateFailure<M::Error>>,
+    pub(crate) failures_rx: Receiver<CreateFailure<M::Error>>,
+    pub(crate) mailbox_tx: Sender<Msg<M::Connection>>,
+    /// Kept here too, so that a closer can drain the mailbox when the actor cannot.
+    pub(crate) mailbox_rx: Receiver<Msg<M::Connection>>,
+    /// Notified when the close finishes.
+    pub(crate) closed: Event,
+    pub(crate) close: Mutex<CloseState>,
+}
+
+/// What the close protocol records under its lock.
+#[derive(Default)]
+pub(crate) struct CloseState {
+    pub(crate) started: Option<(Instant, CloseCause)>,
+    pub(crate) report: Option<CloseReport>,
+}
+
+impl<M: Manager> Shared<M> {
+    /// The error a caller gets once close has started.
+    pub(crate) fn closed_error(&self) -> Error<M::Error> {
+        match self.lock_close().started {
+            Some((_, CloseCause::RuntimeGone)) => Error::RuntimeGone,
+            _ => Error::Closed,
+        }
+    }
+
+    pub(crate) fn lock_close(&self) -> std::sync::MutexGuard<'_, CloseState> {
+        // A panic while the lock was held cannot leave CloseState half-written in a way that
+        // matters: every field is set in one assignment.
+        self.close.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Ends a connection that must not be reused: gracefully through the actor when it is
+    /// alive, else synchronously here. `from_guard` says it was checked out.
+    pub(crate) fn retire(&self, conn: M::Connection, from_guard: bool) {
+        let conn = if self.ledger.actor_alive() {
+            match self.mailbox_tx.try_send(Msg::Retire { conn, from_guard }) {
+                Ok(()) => return,
+                Err(e) => match e.into_inner() {
+                    Msg::Retire { conn, .. } => conn,
+                    _ => unreachable!("try_send hands back the message it was given"),
+                },
+            }
+        } else {
+            conn
+        };
+        if from_guard {
+            self.ledger.check_in();
+        }
+        self.close_sync(conn);
+    }
+
+    /// Closes a connection with the manager's synchronous `close`, containing any panic.
+    /// Needs no runtime; safe in `Drop`.
+    pub(crate) fn close_sync(&self, conn: M::Connection) {
+        let ending = match std::panic::catch_unwind(AssertUnwindSafe(|| self.manager.close(conn))) {
+            Ok(Ok(())) => Ending::Sync,
+            Ok(Err(_)) => Ending::Failed,
+            Err(payload) => {
+                // Dropping a panic payload can itself panic; keep it from unwinding out of here.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+                Ending::Failed
+            }
+        };
+        self.ledger.record_end(ending);
+    }
+
+    pub(crate) fn expired(&self, entry: &Idle<M::Connection>) -> bool {
+        let now = self.ledger.now_ms();
+        let over = |since: u64, limit: Option<Duration>| {
+            limit.is_some_and(|l| now.saturating_sub(since) >= l.as_millis() as u64)
+        };
+        over(entry.created_ms, self.config.max_lifetime)
+            || over(entry.returned_ms, self.config.idle_timeout)
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        Status {
+            max_size: self.config.max_size,
+            size: self.ledger.slots(),
+            idle: self.idle_rx.len(),
+            in_use: self.ledger.in_use(),
+            waiters: self.ledger.waiters(),
+            state: self.ledger.state(),
+            actor_alive: self.ledger.actor_alive(),
+            counters: self.ledger.counters(),
+        }
+    }
+}
+
+impl<M: Manager> Drop for Shared<M> {
+    fn drop(&mut self) {
+        // The last reference: the actor, every handle and every guard are gone. Whatever is
+        // still queued is closed here, synchronously.
+        self.shutdown_sync(CloseCause::LastHandleDropped);
+    }
+}
+
+/// A handle to a connection pool. Cheap to clone, `Send + Sync`.
+///
+/// Dropping the last handle starts a close without blocking; connections checked out at that
+/// moment are closed when their guards drop.
+pub struct Pool<M: Manager> {
+    pub(crate) shared: Arc<Shared<M>>,
+}
+
+impl<M: Manager> Clone for Pool<M> {
+    fn clone(&self) -> Self {
+        self.shared.ledger.add_handle();
+        Pool {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<M: Manager> Drop for Pool<M> {
+    fn drop(&mut self) {
+        if self.shared.ledger.drop_handle() {
+            self.shared.begin_close(CloseCause::LastHandleDropped);
+        }
+    }
+}
+
+impl<M: Manager> fmt::Debug for Pool<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool").field("status", &self.status()).finish()
+    }
+}
+
+/// What one checkout attempt ended with.
+enum Attempt<M: Manager> {
+    Got(Pooled<M>),
+    /// The connection was unusable (expired, failed its check) and was retired: try again.
+    Retry,
+}
+
+impl<M: Manager> Pool<M> {
+    /// Starts configuring a pool for `manager`.
+    pub fn builder(manager: M) -> Builder<M> {
+        Builder {
+            manager,
+            config: Config::default(),
+            runtime: None,
+        }
+    }
+
+    /// Checks a connection out, waiting up to the configured wait timeout.
+    ///
+    /// Takes an idle connection when there is one, with no round trip to the actor; otherwise
+    /// asks the actor to create one (never more than `max_size` alive) and waits, in FIFO order
+    /// with other waiters as far as practical. Fails at once with [`Error::Closed`] after
+    /// close started; a waiter is woken with it when close starts.
+    pub async fn get(&self) -> Result<Pooled<M>, Error<M::Error>> {
+        self.get_inner(self.shared.config.wait_timeout, true).await
+    }
+
+    /// Like [`get`](Pool::get), but waits at most `timeout`.
+    pub async fn get_timeout(&self, timeout: Duration) -> Result<Pooled<M>, Error<M::Error>> {
+        self.get_inner(Some(timeout), true).await
+    }
+
+    /// Checks out an idle connection if there is one, never waiting for a connection to be
+    /// created or returned ([`Error::Exhausted`] then). Still runs the health check.
+    pub async fn try_get(&self) -> Result<Pooled<M>, Error<M::Error>> {
+        self.get_inner(None, false).await
+    }
+
+    /// A snapshot of sizes, waiters, state and counters. Needs no actor round trip.
+    pub fn status(&self) -> Status {
+        self.shared.status()
+    }
+
+    /// Where the pool is in its life.
+    pub fn state(&self) -> PoolState {
+        self.shared.ledger.state()
+    }
+
+    async fn get_inner(
+        &self,
+        timeout: Option<Duration>,
+        wait: bool,
+    ) -> Result<Pooled<M>, Error<M::Error>> {
+        let shared = &self.shared;
+        // Hot path: an idle connection is there.
+        loop {
+            match shared.idle_rx.try_recv() {
+                Ok(entry) => match self.checkout(entry).await? {
+                    Attempt::Got(guard) => return Ok(guard),
+                    Attempt::Retry => continue,
+                },
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => return Err(shared.closed_error()),
+            }
+        }
+        if !shared.ledger.is_running() {
+            return Err(shared.closed_error());
+        }
+        if !wait {
+            self.ask_to_grow();
+            return Err(Error::Exhausted);
+        }
+        self.wait_for_connection(timeout).await
+    }
+
+    /// Wakes the actor to create, unless the pool is already at `max_size` (then a returning
+    /// or closing connection wakes it instead, and it sees our waiter count).
+    fn ask_to_grow(&self) {
+        let shared = &self.shared;
+        if shared.ledger.slots() < shared.config.max_size {
+            let _ = shared.mailbox_tx.try_send(Msg::Grow);
+        }
+    }
+
+    async fn wait_for_connection(
+        &self,
+        timeout: Option<Duration>,
+    ) -> Result<Pooled<M>, Error<M::Error>> {
+        let shared = &self.shared;
+        let started = Instant::now();
+        let _waiting = WaiterMark::new(&shared.ledger);
+        // The waiter is counted before slots are read, and the actor frees a slot before it
+        // reads the waiter count: one of the two sees the other, so no waiter is forgotten.
+        self.ask_to_grow();
+        let mut timer: Option<BoxFuture> = timeout.map(|d| shared.runtime.sleep(d));
+        loop {
+            let event = {
+                let mut idle = pin!(shared.idle_rx.recv());
+                let mut failure = pin!(shared.failures_rx.recv());
+                poll_fn(|cx| {
+                    if let Poll::Ready(r) = idle.as_mut().poll(cx) {
+                        return Poll::Ready(Waited::Idle(r.ok()));
+                    }
+                    if let Poll::Ready(Ok(f)) = failure.as_mut().poll(cx) {
+                        return Poll::Ready(Waited::Failure(f));
+                    }
+                    if let Some(t) = timer.as_mut() {
+                        if t.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Waited::TimedOut);
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            match event {
+                Waited::Idle(Some(entry)) => match self.checkout(entry).await? {
+                    Attempt::Got(guard) => return Ok(guard),
+                    Attempt::Retry => self.ask_to_grow(),
+                },
+                Waited::Idle(None) => return Err(shared.closed_error()),
+                Waited::Failure(f) => return Err(f.into()),
+                Waited::TimedOut => {
+                    return Err(Error::Timeout {
+                        waited: started.elapsed(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Turns an idle entry into a guard: refuses it after close, retires it when expired or
+    /// unhealthy.
+    async fn checkout(&self, entry: Idle<M::Connection>) -> Result<Attempt<M>, Error<M::Error>> {
+        let shared = &self.shared;
+        if !shared.ledger.is_running() {
+            shared.retire(entry.conn, false);
+            return Err(shared.closed_error());
+        }
+        if shared.expired(&entry) {
+            shared.retire(entry.conn, false);
+            return Ok(Attempt::Retry);
+        }
+        shared.ledger.check_out();
+        // From here the guard owns the connection: if this future is dropped mid-check, the
+        // guard retires the connection rather than return it half-checked.
+        let mut guard = Pooled::checking(shared.clone(), entry);
+        if shared.config.check_on_checkout {
+            let check = AssertUnwindSafe(shared.manager.check(guard.conn_mut())).catch_unwind();
+            let healthy = matches!(
+                timed(&*shared.runtime, shared.config.check_timeout, check).await,
+                Some(Ok(Ok(())))
+            );
+            if !healthy {
+                shared.ledger.record_check_failed();
+                drop(guard);
+                return Ok(Attempt::Retry);
+            }
+        }
+        guard.checked();
+        Ok(Attempt::Got(guard))
+    }
+}
+
+enum Waited<C, E> {
+    Idle(Option<Idle<C>>),
+    Failure(CreateFailure<E>),
+    TimedOut,
+}
+
+/// Counts a caller as waiting for as long as it lives.
+struct WaiterMark<'a>(&'a Ledger);
+
+impl<'a> WaiterMark<'a> {
+    fn new(ledger: &'a Ledger) -> Self {
+        ledger.add_waiter();
+        WaiterMark(ledger)
+    }
+}
+
+impl Drop for WaiterMark<'_> {
+    fn drop(&mut self) {
+        self.0.remove_waiter();
+    }
+}
+
+/// Configures and starts a [`Pool`].
+///
+/// Defaults: `max_size` 10, `min_idle` 0, wait timeout 30 s, create timeout 30 s, check
+/// timeout 5 s, shutdown timeout 5 s, idle timeout 10 min, max lifetime 30 min, close deadline
+/// 30 s, maintenance every 1 s, check on checkout. A runtime must be given.
+pub struct Builder<M: Manager> {
+    manager: M,
+    config: Config,
+    runtime: Option<Arc<dyn Runtime>>,
+}
+
+impl<M: Manager> fmt::Debug for Builder<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("config", &self.config)
+            .field("runtime", &self.runtime.is_some())
+            .finish()
+    }
+}
+
+impl<M: Manager> Builder<M> {
+    /// The most connections alive at once, checked out or idle. Must be at least 1.
+    pub fn max_size(mut self, max_size: usize) -> Self {
+        self.config.max_size = max_size;
+        self
+    }
+
+    /// Idle connections the actor creates up front and keeps ready. At most `max_size`.
+    pub fn min_idle(mut self, min_idle: usize) -> Self {
+        self.config.min_idle = min_idle;
+        self
+    }
+
+    /// How long [`Pool::get`] waits for a connection; `None` waits until one comes or the
+    /// pool closes.
+    pub fn wait_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.wait_timeout = timeout.into();
+        self
+    }
+
+    /// How long one [`Manager::create`] may take.
+    pub fn create_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.create_timeout = timeout.into();
+        self
+    }
+
+    /// How long one [`Manager::check`] may take before the connection is closed.
+    pub fn check_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.check_timeout = timeout.into();
+        self
+    }
+
+    /// How long one [`Manager::shutdown`] may take before `close` is called anyway.
+    pub fn shutdown_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.shutdown_timeout = timeout.into();
+        self
+    }
+
+    /// Idle connections unused for this long are closed (checked at the maintenance interval
+    /// and at checkout).
+    pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.config.idle_timeout = timeout.into();
+        self
+    }
+
+    /// Connections older than this are closed instead of reused.
+    pub fn max_lifetime(mut self, lifetime: impl Into<Option<Duration>>) -> Self {
+        self.config.max_lifetime = lifetime.into();
+        self
+    }
+
+    /// How long a close waits for checked-out connections to come back. Zero closes the idle
+    /// ones and finishes at once; the rest close when their guards drop.
+    pub fn close_deadline(mut self, deadline: Duration) -> Self {
+        self.config.close_deadline = deadline;
+        self
+    }
+
+    /// How often the actor reaps idle and expired connections and tops up `min_idle`.
+    pub fn maintenance_interval(mut self, interval: Duration) -> Self {
+        self.config.maintenance_interval = interval;
+        self
+    }
+
+    /// Whether [`Manager::check`] runs before each checkout (default true).
+    pub fn check_on_checkout(mut self, check: bool) -> Self {
+        self.config.check_on_checkout = check;
+        self
+    }
+
+    /// The runtime to spawn the pool actor on (see the adapter crates).
+    pub fn runtime(mut self, runtime: impl Runtime) -> Self {
+        self.runtime = Some(Arc::new(runtime));
+        self
+    }
+
+    /// Like [`runtime`](Builder::runtime), for a runtime already shared.
+    pub fn runtime_arc(mut self, runtime: Arc<dyn Runtime>) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// Checks the configuration and spawns the pool actor.
+    ///
+    /// Fails with [`Error::Config`] on a bad configuration and [`Error::Spawn`] when the
+    /// runtime refuses the actor; never panics.
+    pub fn build(self) -> Result<Pool<M>, Error<M::Error>> {
+        self.config
+            .validate(self.runtime.as_ref())
+            .map_err(Error::Config)?;
+        let runtime = self.runtime.expect("validate() checked that a runtime is set");
+        let (idle_tx, idle_rx) = async_channel::unbounded();
+        let (failures_tx, failures_rx) = async_channel::unbounded();
+        let (mailbox_tx, mailbox_rx) = async_channel::unbounded();
+        let shared = Arc::new(Shared {
+            manager: self.manager,
+            config: self.config,
+            runtime,
+            ledger: Ledger::new(),
+            idle_tx,
+            idle_rx,
+            failures_tx,
+            failures_rx,
+            mailbox_tx,
+            mailbox_rx,
+            closed: Event::new(),
+            close: Mutex::new(CloseState::default()),
+        });
+        let actor = PoolActor::new(shared.clone());
+        let pool = Pool { shared };
+        pool.shared
+            .runtime
+            .spawn(Box::pin(actor.run()))
+            .map_err(Error::Spawn)?;
+        Ok(pool)
+    }
+}

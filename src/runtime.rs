@@ -1,0 +1,77 @@
+//! The little the core needs from an async runtime.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::task::Poll;
+use std::time::Duration;
+
+/// A boxed, sendable future with no output: a task to spawn or a timer to wait on.
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// What the pool needs from a runtime: a way to start its actor, and timers.
+///
+/// The adapter crates implement this for tokio, smol and actix. An implementation must uphold:
+///
+/// - `spawn` reports failure (a runtime that is shut down, a stopped system) as a
+///   [`SpawnError`] and never panics. Dropping the task it was given is fine: the pool actor
+///   closes what it holds when it is dropped.
+/// - The future `sleep` returns never panics, whichever thread or runtime polls it, also after
+///   the runtime it came from has shut down; where the runtime's own timer cannot serve, it
+///   completes some other way (a timer thread) rather than never.
+pub trait Runtime: Send + Sync + 'static {
+    /// Starts `task` on the runtime.
+    fn spawn(&self, task: BoxFuture) -> Result<(), SpawnError>;
+
+    /// A future that completes after `duration`.
+    fn sleep(&self, duration: Duration) -> BoxFuture;
+}
+
+/// A runtime refused to start the pool actor.
+#[derive(Debug, Clone)]
+pub struct SpawnError {
+    reason: Cow<'static, str>,
+}
+
+impl SpawnError {
+    /// A spawn failure with a reason a user can act on.
+    pub fn new(reason: impl Into<Cow<'static, str>>) -> Self {
+        SpawnError {
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "could not spawn the pool actor: {}", self.reason)
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// Runs `fut`, giving up after `limit`. The timer is only made if the future does not finish
+/// on its first poll, so a fast future costs no timer.
+pub(crate) async fn timed<F: Future>(
+    runtime: &dyn Runtime,
+    limit: Option<Duration>,
+    fut: F,
+) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    let mut timer: Option<BoxFuture> = None;
+    poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let Some(limit) = limit else {
+            return Poll::Pending;
+        };
+        let timer = timer.get_or_insert_with(|| runtime.sleep(limit));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}

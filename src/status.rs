@@ -1,0 +1,109 @@
+//! What the pool can tell about itself.
+
+use std::time::Duration;
+
+/// Where the pool is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolState {
+    /// Serving connections.
+    Running,
+    /// `close()` was requested: no new checkouts, connections are being closed.
+    Closing,
+    /// Every connection the pool held is closed, or the close deadline passed.
+    Closed,
+}
+
+/// Counts of what happened to connections over the pool's life.
+///
+/// Once no connection is checked out or in flight,
+/// `created == closed_graceful + closed_sync + close_failed + detached`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Connections the manager created.
+    pub created: u64,
+    /// Closed by [`Manager::shutdown`](crate::Manager::shutdown) then
+    /// [`Manager::close`](crate::Manager::close), while the actor was alive.
+    pub closed_graceful: u64,
+    /// Closed by [`Manager::close`](crate::Manager::close) alone: the sync fallback, or a
+    /// graceful shutdown that failed, timed out or was cut short.
+    pub closed_sync: u64,
+    /// `close` returned an error or panicked. The connection is gone all the same.
+    pub close_failed: u64,
+    /// Taken out of the pool with [`Pooled::detach`](crate::Pooled::detach).
+    pub detached: u64,
+    /// Creations that failed, timed out or panicked (nothing to close).
+    pub create_failed: u64,
+    /// Health checks that failed, timed out or panicked (the connection was closed).
+    pub check_failed: u64,
+}
+
+impl Counters {
+    /// Connections created and not yet closed or detached: checked out, idle, or being closed.
+    pub fn open(&self) -> u64 {
+        self.created
+            .saturating_sub(self.closed_graceful + self.closed_sync + self.close_failed + self.detached)
+    }
+}
+
+/// A snapshot of the pool. Each figure is exact when read; taken together they describe a pool
+/// that may have moved on.
+#[derive(Debug, Clone, Copy)]
+pub struct Status {
+    /// The configured maximum number of connections.
+    pub max_size: usize,
+    /// Connections alive or being created.
+    pub size: usize,
+    /// Connections waiting in the idle queue.
+    pub idle: usize,
+    /// Connections checked out in a [`Pooled`](crate::Pooled) guard.
+    pub in_use: usize,
+    /// Callers waiting for a connection.
+    pub waiters: usize,
+    /// Running, closing or closed.
+    pub state: PoolState,
+    /// Whether the pool actor's task still exists.
+    pub actor_alive: bool,
+    /// Lifetime counts.
+    pub counters: Counters,
+}
+
+/// Why the pool closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseCause {
+    /// `close()` or `close_blocking()` was called.
+    Requested,
+    /// The last [`Pool`](crate::Pool) handle was dropped.
+    LastHandleDropped,
+    /// The actor's task was dropped, or the actor could not be started: its runtime is gone.
+    RuntimeGone,
+}
+
+/// The account of a close: what every connection became.
+#[derive(Debug, Clone, Copy)]
+pub struct CloseReport {
+    /// Why the pool closed.
+    pub cause: CloseCause,
+    /// Counts at the moment the close finished.
+    pub counters: Counters,
+    /// Connections still checked out when the close finished (the deadline passed). Each is
+    /// closed synchronously when its guard drops.
+    pub checked_out: usize,
+    /// Whether the synchronous fallback finished the close (the actor was gone, unpolled, or
+    /// missed the deadline) rather than the actor.
+    pub fallback: bool,
+    /// From the close request to its end.
+    pub elapsed: Duration,
+}
+
+impl CloseReport {
+    /// Connections not yet closed when the report was made: checked out, or still being closed.
+    pub fn still_open(&self) -> u64 {
+        self.counters.open()
+    }
+
+    /// True when every connection was closed by the time the close finished.
+    pub fn is_complete(&self) -> bool {
+        self.still_open() == 0
+    }
+}
