@@ -41,9 +41,13 @@ struct Closing<M: Manager> {
 
 impl<M: Manager> Closing<M> {
     fn finish(mut self, graceful: bool) {
-        let conn = self.conn.take().expect("finish runs once, with the connection");
+        let conn = self
+            .conn
+            .take()
+            .expect("finish runs once, with the connection");
         let shared = &self.shared;
-        let ending = match std::panic::catch_unwind(AssertUnwindSafe(|| shared.manager.close(conn))) {
+        let ending = match std::panic::catch_unwind(AssertUnwindSafe(|| shared.manager.close(conn)))
+        {
             Ok(Ok(())) if graceful => Ending::Graceful,
             Ok(Ok(())) => Ending::Sync,
             _ => Ending::Failed,
@@ -75,14 +79,19 @@ async fn shut_down<M: Manager>(shared: Arc<Shared<M>>, conn: M::Connection) {
     closing.finish(matches!(said, Some(Ok(Ok(())))));
 }
 
-async fn create<M: Manager>(shared: Arc<Shared<M>>) -> Result<M::Connection, CreateFailure<M::Error>> {
+async fn create<M: Manager>(
+    shared: Arc<Shared<M>>,
+) -> Result<M::Connection, CreateFailure<M::Error>> {
     let attempt = AssertUnwindSafe(shared.manager.create()).catch_unwind();
     match timed(&*shared.runtime, shared.config.create_timeout, attempt).await {
         Some(Ok(Ok(conn))) => Ok(conn),
         Some(Ok(Err(e))) => Err(CreateFailure::Backend(e)),
         Some(Err(_panic)) => Err(CreateFailure::Panicked),
         None => Err(CreateFailure::Timeout(
-            shared.config.create_timeout.expect("only a set timeout can expire"),
+            shared
+                .config
+                .create_timeout
+                .expect("only a set timeout can expire"),
         )),
     }
 }
@@ -120,7 +129,14 @@ impl<M: Manager> PoolActor<M> {
         let mut tick = shared.runtime.sleep(interval);
         shared.ledger.tick_clock();
         self.grow();
+        let mut streak = 0u32;
         loop {
+            // Many events ready back to back (creations failing at once, a burst of returns)
+            // must not starve the other tasks of a single-threaded runtime.
+            streak += 1;
+            if streak % 64 == 0 {
+                futures_lite::future::yield_now().await;
+            }
             let event = {
                 let mut mail = pin!(shared.mailbox_rx.recv());
                 poll_fn(|cx| -> Poll<Event<M>> {
@@ -184,8 +200,13 @@ impl<M: Manager> PoolActor<M> {
         if !shared.ledger.is_running() {
             return;
         }
+        // A waiter already handed a failure is not counted again: a manager that fails at once
+        // must not make the actor spin.
         let growth = plan_growth(
-            shared.ledger.waiters(),
+            shared
+                .ledger
+                .waiters()
+                .saturating_sub(shared.failures_rx.len()),
             shared.idle_rx.len(),
             self.creating.len(),
             shared.ledger.slots(),
@@ -201,7 +222,11 @@ impl<M: Manager> PoolActor<M> {
         }
     }
 
-    fn created(&mut self, result: Result<M::Connection, CreateFailure<M::Error>>, for_waiter: bool) {
+    fn created(
+        &mut self,
+        result: Result<M::Connection, CreateFailure<M::Error>>,
+        for_waiter: bool,
+    ) {
         let shared = &self.shared;
         match result {
             Ok(conn) => {
@@ -285,7 +310,7 @@ impl<M: Manager> PoolActor<M> {
     /// queues are closed and drained and the report written.
     fn finish(&mut self) {
         self.closing.clear();
-        self.shared.shutdown_sync(CloseCause::Requested);
+        self.shared.drain_and_finish(CloseCause::Requested, false);
     }
 }
 

@@ -46,6 +46,12 @@ impl<M: Manager> Shared<M> {
     /// The sync fallback: finishes the close here and now. Idempotent, callable from any
     /// thread, any `Drop`, with or without a runtime.
     pub(crate) fn shutdown_sync(&self, cause: CloseCause) {
+        self.drain_and_finish(cause, true);
+    }
+
+    /// Closes and drains both queues, then writes the report. `fallback` says whether the
+    /// close is finished by the fallback rather than by the actor at the end of its close.
+    pub(crate) fn drain_and_finish(&self, cause: CloseCause, fallback: bool) {
         if self.ledger.start_closing() {
             self.lock_close().started = Some((Instant::now(), cause));
         }
@@ -65,7 +71,7 @@ impl<M: Manager> Shared<M> {
                 self.close_sync(conn);
             }
         }
-        self.finish_close(true);
+        self.finish_close(fallback);
     }
 
     /// Writes the report once and wakes every closer.

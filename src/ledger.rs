@@ -235,23 +235,71 @@ mod tests {
 
     #[test]
     fn growth_serves_waiters_within_max() {
-        assert_eq!(plan_growth(5, 0, 0, 0, 3, 0), Growth { for_waiters: 3, for_min_idle: 0 });
-        assert_eq!(plan_growth(5, 0, 2, 2, 3, 0), Growth { for_waiters: 1, for_min_idle: 0 });
-        assert_eq!(plan_growth(5, 0, 0, 3, 3, 0), Growth { for_waiters: 0, for_min_idle: 0 });
+        assert_eq!(
+            plan_growth(5, 0, 0, 0, 3, 0),
+            Growth {
+                for_waiters: 3,
+                for_min_idle: 0
+            }
+        );
+        assert_eq!(
+            plan_growth(5, 0, 2, 2, 3, 0),
+            Growth {
+                for_waiters: 1,
+                for_min_idle: 0
+            }
+        );
+        assert_eq!(
+            plan_growth(5, 0, 0, 3, 3, 0),
+            Growth {
+                for_waiters: 0,
+                for_min_idle: 0
+            }
+        );
     }
 
     #[test]
     fn growth_counts_idle_and_creating_against_demand() {
-        assert_eq!(plan_growth(2, 2, 0, 2, 10, 0), Growth { for_waiters: 0, for_min_idle: 0 });
-        assert_eq!(plan_growth(3, 1, 1, 4, 10, 0), Growth { for_waiters: 1, for_min_idle: 0 });
+        assert_eq!(
+            plan_growth(2, 2, 0, 2, 10, 0),
+            Growth {
+                for_waiters: 0,
+                for_min_idle: 0
+            }
+        );
+        assert_eq!(
+            plan_growth(3, 1, 1, 4, 10, 0),
+            Growth {
+                for_waiters: 1,
+                for_min_idle: 0
+            }
+        );
     }
 
     #[test]
     fn growth_keeps_min_idle_warm() {
-        assert_eq!(plan_growth(0, 0, 0, 0, 10, 4), Growth { for_waiters: 0, for_min_idle: 4 });
-        assert_eq!(plan_growth(0, 1, 1, 5, 10, 4), Growth { for_waiters: 0, for_min_idle: 2 });
+        assert_eq!(
+            plan_growth(0, 0, 0, 0, 10, 4),
+            Growth {
+                for_waiters: 0,
+                for_min_idle: 4
+            }
+        );
+        assert_eq!(
+            plan_growth(0, 1, 1, 5, 10, 4),
+            Growth {
+                for_waiters: 0,
+                for_min_idle: 2
+            }
+        );
         // Demand first, min_idle from what room is left.
-        assert_eq!(plan_growth(2, 0, 0, 7, 10, 4), Growth { for_waiters: 2, for_min_idle: 1 });
+        assert_eq!(
+            plan_growth(2, 0, 0, 7, 10, 4),
+            Growth {
+                for_waiters: 2,
+                for_min_idle: 1
+            }
+        );
     }
 
     #[test]

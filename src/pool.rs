@@ -66,7 +66,9 @@ impl<M: Manager> Shared<M> {
     pub(crate) fn lock_close(&self) -> std::sync::MutexGuard<'_, CloseState> {
         // A panic while the lock was held cannot leave CloseState half-written in a way that
         // matters: every field is set in one assignment.
-        self.close.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.close
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Ends a connection that must not be reused: gracefully through the actor when it is
@@ -162,7 +164,9 @@ impl<M: Manager> Drop for Pool<M> {
 
 impl<M: Manager> fmt::Debug for Pool<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Pool").field("status", &self.status()).finish()
+        f.debug_struct("Pool")
+            .field("status", &self.status())
+            .finish()
     }
 }
 
@@ -462,7 +466,9 @@ impl<M: Manager> Builder<M> {
         self.config
             .validate(self.runtime.as_ref())
             .map_err(Error::Config)?;
-        let runtime = self.runtime.expect("validate() checked that a runtime is set");
+        let runtime = self
+            .runtime
+            .expect("validate() checked that a runtime is set");
         let (idle_tx, idle_rx) = async_channel::unbounded();
         let (failures_tx, failures_rx) = async_channel::unbounded();
         let (mailbox_tx, mailbox_rx) = async_channel::unbounded();

@@ -40,8 +40,9 @@ pub struct Counters {
 impl Counters {
     /// Connections created and not yet closed or detached: checked out, idle, or being closed.
     pub fn open(&self) -> u64 {
-        self.created
-            .saturating_sub(self.closed_graceful + self.closed_sync + self.close_failed + self.detached)
+        self.created.saturating_sub(
+            self.closed_graceful + self.closed_sync + self.close_failed + self.detached,
+        )
     }
 }
 
