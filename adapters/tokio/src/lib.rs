@@ -1,1 +1,120 @@
-//! stub
+//! Run a [gracepool] pool actor on a tokio runtime.
+//!
+//! [`TokioRuntime`] implements [`gracepool::Runtime`]: it spawns the actor through a stored
+//! [`Handle`] (so spawning never needs the calling thread to be inside the runtime, and never
+//! panics once the runtime is gone), and it makes timers that work wherever they are polled.
+//!
+//! Works on multi-thread and current_thread runtimes and inside a `LocalSet`.
+//!
+//! # Example
+//!
+//! ```
+//! use gracepool::{Manager, Pool};
+//! use gracepool_tokio::TokioRuntime;
+//!
+//! struct Numbers;
+//!
+//! impl Manager for Numbers {
+//!     type Connection = u32;
+//!     type Error = std::io::Error;
+//!
+//!     async fn create(&self) -> Result<u32, std::io::Error> {
+//!         Ok(42)
+//!     }
+//! }
+//!
+//! #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! async fn main() {
+//!     let pool = Pool::builder(Numbers)
+//!         .max_size(8)
+//!         .runtime(TokioRuntime::current())
+//!         .build()
+//!         .expect("a valid configuration");
+//!
+//!     let conn = pool.get().await.expect("a connection");
+//!     assert_eq!(*conn, 42);
+//!     drop(conn);
+//!
+//!     // On shutdown (SIGTERM, end of main):
+//!     let report = pool.close().await;
+//!     assert!(report.is_complete());
+//! }
+//! ```
+//!
+//! If the runtime is dropped while the pool is still in use, the actor's task is dropped with
+//! it and the pool closes itself synchronously: connections are closed, guards dropped later
+//! close theirs, and `get()` reports [`gracepool::Error::RuntimeGone`]. Nothing panics.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::time::Duration;
+
+use gracepool::{BoxFuture, Runtime, SpawnError};
+use tokio::runtime::Handle;
+
+/// A [`gracepool::Runtime`] on a tokio runtime, through a stored [`Handle`].
+#[derive(Debug, Clone)]
+pub struct TokioRuntime {
+    handle: Handle,
+}
+
+impl TokioRuntime {
+    /// The runtime the caller is running on.
+    ///
+    /// # Panics
+    ///
+    /// When called outside a tokio runtime, like [`Handle::current`]. Use
+    /// [`try_current`](TokioRuntime::try_current) to get an error instead.
+    pub fn current() -> Self {
+        TokioRuntime {
+            handle: Handle::current(),
+        }
+    }
+
+    /// The runtime the caller is running on, or an error outside any tokio runtime.
+    pub fn try_current() -> Result<Self, SpawnError> {
+        Handle::try_current()
+            .map(|handle| TokioRuntime { handle })
+            .map_err(|_| {
+                SpawnError::new(
+                    "not inside a tokio runtime; pass a Handle with TokioRuntime::from_handle",
+                )
+            })
+    }
+
+    /// The runtime `handle` belongs to; usable from any thread.
+    pub fn from_handle(handle: Handle) -> Self {
+        TokioRuntime { handle }
+    }
+
+    /// The stored handle.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+impl Runtime for TokioRuntime {
+    fn spawn(&self, task: gracepool::BoxFuture) -> Result<(), SpawnError> {
+        // On a runtime that has shut down, tokio drops the task at once instead of panicking;
+        // the task's `Drop` then closes the pool. Report it as the failure it is.
+        let join = self.handle.spawn(task);
+        if join.is_finished() {
+            return Err(SpawnError::new("the tokio runtime has shut down"));
+        }
+        Ok(())
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture {
+        Box::pin(async move {
+            // Which timer is decided where the future is first polled. Inside a tokio runtime
+            // (ours, or another one that polls us), tokio's timer serves. Elsewhere (a plain
+            // block_on, another executor, a runtime that is gone), tokio's timer would panic,
+            // so async-io's, which runs its own reactor, serves instead.
+            if Handle::try_current().is_ok() {
+                tokio::time::sleep(duration).await;
+            } else {
+                async_io::Timer::after(duration).await;
+            }
+        })
+    }
+}
