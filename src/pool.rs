@@ -469,7 +469,9 @@ impl<M: Manager> Builder<M> {
         let runtime = self
             .runtime
             .expect("validate() checked that a runtime is set");
-        let (idle_tx, idle_rx) = async_channel::unbounded();
+        // Bounded by max_size: no more connections exist than that, so a send never finds it
+        // full, and an array queue costs no allocation per checkout.
+        let (idle_tx, idle_rx) = async_channel::bounded(self.config.max_size);
         let (failures_tx, failures_rx) = async_channel::unbounded();
         let (mailbox_tx, mailbox_rx) = async_channel::unbounded();
         let shared = Arc::new(Shared {
