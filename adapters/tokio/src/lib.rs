@@ -53,9 +53,22 @@ use gracepool::{BoxFuture, Runtime, SpawnError};
 use tokio::runtime::Handle;
 
 /// A [`gracepool::Runtime`] on a tokio runtime, through a stored [`Handle`].
+///
+/// # Timers
+///
+/// A timer polled on the pool's own runtime uses tokio's timer, which needs the runtime's time
+/// driver: `#[tokio::main]`, `#[tokio::test]` and `Builder::enable_all()` / `enable_time()`
+/// turn it on. tokio panics on a timer made in a runtime without it, and nothing in tokio tells
+/// beforehand whether it is on, so for such a runtime say so with
+/// [`with_async_io_timers`](TokioRuntime::with_async_io_timers).
+///
+/// A timer polled anywhere else — another tokio runtime (which may lack a time driver), another
+/// executor, a plain `block_on`, a thread whose runtime is gone — uses `async-io`'s timer, which
+/// drives its own reactor and works everywhere.
 #[derive(Debug, Clone)]
 pub struct TokioRuntime {
     handle: Handle,
+    tokio_timers: bool,
 }
 
 impl TokioRuntime {
@@ -66,15 +79,13 @@ impl TokioRuntime {
     /// When called outside a tokio runtime, like [`Handle::current`]. Use
     /// [`try_current`](TokioRuntime::try_current) to get an error instead.
     pub fn current() -> Self {
-        TokioRuntime {
-            handle: Handle::current(),
-        }
+        TokioRuntime::from_handle(Handle::current())
     }
 
     /// The runtime the caller is running on, or an error outside any tokio runtime.
     pub fn try_current() -> Result<Self, SpawnError> {
         Handle::try_current()
-            .map(|handle| TokioRuntime { handle })
+            .map(TokioRuntime::from_handle)
             .map_err(|_| {
                 SpawnError::new(
                     "not inside a tokio runtime; pass a Handle with TokioRuntime::from_handle",
@@ -84,7 +95,18 @@ impl TokioRuntime {
 
     /// The runtime `handle` belongs to; usable from any thread.
     pub fn from_handle(handle: Handle) -> Self {
-        TokioRuntime { handle }
+        TokioRuntime {
+            handle,
+            tokio_timers: true,
+        }
+    }
+
+    /// Never uses tokio's timer, only `async-io`'s: for a runtime built without its time
+    /// driver (`Builder::enable_time()`), where tokio's timer would panic. Costs a little more
+    /// per timer (a hand-off to `async-io`'s reactor thread).
+    pub fn with_async_io_timers(mut self) -> Self {
+        self.tokio_timers = false;
+        self
     }
 
     /// The stored handle.
@@ -105,12 +127,14 @@ impl Runtime for TokioRuntime {
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture {
+        let ours = self.tokio_timers.then(|| self.handle.id());
         Box::pin(async move {
-            // Which timer is decided where the future is first polled. Inside a tokio runtime
-            // (ours, or another one that polls us), tokio's timer serves. Elsewhere (a plain
-            // block_on, another executor, a runtime that is gone), tokio's timer would panic,
+            // Which timer is decided where the future is first polled. On our own runtime,
+            // whose time driver we were told is on, tokio's timer serves. Anywhere else tokio's
+            // timer could panic (no runtime, a runtime without a time driver, one that is gone),
             // so async-io's, which runs its own reactor, serves instead.
-            if Handle::try_current().is_ok() {
+            let here = Handle::try_current().ok().map(|h| h.id());
+            if ours.is_some() && here == ours {
                 tokio::time::sleep(duration).await;
             } else {
                 async_io::Timer::after(duration).await;
