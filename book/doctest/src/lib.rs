@@ -1,0 +1,30 @@
+//! The gracepool guide's snippets, as doctests.
+//!
+//! Each chapter of `book/src` is included below as the doc comment of an empty module, so
+//! `cargo test --workspace` compiles every Rust code block of the book and runs those not
+//! marked `no_run`. A snippet that stops compiling, or whose assertions stop holding, fails
+//! the build: the book cannot drift from the code.
+#![forbid(unsafe_code)]
+
+#[doc = include_str!("../../src/ch00-introduction.md")]
+mod ch00_introduction {}
+#[doc = include_str!("../../src/ch01-why.md")]
+mod ch01_why {}
+#[doc = include_str!("../../src/ch02-quick-start.md")]
+mod ch02_quick_start {}
+#[doc = include_str!("../../src/ch03-manager.md")]
+mod ch03_manager {}
+#[doc = include_str!("../../src/ch04-close-protocol.md")]
+mod ch04_close_protocol {}
+#[doc = include_str!("../../src/ch05-configuration.md")]
+mod ch05_configuration {}
+#[doc = include_str!("../../src/ch06-observability.md")]
+mod ch06_observability {}
+#[doc = include_str!("../../src/ch07-performance.md")]
+mod ch07_performance {}
+#[doc = include_str!("../../src/ch08-comparison.md")]
+mod ch08_comparison {}
+#[doc = include_str!("../../src/ch09-migrating.md")]
+mod ch09_migrating {}
+#[doc = include_str!("../../src/ch10-troubleshooting.md")]
+mod ch10_troubleshooting {}
