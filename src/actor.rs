@@ -64,19 +64,27 @@ impl<M: Manager> Drop for Closing<M> {
     }
 }
 
-async fn shut_down<M: Manager>(shared: Arc<Shared<M>>, conn: M::Connection) {
+/// Shuts a connection down gracefully, then closes it. The `Closing` holder is made before the
+/// future, so even a future dropped before its first poll closes its connection.
+fn shut_down<M: Manager>(
+    shared: Arc<Shared<M>>,
+    conn: M::Connection,
+) -> impl Future<Output = ()> + Send {
     let mut closing = Closing {
-        shared: shared.clone(),
+        shared,
         conn: Some(conn),
     };
-    let farewell = AssertUnwindSafe(
-        shared
-            .manager
-            .shutdown(closing.conn.as_mut().expect("set just above")),
-    )
-    .catch_unwind();
-    let said = timed(&*shared.runtime, shared.config.shutdown_timeout, farewell).await;
-    closing.finish(matches!(said, Some(Ok(Ok(())))));
+    async move {
+        let shared = closing.shared.clone();
+        let farewell = AssertUnwindSafe(
+            shared
+                .manager
+                .shutdown(closing.conn.as_mut().expect("set just above")),
+        )
+        .catch_unwind();
+        let said = timed(&*shared.runtime, shared.config.shutdown_timeout, farewell).await;
+        closing.finish(matches!(said, Some(Ok(Ok(())))));
+    }
 }
 
 async fn create<M: Manager>(
@@ -200,13 +208,10 @@ impl<M: Manager> PoolActor<M> {
         if !shared.ledger.is_running() {
             return;
         }
-        // A waiter already handed a failure is not counted again: a manager that fails at once
-        // must not make the actor spin.
+        // Demand is the queued waiters: one handed a failure has left the queue, so a manager
+        // that fails at once does not make the actor spin.
         let growth = plan_growth(
-            shared
-                .ledger
-                .waiters()
-                .saturating_sub(shared.failures_rx.len()),
+            shared.waitlist.waiting(),
             shared.idle_rx.len(),
             self.creating.len(),
             shared.ledger.slots(),
@@ -241,15 +246,16 @@ impl<M: Manager> PoolActor<M> {
                     created_ms: now,
                     returned_ms: now,
                 };
-                if let Err(e) = shared.idle_tx.try_send(entry) {
-                    self.retire(e.into_inner().conn);
+                if let Err(entry) = shared.put_idle(entry) {
+                    self.retire(entry.conn);
                 }
             }
             Err(failure) => {
                 shared.ledger.release_slot();
-                // Hand the failure to a waiter, so it learns why instead of timing out.
-                if for_waiter && shared.ledger.waiters() > 0 {
-                    let _ = shared.failures_tx.try_send(failure);
+                // Hand the failure to the longest waiter, so it learns why instead of timing
+                // out.
+                if for_waiter {
+                    let _ = shared.waitlist.fail_first(failure);
                 }
                 self.grow();
             }
@@ -275,8 +281,8 @@ impl<M: Manager> PoolActor<M> {
                 };
                 if shared.expired(&entry) {
                     self.retire(entry.conn);
-                } else if let Err(e) = shared.idle_tx.try_send(entry) {
-                    self.retire(e.into_inner().conn);
+                } else if let Err(entry) = shared.put_idle(entry) {
+                    self.retire(entry.conn);
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! The close protocol.
 //!
-//! `Running → Closing → Closed`. The first close request closes the idle queue (waking every
-//! waiter) and asks the actor to close gracefully. The actor closes idle connections with
+//! `Running → Closing → Closed`. The first close request closes the idle queue and the
+//! waitlist (waking every waiter) and asks the actor to close gracefully. The actor closes idle connections with
 //! `shutdown` + `close`, waits up to the close deadline for checked-out ones, then finishes.
 //!
 //! The sync fallback ([`Shared::shutdown_sync`]) finishes the close whenever the actor cannot:
@@ -37,6 +37,7 @@ impl<M: Manager> Shared<M> {
         // Closing the idle queue wakes every waiter with `Closed`, and makes every later
         // return fail, so returning guards close their connections instead.
         self.idle_tx.close();
+        self.waitlist.close();
         let reached = self.ledger.actor_alive() && self.mailbox_tx.try_send(Msg::Close).is_ok();
         if !reached {
             self.shutdown_sync(cause);
@@ -59,7 +60,7 @@ impl<M: Manager> Shared<M> {
         // everything that will ever be queued.
         self.idle_tx.close();
         self.mailbox_tx.close();
-        self.failures_tx.close();
+        self.waitlist.close();
         while let Ok(entry) = self.idle_rx.try_recv() {
             self.close_sync(entry.conn);
         }

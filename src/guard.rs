@@ -100,10 +100,10 @@ impl<M: Manager> Drop for Pooled<M> {
             return;
         }
         entry.returned_ms = shared.ledger.now_ms();
-        match shared.idle_tx.try_send(entry) {
+        match shared.put_idle(entry) {
             Ok(()) => shared.ledger.check_in(),
             // A closed queue hands the connection back: close started after the check above.
-            Err(e) => shared.retire(e.into_inner().conn, true),
+            Err(entry) => shared.retire(entry.conn, true),
         }
     }
 }

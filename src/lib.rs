@@ -90,6 +90,7 @@ mod manager;
 mod pool;
 mod runtime;
 mod status;
+mod waitlist;
 
 pub use config::ConfigError;
 pub use error::{Error, Stage};

@@ -1,9 +1,8 @@
 //! The pool handle, its builder, and checkout.
 
 use std::fmt;
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
-use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -11,15 +10,17 @@ use std::time::{Duration, Instant};
 use async_channel::{Receiver, Sender, TryRecvError};
 use event_listener::Event;
 use futures_lite::FutureExt;
+use std::sync::atomic::{fence, Ordering::SeqCst};
 
 use crate::actor::{Msg, PoolActor};
 use crate::config::Config;
-use crate::error::{CreateFailure, Error};
+use crate::error::Error;
 use crate::guard::Pooled;
 use crate::ledger::{Ending, Ledger};
 use crate::manager::Manager;
 use crate::runtime::{timed, BoxFuture, Runtime};
 use crate::status::{CloseCause, CloseReport, PoolState, Status};
+use crate::waitlist::{Join, Outcome, Slot, Waitlist};
 
 /// A connection waiting in the idle queue, with the coarse times the reaper needs.
 pub(crate) struct Idle<C> {
@@ -36,9 +37,8 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) ledger: Ledger,
     pub(crate) idle_tx: Sender<Idle<M::Connection>>,
     pub(crate) idle_rx: Receiver<Idle<M::Connection>>,
-    /// Creation failures, handed to whichever waiter comes first.
-    pub(crate) failures_tx: Sender<CreateFailure<M::Error>>,
-    pub(crate) failures_rx: Receiver<CreateFailure<M::Error>>,
+    /// Callers waiting for a connection, oldest first.
+    pub(crate) waitlist: Waitlist<M::Connection, M::Error>,
     pub(crate) mailbox_tx: Sender<Msg<M::Connection>>,
     /// Kept here too, so that a closer can drain the mailbox when the actor cannot.
     pub(crate) mailbox_rx: Receiver<Msg<M::Connection>>,
@@ -104,6 +104,21 @@ impl<M: Manager> Shared<M> {
             }
         };
         self.ledger.record_end(ending);
+    }
+
+    /// Makes a connection available: to the longest waiter if any, else to the idle queue.
+    /// Gives it back when the pool is closing (the caller retires it).
+    pub(crate) fn put_idle(&self, entry: Idle<M::Connection>) -> Result<(), Idle<M::Connection>> {
+        let Some(entry) = self.waitlist.offer(entry) else {
+            return Ok(());
+        };
+        self.idle_tx.try_send(entry).map_err(|e| e.into_inner())?;
+        // A caller may have joined the waitlist between the offer and the send. It counted
+        // itself before looking at the idle queue, and we look at the count after the send:
+        // one of the two sees the other.
+        fence(SeqCst);
+        self.waitlist.serve_idle(&self.idle_rx);
+        Ok(())
     }
 
     pub(crate) fn expired(&self, entry: &Idle<M::Connection>) -> bool {
@@ -224,8 +239,8 @@ impl<M: Manager> Pool<M> {
         wait: bool,
     ) -> Result<Pooled<M>, Error<M::Error>> {
         let shared = &self.shared;
-        // Hot path: an idle connection is there.
-        loop {
+        // Hot path: an idle connection is there and nobody is queued ahead of us.
+        while shared.waitlist.waiting() == 0 {
             match shared.idle_rx.try_recv() {
                 Ok(entry) => match self.checkout(entry).await? {
                     Attempt::Got(guard) => return Ok(guard),
@@ -246,7 +261,7 @@ impl<M: Manager> Pool<M> {
     }
 
     /// Wakes the actor to create, unless the pool is already at `max_size` (then a returning
-    /// or closing connection wakes it instead, and it sees our waiter count).
+    /// or closing connection wakes it instead, and it sees the queued waiters).
     fn ask_to_grow(&self) {
         let shared = &self.shared;
         if shared.ledger.slots() < shared.config.max_size {
@@ -261,38 +276,48 @@ impl<M: Manager> Pool<M> {
         let shared = &self.shared;
         let started = Instant::now();
         let _waiting = WaiterMark::new(&shared.ledger);
-        // The waiter is counted before slots are read, and the actor frees a slot before it
-        // reads the waiter count: one of the two sees the other, so no waiter is forgotten.
-        self.ask_to_grow();
-        let mut timer: Option<BoxFuture> = timeout.map(|d| shared.runtime.sleep(d));
+        let mut timer: Option<BoxFuture> = None;
         loop {
-            let event = {
-                let mut idle = pin!(shared.idle_rx.recv());
-                let mut failure = pin!(shared.failures_rx.recv());
-                poll_fn(|cx| {
-                    if let Poll::Ready(r) = idle.as_mut().poll(cx) {
-                        return Poll::Ready(Waited::Idle(r.ok()));
-                    }
-                    if let Poll::Ready(Ok(f)) = failure.as_mut().poll(cx) {
-                        return Poll::Ready(Waited::Failure(f));
-                    }
-                    if let Some(t) = timer.as_mut() {
-                        if t.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Waited::TimedOut);
-                        }
-                    }
-                    Poll::Pending
-                })
-                .await
-            };
-            match event {
-                Waited::Idle(Some(entry)) => match self.checkout(entry).await? {
+            let slot = match shared.waitlist.join(&shared.idle_rx) {
+                Join::Idle(entry) => match self.checkout(entry).await? {
                     Attempt::Got(guard) => return Ok(guard),
-                    Attempt::Retry => self.ask_to_grow(),
+                    Attempt::Retry => continue,
                 },
-                Waited::Idle(None) => return Err(shared.closed_error()),
-                Waited::Failure(f) => return Err(f.into()),
-                Waited::TimedOut => {
+                Join::Closed => return Err(shared.closed_error()),
+                Join::Queued(slot) => slot,
+            };
+            // Queued before slots are read, and the actor frees a slot before it reads the
+            // queue length: one of the two sees the other, so no waiter is forgotten.
+            self.ask_to_grow();
+            if timer.is_none() {
+                timer = timeout.map(|d| shared.runtime.sleep(d));
+            }
+            let mut queued = Queued {
+                shared,
+                slot: Some(slot),
+            };
+            let outcome = poll_fn(|cx| {
+                let slot = queued.slot.as_ref().expect("taken only after this poll");
+                if let Poll::Ready(outcome) = slot.poll(cx) {
+                    return Poll::Ready(Some(outcome));
+                }
+                match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(None),
+                    _ => Poll::Pending,
+                }
+            })
+            .await;
+            let slot = queued.slot.take().expect("taken once");
+            // On a timeout the waiter leaves the queue; it may have been served meanwhile.
+            let outcome = outcome.or_else(|| shared.waitlist.cancel(&slot));
+            match outcome {
+                Some(Outcome::Got(entry)) => match self.checkout(entry).await? {
+                    Attempt::Got(guard) => return Ok(guard),
+                    Attempt::Retry => continue,
+                },
+                Some(Outcome::Failed(f)) => return Err(f.into()),
+                Some(Outcome::Closed) => return Err(shared.closed_error()),
+                None => {
                     return Err(Error::Timeout {
                         waited: started.elapsed(),
                     })
@@ -334,10 +359,25 @@ impl<M: Manager> Pool<M> {
     }
 }
 
-enum Waited<C, E> {
-    Idle(Option<Idle<C>>),
-    Failure(CreateFailure<E>),
-    TimedOut,
+/// A place in the waitlist. If the waiting future is dropped (cancelled, or its task dropped
+/// by a runtime teardown), the place is given up and a connection handed to it meanwhile goes
+/// back to the pool.
+struct Queued<'a, M: Manager> {
+    shared: &'a Shared<M>,
+    slot: Option<Arc<Slot<M::Connection, M::Error>>>,
+}
+
+impl<M: Manager> Drop for Queued<'_, M> {
+    fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        if let Some(Outcome::Got(entry)) = self.shared.waitlist.cancel(&slot) {
+            if let Err(entry) = self.shared.put_idle(entry) {
+                self.shared.retire(entry.conn, false);
+            }
+        }
+    }
 }
 
 /// Counts a caller as waiting for as long as it lives.
@@ -472,7 +512,6 @@ impl<M: Manager> Builder<M> {
         // Bounded by max_size: no more connections exist than that, so a send never finds it
         // full, and an array queue costs no allocation per checkout.
         let (idle_tx, idle_rx) = async_channel::bounded(self.config.max_size);
-        let (failures_tx, failures_rx) = async_channel::unbounded();
         let (mailbox_tx, mailbox_rx) = async_channel::unbounded();
         let shared = Arc::new(Shared {
             manager: self.manager,
@@ -481,8 +520,7 @@ impl<M: Manager> Builder<M> {
             ledger: Ledger::new(),
             idle_tx,
             idle_rx,
-            failures_tx,
-            failures_rx,
+            waitlist: Waitlist::new(),
             mailbox_tx,
             mailbox_rx,
             closed: Event::new(),

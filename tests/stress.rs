@@ -151,7 +151,11 @@ fn one_iteration(seed: u64) {
     }
     assert!(!watcher_status.actor_alive, "{closer:?}");
     assert_accounted(&watcher_status.counters);
-    assert_eq!(watcher_status.counters.open(), 0, "{closer:?}: {watcher_status:?}");
+    assert_eq!(
+        watcher_status.counters.open(),
+        0,
+        "{closer:?}: {watcher_status:?}"
+    );
     assert_eq!(m.leaked(), 0, "{closer:?} seed {seed}: {}", m.summary());
     m.assert_balanced();
 }
@@ -168,14 +172,16 @@ fn close_drain_and_returning_guards_race() {
     let iterations: u64 = std::env::var("GRACEPOOL_STRESS_ITERATIONS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(5000);
     let base = fastrand::u64(..);
     for i in 0..iterations {
         let seed = base.wrapping_add(i);
         let r = std::panic::catch_unwind(|| one_iteration(seed));
         if let Err(e) = r {
             std::panic::set_hook(quiet);
-            eprintln!("failed at iteration {i}, seed {seed} (GRACEPOOL_STRESS_ITERATIONS, fastrand seed)");
+            eprintln!(
+                "failed at iteration {i}, seed {seed} (GRACEPOOL_STRESS_ITERATIONS, fastrand seed)"
+            );
             std::panic::resume_unwind(e);
         }
     }
