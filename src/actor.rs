@@ -11,7 +11,7 @@ use std::task::Poll;
 use futures_lite::FutureExt;
 
 use crate::error::CreateFailure;
-use crate::ledger::{plan_growth, Ending};
+use crate::ledger::plan_growth;
 use crate::manager::Manager;
 use crate::pool::{Idle, Shared};
 use crate::runtime::{timed, BoxFuture};
@@ -45,14 +45,7 @@ impl<M: Manager> Closing<M> {
             .conn
             .take()
             .expect("finish runs once, with the connection");
-        let shared = &self.shared;
-        let ending = match std::panic::catch_unwind(AssertUnwindSafe(|| shared.manager.close(conn)))
-        {
-            Ok(Ok(())) if graceful => Ending::Graceful,
-            Ok(Ok(())) => Ending::Sync,
-            _ => Ending::Failed,
-        };
-        shared.ledger.record_end(ending);
+        self.shared.close_after(conn, graceful);
     }
 }
 
@@ -252,6 +245,16 @@ impl<M: Manager> PoolActor<M> {
             }
             Err(failure) => {
                 shared.ledger.release_slot();
+                #[cfg(feature = "tracing")]
+                match &failure {
+                    CreateFailure::Backend(error) => {
+                        event!(warn, error = %error, "the manager's create failed")
+                    }
+                    CreateFailure::Timeout(limit) => {
+                        event!(warn, ?limit, "the manager's create timed out")
+                    }
+                    CreateFailure::Panicked => event!(warn, "the manager's create panicked"),
+                }
                 // Hand the failure to the longest waiter, so it learns why instead of timing
                 // out.
                 if for_waiter {
@@ -340,6 +343,9 @@ impl<M: Manager> Drop for PoolActor<M> {
         // under way are dropped with their futures; connections being shut down are closed
         // synchronously by their `Closing` holders; then the fallback drains the queues.
         self.shared.ledger.set_actor_alive(false);
+        if self.shared.ledger.is_running() {
+            event!(debug, "the pool actor was dropped while running (runtime teardown); closing synchronously");
+        }
         for _ in self.creating.drain(..) {
             self.shared.ledger.abandon_slot();
         }

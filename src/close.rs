@@ -34,6 +34,7 @@ impl<M: Manager> Shared<M> {
             return;
         }
         self.lock_close().started = Some((Instant::now(), cause));
+        event!(debug, ?cause, "close requested");
         // Closing the idle queue wakes every waiter with `Closed`, and makes every later
         // return fail, so returning guards close their connections instead.
         self.idle_tx.close();
@@ -82,13 +83,26 @@ impl<M: Manager> Shared<M> {
             let (started, cause) = close
                 .started
                 .unwrap_or((Instant::now(), CloseCause::Requested));
-            close.report = Some(CloseReport {
+            let report = CloseReport {
                 cause,
                 counters: self.ledger.counters(),
                 checked_out: self.ledger.in_use(),
                 fallback,
                 elapsed: started.elapsed(),
-            });
+            };
+            event!(
+                debug,
+                ?cause,
+                fallback,
+                created = report.counters.created,
+                closed_graceful = report.counters.closed_graceful,
+                closed_sync = report.counters.closed_sync,
+                close_failed = report.counters.close_failed,
+                checked_out = report.checked_out,
+                elapsed = ?report.elapsed,
+                "pool closed"
+            );
+            close.report = Some(report);
             self.ledger.set_closed();
         }
         drop(close);

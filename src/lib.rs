@@ -76,9 +76,27 @@
 //! 3. `close()` wakes every waiter promptly with a clear error; nothing waits forever.
 //! 4. Bad input is a typed [`Error`]: a bad configuration, a manager that fails, hangs or
 //!    panics.
+//!
+//! # Features
+//!
+//! - `tracing` (off by default): emits [`tracing`](https://docs.rs/tracing) events under the
+//!   target `gracepool` — `debug` when a close is requested and when it finishes (with its
+//!   counts and whether the fallback finished it), when the actor is dropped by a runtime
+//!   teardown; `warn` when the manager's `create`, `check` or `close` fails or panics. Where
+//!   they go is the subscriber's business: the pool itself never prints.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
+
+/// Emits a `tracing` event with the `tracing` feature; compiles to nothing without it.
+macro_rules! event {
+    ($level:ident, $($arg:tt)+) => {{
+        #[cfg(feature = "tracing")]
+        {
+            tracing::$level!(target: "gracepool", $($arg)+);
+        }
+    }};
+}
 
 mod actor;
 mod close;

@@ -94,10 +94,20 @@ impl<M: Manager> Shared<M> {
     /// Closes a connection with the manager's synchronous `close`, containing any panic.
     /// Needs no runtime; safe in `Drop`.
     pub(crate) fn close_sync(&self, conn: M::Connection) {
+        self.close_after(conn, false);
+    }
+
+    /// Calls the manager's `close`, after a graceful `shutdown` or not, and counts the end.
+    pub(crate) fn close_after(&self, conn: M::Connection, graceful: bool) {
         let ending = match std::panic::catch_unwind(AssertUnwindSafe(|| self.manager.close(conn))) {
+            Ok(Ok(())) if graceful => Ending::Graceful,
             Ok(Ok(())) => Ending::Sync,
-            Ok(Err(_)) => Ending::Failed,
+            Ok(Err(_error)) => {
+                event!(warn, error = %_error, "the manager's close failed");
+                Ending::Failed
+            }
             Err(payload) => {
+                event!(warn, "the manager's close panicked");
                 // Dropping a panic payload can itself panic; keep it from unwinding out of here.
                 let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
                 Ending::Failed
@@ -344,11 +354,22 @@ impl<M: Manager> Pool<M> {
         let mut guard = Pooled::checking(shared.clone(), entry);
         if shared.config.check_on_checkout {
             let check = AssertUnwindSafe(shared.manager.check(guard.conn_mut())).catch_unwind();
-            let healthy = matches!(
-                timed(&*shared.runtime, shared.config.check_timeout, check).await,
-                Some(Ok(Ok(())))
-            );
+            let checked = timed(&*shared.runtime, shared.config.check_timeout, check).await;
+            let healthy = matches!(checked, Some(Ok(Ok(()))));
             if !healthy {
+                #[cfg(feature = "tracing")]
+                match &checked {
+                    Some(Ok(Err(error))) => {
+                        event!(warn, error = %error, "the manager's check failed; closing the connection")
+                    }
+                    Some(Err(_)) => {
+                        event!(warn, "the manager's check panicked; closing the connection")
+                    }
+                    _ => event!(
+                        warn,
+                        "the manager's check timed out; closing the connection"
+                    ),
+                }
                 shared.ledger.record_check_failed();
                 drop(guard);
                 return Ok(Attempt::Retry);
@@ -532,6 +553,11 @@ impl<M: Manager> Builder<M> {
             .runtime
             .spawn(Box::pin(actor.run()))
             .map_err(Error::Spawn)?;
+        event!(
+            debug,
+            max_size = pool.shared.config.max_size,
+            "pool started"
+        );
         Ok(pool)
     }
 }
