@@ -1,0 +1,179 @@
+//! A real TCP [`Manager`]: connections to the [backend](crate::backend).
+//!
+//! The socket is async-io's [`Async<TcpStream>`]: async-io runs its own reactor thread, so the
+//! same connection type works on tokio, smol and actix, and its std socket is at hand for a
+//! synchronous close that needs no runtime at all.
+
+use std::fmt;
+use std::io::{self, ErrorKind};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+
+use async_io::Async;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use gracepool::Manager;
+
+/// One connection to the backend: a socket and what is left of its last read.
+pub struct TcpConn {
+    stream: Async<TcpStream>,
+    buf: Vec<u8>,
+    /// A request was sent and its reply not read yet: after a cancellation (the future of
+    /// [`request`](TcpConn::request) dropped half-way), the next reply on the wire is not the
+    /// next caller's. Such a connection must not be reused.
+    in_flight: bool,
+}
+
+impl fmt::Debug for TcpConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpConn")
+            .field("peer", &self.stream.get_ref().peer_addr().ok())
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+impl TcpConn {
+    /// Connects to the backend at `addr`.
+    pub async fn connect(addr: SocketAddr) -> io::Result<TcpConn> {
+        let stream = Async::<TcpStream>::connect(addr).await?;
+        stream.get_ref().set_nodelay(true)?;
+        Ok(TcpConn {
+            stream,
+            buf: Vec::with_capacity(64),
+            in_flight: false,
+        })
+    }
+
+    /// Sends one request line and reads its reply line (without the newline).
+    ///
+    /// Cancel-safe in the sense that matters to a pool: if this future is dropped before the
+    /// reply is read, the connection remembers it ([`is_in_sync`](TcpConn::is_in_sync) turns
+    /// false) and a health check refuses it.
+    pub async fn request(&mut self, request: &str) -> io::Result<String> {
+        if self.in_flight {
+            return Err(io::Error::new(
+                ErrorKind::InvalidData,
+                "a reply to an earlier, abandoned request is still on the way",
+            ));
+        }
+        self.in_flight = true;
+        let mut line = Vec::with_capacity(request.len() + 1);
+        line.extend_from_slice(request.as_bytes());
+        line.push(b'\n');
+        self.stream.write_all(&line).await?;
+        let reply = self.read_line().await?;
+        self.in_flight = false;
+        Ok(reply)
+    }
+
+    /// Whether the connection can take a new request: no reply is pending from an abandoned one.
+    pub fn is_in_sync(&self) -> bool {
+        !self.in_flight
+    }
+
+    async fn read_line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                return String::from_utf8(line[..end].to_vec())
+                    .map_err(|e| io::Error::new(ErrorKind::InvalidData, e));
+            }
+            let mut chunk = [0u8; 256];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Says goodbye: `QUIT`, and waits for `BYE`.
+    pub async fn goodbye(&mut self) -> io::Result<()> {
+        match self.request("QUIT").await?.as_str() {
+            "BYE" => Ok(()),
+            other => Err(io::Error::new(
+                ErrorKind::InvalidData,
+                format!("expected BYE, got {other:?}"),
+            )),
+        }
+    }
+
+    /// Ends the connection with plain std calls: shuts the socket down and drops it. Needs no
+    /// runtime, never blocks. A socket the peer already closed is not an error.
+    pub fn close(self) -> io::Result<()> {
+        match self.stream.get_ref().shutdown(Shutdown::Both) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotConnected => Ok(()),
+            Err(e) => Err(e),
+        }
+        // Dropping the `Async` deregisters the socket from async-io's reactor (a plain call on
+        // a process-wide structure) and closes it.
+    }
+}
+
+/// What a [`TcpManager`] did, counted by the manager itself.
+#[derive(Debug, Default)]
+pub struct TcpStats {
+    /// Connections opened.
+    pub opened: AtomicU64,
+    /// Goodbyes said and answered.
+    pub goodbyes: AtomicU64,
+    /// Connections closed with [`Manager::close`].
+    pub closed: AtomicU64,
+}
+
+/// A gracepool [`Manager`] for the backend: `create` connects, `check` pings, `shutdown` says
+/// goodbye, `close` shuts the socket down with std calls.
+#[derive(Debug, Clone)]
+pub struct TcpManager {
+    addr: SocketAddr,
+    stats: Arc<TcpStats>,
+}
+
+impl TcpManager {
+    /// A manager for the backend at `addr`.
+    pub fn new(addr: SocketAddr) -> TcpManager {
+        TcpManager {
+            addr,
+            stats: Arc::default(),
+        }
+    }
+
+    /// The manager's own counts, shared with its clones.
+    pub fn stats(&self) -> Arc<TcpStats> {
+        self.stats.clone()
+    }
+}
+
+impl Manager for TcpManager {
+    type Connection = TcpConn;
+    type Error = io::Error;
+
+    async fn create(&self) -> io::Result<TcpConn> {
+        let conn = TcpConn::connect(self.addr).await?;
+        self.stats.opened.fetch_add(1, SeqCst);
+        Ok(conn)
+    }
+
+    async fn check(&self, conn: &mut TcpConn) -> io::Result<()> {
+        match conn.request("PING").await?.as_str() {
+            "PONG" => Ok(()),
+            other => Err(io::Error::new(
+                ErrorKind::InvalidData,
+                format!("expected PONG, got {other:?}"),
+            )),
+        }
+    }
+
+    async fn shutdown(&self, conn: &mut TcpConn) -> io::Result<()> {
+        conn.goodbye().await?;
+        self.stats.goodbyes.fetch_add(1, SeqCst);
+        Ok(())
+    }
+
+    fn close(&self, conn: TcpConn) -> io::Result<()> {
+        self.stats.closed.fetch_add(1, SeqCst);
+        conn.close()
+    }
+}
