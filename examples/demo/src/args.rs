@@ -20,7 +20,7 @@ OPTIONS:
     --pool <NAME>       gracepool, deadpool or bb8            [default: gracepool]
     --runtime <NAME>    tokio, tokio-current, smol or actix   [default: tokio]
     --workers <N>       concurrent tasks making requests      [default: 8]
-    --requests <N>      requests per restart                  [default: 2000]
+    --requests <N>      requests per restart                  [default: 5000]
     --restarts <N>      worker restarts; with 2 or more, the
                         last one is a graceful close          [default: 4]
     --size <N>          the pool's maximum size               [default: 4]
@@ -170,7 +170,7 @@ impl Default for Options {
             pool: PoolKind::Gracepool,
             runtime: RuntimeKind::Tokio,
             workers: 8,
-            requests: 2000,
+            requests: 5000,
             restarts: 4,
             size: 4,
             min_idle: 0,
@@ -327,7 +327,7 @@ mod tests {
             panic!("a run")
         };
         assert_eq!(o.pool, PoolKind::Deadpool);
-        assert_eq!((o.workers, o.size, o.requests), (3, 2, 2000));
+        assert_eq!((o.workers, o.size, o.requests), (3, 2, 5000));
         assert!(matches!(parse_str("-h").unwrap(), Command::Help));
     }
 
