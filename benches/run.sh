@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every gracepool benchmark (P1–P6, the peers, the floors) and prints the Markdown table.
+#   bash benches/run.sh                    # short criterion settings, as in RESULTS.md
+#   bash benches/run.sh --measurement-time 5   # extra arguments go to every bench binary
+# P2/P3 rounds last GRACEPOOL_BENCH_ROUND_MS milliseconds each (default 1000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "machine: $(nproc) cores, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)"
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+cargo bench -p gracepool-bench -- --warm-up-time 1 --measurement-time 2 "$@"
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+cargo run --release -q -p gracepool-bench --bin report
