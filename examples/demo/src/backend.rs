@@ -127,10 +127,17 @@ impl Backend {
     /// A client's close reaches the backend's thread a moment after the client made it; this
     /// is the wait for that moment, not a wait for the client.
     pub fn settle(&self, patience: Duration) -> BackendStats {
+        self.settle_to(0, patience)
+    }
+
+    /// Like [`settle`](Backend::settle), but stops waiting as soon as at most `open`
+    /// connections are open: the number a client says it still holds. The answer is the
+    /// backend's own count either way; the client's word only says when to stop waiting.
+    pub fn settle_to(&self, open: u64, patience: Duration) -> BackendStats {
         let until = Instant::now() + patience;
         loop {
             let stats = self.stats();
-            if stats.open() == 0 || Instant::now() >= until {
+            if stats.open() <= open || Instant::now() >= until {
                 return stats;
             }
             thread::sleep(Duration::from_millis(2));
@@ -346,6 +353,9 @@ mod tests {
         // The second one is still open: settle runs out of patience and says so.
         let s = backend.settle(Duration::from_millis(200));
         assert_eq!((s.accepted, s.goodbye, s.abrupt, s.open()), (2, 0, 1, 1));
+        // Told that one is still open, settle_to stops waiting there.
+        let s = backend.settle_to(1, PATIENCE);
+        assert_eq!(s.open(), 1);
         drop(open);
         let s = backend.settle(PATIENCE);
         assert_eq!((s.accepted, s.goodbye, s.abrupt, s.open()), (2, 0, 2, 0));

@@ -15,6 +15,7 @@ mod worker;
 
 use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
 use std::process::{Child, ChildStdin, Command as Process, ExitCode, Stdio};
+use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
@@ -23,8 +24,11 @@ use gracepool_demo::backend::{Backend, BackendStats};
 use args::{Command, Ending, Options, PoolKind, WORKER_FLAG};
 use report::{Restart, Table};
 
-/// How long the demo waits for the backend to see a close the worker already made.
-const SETTLE: Duration = Duration::from_millis(500);
+/// How long the demo waits for the backend to see a close the worker says it made. The
+/// backend's count is the answer; this only bounds the wait when the worker's word is wrong.
+const SETTLE: Duration = Duration::from_secs(5);
+/// A worker silent for this long is stuck: the demo stops it and says so.
+const WATCHDOG: Duration = Duration::from_secs(60);
 
 fn main() -> ExitCode {
     match args::parse(std::env::args().skip(1)) {
@@ -124,6 +128,16 @@ fn restart(
     });
     let mut stdin = child.stdin.take().expect("piped above");
     let stdout = BufReader::new(child.stdout.take().expect("piped above"));
+    // Lines arrive through a channel, so that a worker that hangs can be noticed.
+    let (lines_tx, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in stdout.lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
 
     let label = format!("restart {index}/{}", options.restarts);
     let mut bar = Bar::new(label, options.requests);
@@ -134,8 +148,19 @@ fn restart(
     };
     let mut after_teardown = BackendStats::default();
     let mut after_release = None;
-    for line in stdout.lines() {
-        let line = line?;
+    loop {
+        let line = match lines.recv_timeout(WATCHDOG) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                r.errors.push(format!(
+                    "the worker said nothing for {} s: it hangs, and was killed",
+                    WATCHDOG.as_secs()
+                ));
+                let _ = child.kill();
+                break;
+            }
+        };
         let (what, rest) = line.split_once(' ').unwrap_or((&line, ""));
         match what {
             "progress" => bar.update(rest.split(' ').next().and_then(|d| d.parse().ok())),
@@ -152,7 +177,7 @@ fn restart(
                 });
             }
             "torn-down" => {
-                after_teardown = backend.settle(SETTLE);
+                after_teardown = backend.settle_to(rest.parse().unwrap_or(0), SETTLE);
                 tell(&mut stdin);
             }
             "pool" => {
@@ -165,7 +190,7 @@ fn restart(
                 }
             }
             "done" => {
-                after_release = Some(backend.settle(SETTLE));
+                after_release = Some(backend.settle_to(rest.parse().unwrap_or(0), SETTLE));
                 break;
             }
             _ => r
@@ -185,19 +210,21 @@ fn restart(
         .find(|l| !l.trim().is_empty())
         .map(String::from);
 
-    let end = after_release.unwrap_or(after_teardown);
-    r.backend = end.since(&before);
+    // Connections the process exit closed end here; the next restart starts from a quiet
+    // backend.
+    let after_exit = backend.settle(SETTLE);
     r.held_after_teardown = after_teardown.open();
-    r.leaked = if after_release.is_some() {
-        end.open()
-    } else {
-        r.errors
-            .push("the worker ended before it had let go of its pool".to_string());
-        0
-    };
-    // Connections the process exit closed count as abrupt from here on; the next restart
-    // starts from a quiet backend.
-    backend.settle(SETTLE);
+    match after_release {
+        Some(end) => {
+            r.backend = end.since(&before);
+            r.leaked = end.open();
+        }
+        None => {
+            r.backend = after_exit.since(&before);
+            r.errors
+                .push("the worker ended before it had let go of its pool".to_string());
+        }
+    }
     Ok(r)
 }
 

@@ -11,11 +11,12 @@
 //! progress <done> <total>        the load, as it goes
 //! error <message>                a request failed (the demo reports it)
 //! in-flight <n>                  the load is done; n requests are in flight now
-//! torn-down                      the runtime is gone (or the pool closed); the pool handle
-//!                                is still held.            The parent looks at the backend,
+//! torn-down <n>                  the runtime is gone (or the pool closed); the pool handle
+//!                                is still held, n connections the worker believes open.
+//!                                                          The parent looks at the backend,
 //!                                                          then writes "go".
 //! pool <created> <graceful> <sync> <failed> <close µs>
-//! done                           every handle dropped.     The parent looks again, then
+//! done <n>                       every handle dropped.     The parent looks again, then
 //!                                                          closes stdin; the child exits.
 //! ```
 
@@ -28,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gracepool::Pool;
-use gracepool_demo::tcp::{TcpConn, TcpManager};
+use gracepool_demo::tcp::{TcpConn, TcpManager, TcpStats};
 
 use crate::args::{Ending, Options, PoolKind, RuntimeKind};
 use crate::peers::{Bb8Manager, DeadManager, PeerStats};
@@ -313,6 +314,20 @@ fn wait_for(rt: &Rt, load: &Load, ready: impl Fn() -> bool) -> bool {
     })
 }
 
+/// How many connections the worker believes it still has open: the demo waits for the backend
+/// to see no more than that, and then counts for itself.
+fn still_open(tcp: &TcpStats, peers: &PeerStats) -> u64 {
+    let grace = tcp
+        .opened
+        .load(SeqCst)
+        .saturating_sub(tcp.closed.load(SeqCst));
+    let peer = peers
+        .opened
+        .load(SeqCst)
+        .saturating_sub(peers.dropped.load(SeqCst));
+    grace + peer
+}
+
 fn wait_for_parent() {
     let mut line = String::new();
     let _ = io::stdin().lock().read_line(&mut line);
@@ -447,7 +462,10 @@ pub fn run(options: Options, addr: SocketAddr, ending: Ending) -> ExitCode {
         AnyPool::Grace(p) => Some(p.status().counters),
         _ => None,
     };
-    say("torn-down");
+    say(&format!(
+        "torn-down {}",
+        still_open(&tcp_stats, &peer_stats)
+    ));
     wait_for_parent();
 
     let released = Instant::now();
@@ -480,7 +498,7 @@ pub fn run(options: Options, addr: SocketAddr, ending: Ending) -> ExitCode {
         }
     }
     say(&line);
-    say("done");
+    say(&format!("done {}", still_open(&tcp_stats, &peer_stats)));
     wait_for_parent();
     ExitCode::SUCCESS
 }
