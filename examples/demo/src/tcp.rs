@@ -177,3 +177,76 @@ impl Manager for TcpManager {
         conn.close()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use futures_lite::future::block_on;
+    use std::time::Duration;
+
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn shutdown_says_goodbye_and_close_needs_no_runtime() {
+        let backend = Backend::start(0).expect("a free port");
+        let m = TcpManager::new(backend.addr());
+        // async-io drives its own reactor: a plain block_on is enough, no runtime.
+        let mut a = block_on(m.create()).expect("connects");
+        let b = block_on(m.create()).expect("connects");
+        block_on(m.check(&mut a)).expect("healthy");
+        block_on(m.shutdown(&mut a)).expect("goodbye");
+        m.close(a).expect("closes after the goodbye");
+        // The other one is closed from a thread that never saw an async runtime.
+        let m2 = m.clone();
+        std::thread::spawn(move || m2.close(b))
+            .join()
+            .expect("close does not panic")
+            .expect("closes");
+        let seen = backend.settle(PATIENCE);
+        assert_eq!((seen.accepted, seen.goodbye, seen.abrupt), (2, 1, 1));
+        let s = m.stats();
+        assert_eq!(
+            (
+                s.opened.load(SeqCst),
+                s.goodbyes.load(SeqCst),
+                s.closed.load(SeqCst)
+            ),
+            (2, 1, 2)
+        );
+    }
+
+    #[test]
+    fn an_abandoned_request_fails_the_health_check() {
+        let backend = Backend::start(0).expect("a free port");
+        let m = TcpManager::new(backend.addr());
+        let mut conn = block_on(m.create()).expect("connects");
+        // A request whose caller gave up (a timeout) before the reply came.
+        let gave_up = block_on(futures_lite::future::or(
+            async { conn.request("SLOW 60000").await.map(|_| false) },
+            async {
+                async_io::Timer::after(Duration::from_millis(20)).await;
+                Ok(true)
+            },
+        ))
+        .expect("no I/O error");
+        assert!(gave_up);
+        assert!(!conn.is_in_sync());
+        // Its reply is still on the way: the next caller must not get it.
+        assert!(block_on(m.check(&mut conn)).is_err());
+        m.close(conn).expect("closes");
+        let seen = backend.settle(PATIENCE);
+        assert_eq!((seen.accepted, seen.abrupt, seen.open()), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_backend_that_is_gone_is_an_error_not_a_panic() {
+        let addr = {
+            let backend = Backend::start(0).expect("a free port");
+            backend.addr()
+        };
+        // Nothing listens there any more (the port is very likely still free).
+        let m = TcpManager::new(addr);
+        assert!(block_on(m.create()).is_err());
+    }
+}
