@@ -42,9 +42,11 @@ impl Restart {
             && self.held_after_teardown == 0
             && self.leaked == 0
             && b.open() == 0
-            && b.accepted == self.pool_created
+            // A creation abandoned half-way (its future dropped by the teardown after the
+            // connect) was never the pool's: it ends abruptly when dropped, uncounted by the pool.
+            && b.accepted >= self.pool_created
             && b.goodbye == self.pool_graceful
-            && b.abrupt == self.pool_sync
+            && b.abrupt == self.pool_sync + (b.accepted - self.pool_created)
             && (self.ending == Ending::Teardown || b.abrupt == 0)
     }
 }
