@@ -12,8 +12,8 @@ use crate::pool::{Idle, Shared};
 ///
 /// Dropping it returns the connection to the idle queue with no round trip to the actor. The
 /// connection is closed instead when the pool is closing or closed, when the actor is gone
-/// (synchronously, with [`Manager::close`]), or when the guard is dropped while its thread is
-/// panicking (the connection may be in a broken state). Dropping a guard never blocks, spawns
+/// (synchronously, with [`Manager::close`]), when the guard is dropped while its thread is
+/// panicking (the connection may be in a broken state), or when [`Manager::is_broken`] says so. Dropping a guard never blocks, spawns
 /// or panics.
 pub struct Pooled<M: Manager> {
     entry: Option<Idle<M::Connection>>,
@@ -89,13 +89,23 @@ where
     }
 }
 
+/// Asks the manager whether a returning connection is broken; a panic there counts as broken.
+fn broken<M: Manager>(manager: &M, conn: &mut M::Connection) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| manager.is_broken(conn)))
+        .unwrap_or(true)
+}
+
 impl<M: Manager> Drop for Pooled<M> {
     fn drop(&mut self) {
         let Some(mut entry) = self.entry.take() else {
             return;
         };
         let shared = &self.shared;
-        if self.checking || std::thread::panicking() || !shared.ledger.is_running() {
+        if self.checking
+            || std::thread::panicking()
+            || !shared.ledger.is_running()
+            || broken(&shared.manager, &mut entry.conn)
+        {
             shared.retire(entry.conn, true);
             return;
         }

@@ -51,6 +51,15 @@ pub trait Manager: Send + Sync + 'static {
         std::future::ready(Ok(()))
     }
 
+    /// Tells, synchronously and cheaply, whether a connection coming back from a guard is
+    /// broken and must not be reused (a request abandoned half-way, a reply still on the
+    /// wire, a flag set by an I/O error). Consulted on every guard drop, so it must not block;
+    /// a broken connection is closed instead of returned. Default: never broken.
+    fn is_broken(&self, conn: &mut Self::Connection) -> bool {
+        let _ = conn;
+        false
+    }
+
     /// Says goodbye to the peer while the runtime is alive (a protocol-level farewell, a flush).
     ///
     /// [`close`](Manager::close) always follows, whether this succeeds, fails, times out or is

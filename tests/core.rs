@@ -361,6 +361,31 @@ fn last_handle_dropped_closes_without_blocking() {
 }
 
 #[test]
+fn broken_connections_are_closed_not_returned() {
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    let pool = builder(&m, &rt).build().unwrap();
+    rt.block_on(async {
+        drop(pool.get().await.unwrap());
+        assert_eq!(pool.status().idle, 1);
+        m.set_broken(true);
+        let g = pool.get().await.unwrap();
+        assert_eq!(g.id, 1);
+        drop(g);
+        // Closed through the actor, gracefully, instead of going back to the idle queue.
+        let until = Instant::now() + Duration::from_secs(5);
+        while m.closed() < 1 && Instant::now() < until {
+            async_io::Timer::after(Duration::from_millis(1)).await;
+        }
+        assert_eq!(m.closed(), 1);
+        assert_eq!(pool.status().idle, 0);
+        m.set_broken(false);
+        assert_eq!(pool.get().await.unwrap().id, 2);
+        pool.close().await;
+    });
+    assert_all_closed(&pool, &m);
+}
+
+#[test]
 fn detach_takes_a_connection_out_of_the_accounting() {
     let (m, rt) = (Counting::new(), ExecRuntime::new());
     let pool = builder(&m, &rt).max_size(1).build().unwrap();

@@ -78,6 +78,7 @@ pub struct Stats {
     /// `close` fails for connections whose id is a multiple of this (0: never).
     close_fail_every: AtomicU64,
     close_panics: AtomicBool,
+    broken: AtomicBool,
     create_delay_ms: AtomicU64,
 }
 
@@ -140,6 +141,11 @@ impl Counting {
     pub fn set_close_fails_every(&self, n: u64, panic: bool) {
         self.stats.close_fail_every.store(n, SeqCst);
         self.stats.close_panics.store(panic, SeqCst);
+    }
+
+    /// Whether `is_broken` reports returning connections as broken from now on.
+    pub fn set_broken(&self, broken: bool) {
+        self.stats.broken.store(broken, SeqCst);
     }
 
     /// `create` waits this long (on an `async-io` timer, which works under any runtime).
@@ -234,6 +240,11 @@ impl Manager for Counting {
             Fault::from_code(self.stats.check_fault.load(SeqCst)),
             "check",
         )
+    }
+
+    fn is_broken(&self, conn: &mut Conn) -> bool {
+        let _ = conn;
+        self.stats.broken.load(SeqCst)
     }
 
     fn shutdown(&self, conn: &mut Conn) -> impl Future<Output = Result<(), TestError>> + Send {
