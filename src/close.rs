@@ -12,7 +12,7 @@
 //! taken by exactly one party. It uses only channel operations, atomics, a mutex and the
 //! manager's `close`: no spawn, no timer, no runtime.
 
-use std::future::{poll_fn, Future};
+use std::future::{Future, poll_fn};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,15 @@ impl<M: Manager> Shared<M> {
         // return fail, so returning guards close their connections instead.
         self.idle_tx.close();
         self.waitlist.close();
-        let reached = self.ledger.actor_alive() && self.mailbox_tx.try_send(Msg::Close).is_ok();
+        let reached = self.ledger.actor_alive()
+            && match self.mailbox_tx.try_send(Msg::Close) {
+                Ok(()) => true,
+                // Only a drain already under way closes the mailbox (the actor finishing a
+                // close it saw start, or a fallback), and every drain ends by writing the
+                // report: running the fallback here too would race it and could mislabel an
+                // actor's graceful close as a fallback.
+                Err(e) => e.is_closed(),
+            };
         if !reached {
             self.shutdown_sync(cause);
         }
