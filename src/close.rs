@@ -12,7 +12,7 @@
 //! taken by exactly one party. It uses only channel operations, atomics, a mutex and the
 //! manager's `close`: no spawn, no timer, no runtime.
 
-use std::future::{Future, poll_fn};
+use std::future::{poll_fn, Future};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
