@@ -133,6 +133,27 @@ pub const SCENARIOS: [Scenario; 15] = [
     },
 ];
 
+/// Control cells, run on tokio current_thread: each breaks one pass condition on purpose, and
+/// the matrix test checks that it is judged a failure for that reason.
+pub const CONTROLS: [(Scenario, &str); 4] = [
+    (
+        row("C-stderr", "a clean run that then prints to stderr"),
+        "stderr is not empty",
+    ),
+    (
+        row("C-leak", "a connection dropped without close"),
+        "created != closed",
+    ),
+    (row("C-exit", "a non-zero exit status"), "exit status"),
+    (
+        Scenario {
+            limit: Duration::from_secs(1),
+            ..row("C-hang", "a child that outlives its time limit")
+        },
+        "killed",
+    ),
+];
+
 const fn row(id: &'static str, what: &'static str) -> Scenario {
     Scenario {
         id,

@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gracepool_matrix::{applies, parse_summary, Kind, Scenario, KINDS, SCENARIOS};
+use gracepool_matrix::{applies, parse_summary, Kind, Scenario, CONTROLS, KINDS, SCENARIOS};
 
 /// Children at once: the machine has 2 cores, and a child is mostly waiting.
 const PARALLEL: usize = 3;
@@ -78,6 +78,15 @@ fn main() {
     for w in workers {
         w.join().expect("a matrix worker thread");
     }
+    // The judge itself: every control cell must fail, for its own reason.
+    let controls: Vec<_> = CONTROLS
+        .iter()
+        .map(|(scenario, reason)| {
+            let judged = run_cell(scenario, Kind::TokioCt);
+            let ok = matches!(&judged, Outcome::Fail { why, .. } if why.contains(reason));
+            (scenario.id, *reason, ok)
+        })
+        .collect();
     let wall = started.elapsed();
     let outcomes: Vec<Outcome> = std::mem::take(&mut *outcomes.lock().unwrap())
         .into_iter()
@@ -112,8 +121,17 @@ fn main() {
             );
         }
     }
+    let misjudged: Vec<_> = controls.iter().filter(|c| !c.2).collect();
+    println!(
+        "\ncontrols: {} of {} broken-on-purpose cells judged failing for the right reason",
+        controls.len() - misjudged.len(),
+        controls.len()
+    );
+    for (id, reason, _) in &misjudged {
+        println!("  MISJUDGED {id}: expected a failure containing `{reason}`");
+    }
     println!("\nmatrix: {passed} passed, {} failed", failed.len());
-    if !failed.is_empty() || passed == 0 {
+    if !failed.is_empty() || passed == 0 || !misjudged.is_empty() {
         std::process::exit(1);
     }
 }
