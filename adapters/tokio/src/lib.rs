@@ -65,6 +65,12 @@ use tokio::runtime::Handle;
 /// A timer polled anywhere else — another tokio runtime (which may lack a time driver), another
 /// executor, a plain `block_on`, a thread whose runtime is gone — uses `async-io`'s timer, which
 /// drives its own reactor and works everywhere.
+///
+/// One case is left to tokio: a timer first polled inside `Handle::block_on` or
+/// `Handle::enter` of the pool's own runtime *after* that runtime was shut down panics there
+/// (tokio offers no way to tell a shut-down runtime from a live one through its handle). The
+/// pool makes no timer once it is closed, and it closes when the runtime drops its actor, so
+/// this takes a pool used in the instant between the two.
 #[derive(Debug, Clone)]
 pub struct TokioRuntime {
     handle: Handle,

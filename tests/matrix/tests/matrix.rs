@@ -184,8 +184,9 @@ fn run_cell(scenario: &Scenario, kind: Kind) -> Outcome {
         match ready_rx.recv_timeout(left) {
             Ok(()) => {
                 std::thread::sleep(LOAD_BEFORE_SIGTERM);
-                let sent = Command::new("kill")
-                    .args(["-TERM", &child.id().to_string()])
+                // The shell's own `kill`: there on every Unix, no extra binary or crate.
+                let sent = Command::new("sh")
+                    .args(["-c", &format!("kill -TERM {}", child.id())])
                     .status();
                 if !matches!(sent, Ok(s) if s.success()) {
                     why = Some(format!("could not send SIGTERM: {sent:?}"));
