@@ -6,7 +6,7 @@ use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 
 use futures_lite::FutureExt;
 
@@ -171,7 +171,10 @@ impl<M: Manager> PoolActor<M> {
                     if from_guard {
                         shared.ledger.check_in();
                     }
-                    self.retire(conn);
+                    // As when a queued farewell finishes: a slot is free for a waiter.
+                    if self.retire(conn) {
+                        self.grow();
+                    }
                 }
                 Event::Msg(Msg::Close) => self.start_closing(),
                 Event::Tick => {
@@ -265,9 +268,22 @@ impl<M: Manager> PoolActor<M> {
         }
     }
 
-    fn retire(&mut self, conn: M::Connection) {
-        self.closing
-            .push(Box::pin(shut_down(self.shared.clone(), conn)));
+    /// Closes `conn` gracefully. True when it is closed already: most farewells finish on
+    /// their first poll (the default `shutdown` has nothing to say), and those are finished
+    /// here rather than queued for later turns of the loop, one turn each. A farewell that is
+    /// not done is queued; the loop polls it again, with the actor's own waker, before the
+    /// actor next sleeps.
+    fn retire(&mut self, conn: M::Connection) -> bool {
+        let mut job: BoxFuture = Box::pin(shut_down(self.shared.clone(), conn));
+        if job
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_ready()
+        {
+            return true;
+        }
+        self.closing.push(job);
+        false
     }
 
     /// Reaps idle connections past their idle timeout or lifetime, then tops up.
