@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkGroup, Criterion, SamplingMode};
 use gracepool_bench::manager::Trivial;
-use gracepool_bench::pools::{Bb8, BenchPool, ChannelFloor, Dead, Grace, Mobc, MutexFloor};
+use gracepool_bench::pools::{
+    Bb8, BenchPool, ChannelFloor, Dead, Grace, GraceUntimed, Mobc, MutexFloor,
+};
 use gracepool_bench::scenarios::{self, Contended};
 use gracepool_bench::{write_extra, Args};
 use serde_json::{json, Value};
@@ -239,24 +241,42 @@ fn contended_all(args: &Args) {
     };
     let mut out = serde_json::Map::new();
     for (scenario, tasks, max) in [("P2", 64, 8), ("P3", 32, 1)] {
-        if !args.wants(scenario) {
+        if !args.wants(scenario) && !args.filters.iter().any(|f| f.starts_with(scenario)) {
             continue;
         }
         println!(
             "{scenario}: {tasks} tasks, pool max {max}, 2 worker threads, yield_now while holding"
         );
-        let rows = vec![
-            contended::<Grace>(tasks, max, &rounds),
-            contended::<Dead>(tasks, max, &rounds),
-            contended::<Bb8>(tasks, max, &rounds),
-            contended::<Mobc>(tasks, max, &rounds),
-            contended_r2d2(tasks, max, &rounds),
-            contended::<ChannelFloor>(tasks, max, &rounds),
-            contended::<MutexFloor>(tasks, max, &rounds),
-        ];
+        let want = |pool: &str| args.wants(&format!("{scenario}/{pool}"));
+        let mut rows = Vec::new();
+        if want(Grace::NAME) {
+            rows.push(contended::<Grace>(tasks, max, &rounds));
+        }
+        if want(GraceUntimed::NAME) {
+            rows.push(contended::<GraceUntimed>(tasks, max, &rounds));
+        }
+        if want(Dead::NAME) {
+            rows.push(contended::<Dead>(tasks, max, &rounds));
+        }
+        if want(Bb8::NAME) {
+            rows.push(contended::<Bb8>(tasks, max, &rounds));
+        }
+        if want(Mobc::NAME) {
+            rows.push(contended::<Mobc>(tasks, max, &rounds));
+        }
+        if want("r2d2") {
+            rows.push(contended_r2d2(tasks, max, &rounds));
+        }
+        if want(ChannelFloor::NAME) {
+            rows.push(contended::<ChannelFloor>(tasks, max, &rounds));
+        }
+        if want(MutexFloor::NAME) {
+            rows.push(contended::<MutexFloor>(tasks, max, &rounds));
+        }
         out.insert(scenario.to_string(), Value::Array(rows));
     }
-    if !out.is_empty() && !args.test {
+    // A partial run (filtered, or --test) leaves the last full run's figures alone.
+    if !out.is_empty() && !args.test && args.filters.is_empty() {
         write_extra("contended", &Value::Object(out)).expect("the target directory is writable");
     }
 }

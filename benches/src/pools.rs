@@ -63,6 +63,36 @@ impl BenchPool for Grace {
     }
 }
 
+/// gracepool with no wait timeout, as deadpool is by default: a waiter arms no timer.
+pub struct GraceUntimed(pub gracepool::Pool<Trivial>);
+
+impl BenchPool for GraceUntimed {
+    const NAME: &'static str = "gracepool-no-timeout";
+    type Guard<'a> = gracepool::Pooled<Trivial>;
+
+    async fn build(manager: Trivial, max_size: usize) -> Self {
+        let pool = gracepool::Pool::builder(manager)
+            .max_size(max_size)
+            .wait_timeout(None)
+            .runtime(gracepool_tokio::TokioRuntime::current())
+            .build()
+            .expect("a valid configuration");
+        GraceUntimed(pool)
+    }
+
+    async fn checkout(&self) -> Self::Guard<'_> {
+        self.0.get().await.expect("the trivial manager never fails")
+    }
+
+    async fn idle(&self) -> usize {
+        self.0.status().idle
+    }
+
+    async fn close(self) {
+        self.0.close().await;
+    }
+}
+
 /// deadpool's managed pool.
 pub struct Dead(pub deadpool::managed::Pool<Trivial>);
 

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gracepool_bench::manager::Trivial;
-use gracepool_bench::pools::{Bb8, BenchPool, ChannelFloor, Dead, Grace, Mobc, MutexFloor};
+use gracepool_bench::pools::{
+    Bb8, BenchPool, ChannelFloor, Dead, Grace, GraceUntimed, Mobc, MutexFloor,
+};
 use gracepool_bench::scenarios;
 
 const SETTLE: Duration = Duration::from_secs(10);
@@ -92,6 +94,7 @@ fn contended<P: BenchPool>(tasks: usize, max: usize) {
 fn contended_every_pool() {
     for (tasks, max) in [(16, 4), (8, 1)] {
         contended::<Grace>(tasks, max);
+        contended::<GraceUntimed>(tasks, max);
         contended::<Dead>(tasks, max);
         contended::<Bb8>(tasks, max);
         contended::<Mobc>(tasks, max);

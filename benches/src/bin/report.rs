@@ -77,7 +77,13 @@ impl Table {
             head.push_str(&format!(" {h} |"));
             rule.push_str("---:|");
         }
-        head.push_str(" ÷ best peer | ÷ floor |");
+        // A floor of 0 bytes has no ratio: P6 shows the difference instead.
+        let by_difference = self.unit == "bytes";
+        head.push_str(if by_difference {
+            " ÷ best peer | − floor |"
+        } else {
+            " ÷ best peer | ÷ floor |"
+        });
         rule.push_str("---:|---:|");
         println!("{head}\n{rule}");
         for (i, (name, v)) in self.rows.iter().enumerate() {
@@ -85,10 +91,17 @@ impl Table {
             for (_, col) in &self.extra {
                 line.push_str(&format!(" {} |", col[i]));
             }
-            line.push_str(&format!(
-                " {} | {} |",
-                ratio(*v, peer.as_ref().map(|p| p.1)),
+            let to_floor = if by_difference {
+                match (v, floor.as_ref()) {
+                    (Some(v), Some((_, f))) => format!("{:+.1}", v - f),
+                    _ => "—".into(),
+                }
+            } else {
                 ratio(*v, floor.as_ref().map(|f| f.1))
+            };
+            line.push_str(&format!(
+                " {} | {to_floor} |",
+                ratio(*v, peer.as_ref().map(|p| p.1)),
             ));
             println!("{line}");
         }
