@@ -73,7 +73,7 @@ pub struct Scenario {
 const LIMIT: Duration = Duration::from_secs(20);
 
 /// Every row, in table order.
-pub const SCENARIOS: [Scenario; 15] = [
+pub const SCENARIOS: [Scenario; 17] = [
     row(
         "S1",
         "runtime dropped while idle, handles alive; last handle dropped outside any runtime",
@@ -131,6 +131,14 @@ pub const SCENARIOS: [Scenario; 15] = [
         sigterm: true,
         ..row("S12", "SIGTERM during load; the app sends Close on SIGTERM")
     },
+    row(
+        "S13",
+        "20 rounds: the runtime dropped at a random moment under load",
+    ),
+    row(
+        "S14",
+        "a tokio runtime built without a time driver (async-io timers)",
+    ),
 ];
 
 /// Control cells, run on tokio current_thread: each breaks one pass condition on purpose, and
@@ -179,6 +187,9 @@ pub fn applies(id: &str, kind: Kind) -> Result<(), &'static str> {
         ("S8", TokioMt | SmolGlobal) => Err(ALWAYS_POLLED),
         ("S9a" | "S9b", Actix) => Ok(()),
         ("S9a" | "S9b", _) => Err("actix only"),
+        ("S13", SmolGlobal) => Err(NEVER_DROPPED),
+        ("S14", TokioMt | TokioCt) => Ok(()),
+        ("S14", _) => Err("only a tokio runtime can lack a time driver"),
         _ => Ok(()),
     }
 }

@@ -56,6 +56,8 @@ fn main() {
         "S11e" => s11(&m, kind, false),
         "S11p" => s11(&m, kind, true),
         "S12" => s12(&m, kind),
+        "S13" => s13(&m, kind),
+        "S14" => s14(&m, kind),
         "C-stderr" | "C-leak" | "C-exit" | "C-hang" => control(&m, kind, id),
         other => {
             eprintln!("no scenario {other}");
@@ -792,6 +794,101 @@ fn s12(m: &Counting, kind: Kind) -> String {
         served.load(SeqCst),
         report.counters.closed_graceful
     )
+}
+
+/// A small xorshift generator: random timings without a dependency; the seed is printed.
+struct Rng(u64);
+
+impl Rng {
+    fn from_clock() -> Rng {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.subsec_nanos() as u64);
+        Rng(nanos | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// S13: the runtime is torn down at a random moment while tasks check connections out and in
+/// with random holding times, and the test itself holds one; 20 rounds, a new runtime each.
+fn s13(m: &Counting, kind: Kind) -> String {
+    let mut rng = Rng::from_clock();
+    let seed = rng.0;
+    for _ in 0..20 {
+        let host = Host::new(kind);
+        let pool = host.pool(m).max_size(3).build().unwrap();
+        for _ in 0..6 {
+            let pool = pool.clone();
+            let hold = Duration::from_micros(rng.below(400));
+            host.spawn(async move {
+                while let Ok(c) = pool.get().await {
+                    sleep(hold).await;
+                    drop(c);
+                }
+            });
+        }
+        let held = host.block_on(async {
+            let held = pool.get().await.expect("a connection");
+            sleep(Duration::from_micros(rng.below(3000))).await;
+            held
+        });
+        drop(host);
+        let status = pool.status();
+        assert_eq!(status.state, PoolState::Closed, "{status:?}");
+        assert_eq!(
+            status.in_use, 1,
+            "only the test's guard is still out: {status:?}"
+        );
+        drop(held);
+        assert_accounted(&pool.status().counters);
+        assert_eq!(pool.status().counters.open(), 0);
+        assert_eq!(m.created(), m.closed(), "{}", m.summary());
+    }
+    format!(
+        "20 random teardowns (seed {seed}): {} connections, all closed",
+        m.created()
+    )
+}
+
+/// S14: a tokio runtime built without its time driver, where tokio's timer panics; the pool
+/// is told to use async-io's timers. Every timer the pool makes runs: a wait timeout, the
+/// maintenance tick reaping an idle connection, the close deadline.
+fn s14(m: &Counting, kind: Kind) -> String {
+    let host = Host::without_tokio_timers(kind);
+    let pool = host
+        .pool(m)
+        .max_size(1)
+        .maintenance_interval(Duration::from_millis(5))
+        .idle_timeout(Duration::from_millis(20))
+        .close_deadline(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let held = host.block_on(async {
+        let g = pool.get().await.unwrap();
+        assert!(matches!(
+            pool.get_timeout(Duration::from_millis(10)).await,
+            Err(Error::Timeout { .. })
+        ));
+        drop(g);
+        until("the idle connection to be reaped", || m.closed() == 1).await;
+        let g = pool.get().await.unwrap();
+        let report = pool.close().await;
+        assert_eq!(
+            report.checked_out, 1,
+            "the close deadline passed: {report:?}"
+        );
+        g
+    });
+    drop(held);
+    drop(pool);
+    drop(host);
+    "wait timeout, idle reaping and close deadline all on async-io timers".into()
 }
 
 /// SIGTERM, through each runtime's usual way: tokio's signal driver, actix-rt's (tokio's on
