@@ -164,33 +164,51 @@ struct Rounds {
     count: usize,
 }
 
-/// Runs `rounds` of a contended scenario and keeps them all; the report takes the median.
-fn contended<P: BenchPool>(tasks: usize, max: usize, rounds: &Rounds) -> Value {
-    let rt = scenarios::multi_thread(2);
-    let manager = Trivial::new();
-    let stats = manager.stats().clone();
-    let pool = Arc::new(rt.block_on(P::build(manager, max)));
-    scenarios::contended(&rt, &pool, tasks, rounds.warm);
-    let runs: Vec<Contended> = (0..rounds.count)
-        .map(|_| scenarios::contended(&rt, &pool, tasks, rounds.run))
-        .collect();
-    let pool = Arc::into_inner(pool).expect("every task has finished");
-    rt.block_on(async {
-        pool.close().await;
-        scenarios::settle(&stats, Duration::from_secs(10)).await;
-    });
-    summarize(P::NAME, &runs)
+/// One pool in a contended scenario, ready to run rounds: its own 2-worker runtime, its pool
+/// (warmed), and what closes it.
+struct Subject {
+    name: &'static str,
+    round: Box<dyn FnMut(Duration) -> Contended>,
+    finish: Box<dyn FnOnce()>,
 }
 
-fn contended_r2d2(threads: usize, max: usize, rounds: &Rounds) -> Value {
-    let pool = scenarios::r2d2_builder(max)
-        .build(Trivial::new())
-        .expect("the trivial manager never fails");
-    scenarios::r2d2_contended(&pool, threads, rounds.warm);
-    let runs: Vec<Contended> = (0..rounds.count)
-        .map(|_| scenarios::r2d2_contended(&pool, threads, rounds.run))
-        .collect();
-    summarize("r2d2", &runs)
+impl Subject {
+    fn new<P: BenchPool>(tasks: usize, max: usize, warm: Duration) -> Self {
+        let rt = Arc::new(scenarios::multi_thread(2));
+        let manager = Trivial::new();
+        let stats = manager.stats().clone();
+        let pool = Arc::new(rt.block_on(P::build(manager, max)));
+        scenarios::contended(&rt, &pool, tasks, warm);
+        let (rt2, pool2) = (rt.clone(), pool.clone());
+        Subject {
+            name: P::NAME,
+            round: Box::new(move |run| scenarios::contended(&rt2, &pool2, tasks, run)),
+            finish: Box::new(move || {
+                let pool = Arc::into_inner(pool).expect("every task has finished");
+                rt.block_on(async {
+                    pool.close().await;
+                    scenarios::settle(&stats, Duration::from_secs(10)).await;
+                });
+            }),
+        }
+    }
+
+    fn r2d2(threads: usize, max: usize, warm: Duration) -> Self {
+        let pool = scenarios::r2d2_builder(max)
+            .build(Trivial::new())
+            .expect("the trivial manager never fails");
+        scenarios::r2d2_contended(&pool, threads, warm);
+        Subject {
+            name: "r2d2",
+            round: Box::new(move |run| scenarios::r2d2_contended(&pool, threads, run)),
+            finish: Box::new(|| {}),
+        }
+    }
+
+    fn finish(self) {
+        drop(self.round);
+        (self.finish)();
+    }
 }
 
 fn summarize(name: &str, runs: &[Contended]) -> Value {
@@ -232,11 +250,11 @@ fn contended_all(args: &Args) {
         let ms = std::env::var("GRACEPOOL_BENCH_ROUND_MS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(1000);
+            .unwrap_or(500);
         Rounds {
             warm: Duration::from_millis(300),
             run: Duration::from_millis(ms),
-            count: 3,
+            count: 5,
         }
     };
     let mut out = serde_json::Map::new();
@@ -248,31 +266,50 @@ fn contended_all(args: &Args) {
             "{scenario}: {tasks} tasks, pool max {max}, 2 worker threads, yield_now while holding"
         );
         let want = |pool: &str| args.wants(&format!("{scenario}/{pool}"));
-        let mut rows = Vec::new();
+        let warm = rounds.warm;
+        let mut subjects = Vec::new();
         if want(Grace::NAME) {
-            rows.push(contended::<Grace>(tasks, max, &rounds));
+            subjects.push(Subject::new::<Grace>(tasks, max, warm));
         }
         if want(GraceUntimed::NAME) {
-            rows.push(contended::<GraceUntimed>(tasks, max, &rounds));
+            subjects.push(Subject::new::<GraceUntimed>(tasks, max, warm));
         }
         if want(Dead::NAME) {
-            rows.push(contended::<Dead>(tasks, max, &rounds));
+            subjects.push(Subject::new::<Dead>(tasks, max, warm));
         }
         if want(Bb8::NAME) {
-            rows.push(contended::<Bb8>(tasks, max, &rounds));
+            subjects.push(Subject::new::<Bb8>(tasks, max, warm));
         }
         if want(Mobc::NAME) {
-            rows.push(contended::<Mobc>(tasks, max, &rounds));
+            subjects.push(Subject::new::<Mobc>(tasks, max, warm));
         }
         if want("r2d2") {
-            rows.push(contended_r2d2(tasks, max, &rounds));
+            subjects.push(Subject::r2d2(tasks, max, warm));
         }
         if want(ChannelFloor::NAME) {
-            rows.push(contended::<ChannelFloor>(tasks, max, &rounds));
+            subjects.push(Subject::new::<ChannelFloor>(tasks, max, warm));
         }
         if want(MutexFloor::NAME) {
-            rows.push(contended::<MutexFloor>(tasks, max, &rounds));
+            subjects.push(Subject::new::<MutexFloor>(tasks, max, warm));
         }
+        // Rounds go round-robin over the pools, so that load from outside the bench (other
+        // processes on the machine) falls on every pool alike; the report takes each pool's
+        // median round.
+        let mut runs: Vec<Vec<Contended>> = subjects.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds.count {
+            for (subject, runs) in subjects.iter_mut().zip(&mut runs) {
+                runs.push((subject.round)(rounds.run));
+            }
+        }
+        let rows = subjects
+            .into_iter()
+            .zip(&runs)
+            .map(|(subject, runs)| {
+                let row = summarize(subject.name, runs);
+                subject.finish();
+                row
+            })
+            .collect();
         out.insert(scenario.to_string(), Value::Array(rows));
     }
     // A partial run (filtered, or --test) leaves the last full run's figures alone.
