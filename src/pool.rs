@@ -267,7 +267,10 @@ impl<M: Manager> Pool<M> {
             self.ask_to_grow();
             return Err(Error::Exhausted);
         }
-        self.wait_for_connection(timeout).await
+        // Boxed: the waiting future is several times the size of the hot path's, and as part
+        // of this future it would be moved with it on every checkout. Waiting allocates
+        // anyway (a place in the waitlist); taking an idle connection does not.
+        Box::pin(self.wait_for_connection(timeout)).await
     }
 
     /// Wakes the actor to create, unless the pool is already at `max_size` (then a returning
