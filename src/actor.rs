@@ -360,7 +360,10 @@ impl<M: Manager> Drop for PoolActor<M> {
         // synchronously by their `Closing` holders; then the fallback drains the queues.
         self.shared.ledger.set_actor_alive(false);
         if self.shared.ledger.is_running() {
-            event!(debug, "the pool actor was dropped while running (runtime teardown); closing synchronously");
+            event!(
+                debug,
+                "the pool actor was dropped while running (runtime teardown); closing synchronously"
+            );
         }
         for _ in self.creating.drain(..) {
             self.shared.ledger.abandon_slot();

@@ -333,7 +333,7 @@ impl<M: Manager> Pool<M> {
                 None => {
                     return Err(Error::Timeout {
                         waited: started.elapsed(),
-                    })
+                    });
                 }
             }
         }
