@@ -2,7 +2,7 @@
 # Runs every gracepool benchmark (P1–P6, the peers, the floors) and prints the Markdown table.
 #   bash benches/run.sh                    # short criterion settings, as in RESULTS.md
 #   bash benches/run.sh --measurement-time 5   # extra arguments go to every bench binary
-# P2/P3: 5 rounds per pool, round-robin over the pools, GRACEPOOL_BENCH_ROUND_MS each (default 500).
+# P2/P3: 5 rounds per pool, round-robin over the pools, GRACEPOOL_BENCH_ROUND_MS each (default 500); the fastest round is reported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"

@@ -177,7 +177,7 @@ fn contended_table(all: Option<&Value>, scenario: &str, title: &str) -> Table {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let field = |r: &Value, k: &str| r.get("median_round").and_then(|m| m.get(k)).cloned();
+    let field = |r: &Value, k: &str| r.get("best_round").and_then(|m| m.get(k)).cloned();
     let us = |v: Option<Value>| {
         v.and_then(|v| v.as_f64())
             .map_or("—".to_string(), |ns| format!("{:.1}", ns / 1000.0))
@@ -381,7 +381,7 @@ fn main() {
         .and_then(|c| c.get("P3"))
         .and_then(Value::as_array)
         .and_then(|rows| rows.iter().find(|r| r["name"] == "gracepool"))
-        .and_then(|r| r.get("median_round"))
+        .and_then(|r| r.get("best_round"))
         .map(|m| m["fairness"].as_f64());
     target(
         "P3 fairness (most / fewest pairs per task)",
