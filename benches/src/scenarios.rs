@@ -98,13 +98,18 @@ pub fn contended<P: BenchPool>(
     run: Duration,
 ) -> Contended {
     let stop = Arc::new(AtomicBool::new(false));
+    // Every task starts at the gate, together: with more threads than cores, the thread that
+    // spawns them can be preempted half-way, and the first tasks would run alone meanwhile.
+    let gate = Arc::new(tokio::sync::Barrier::new(tasks + 1));
     let handles: Vec<_> = (0..tasks)
         .map(|_| {
             let pool = pool.clone();
             let stop = stop.clone();
+            let gate = gate.clone();
             rt.spawn(async move {
                 let mut done = 0u64;
                 let mut waits = Vec::with_capacity(1 << 14);
+                gate.wait().await;
                 while !stop.load(Relaxed) {
                     let asked = Instant::now();
                     let conn = pool.checkout().await;
@@ -122,6 +127,7 @@ pub fn contended<P: BenchPool>(
             })
         })
         .collect();
+    rt.block_on(gate.wait());
     let started = Instant::now();
     std::thread::sleep(run);
     stop.store(true, Relaxed);
@@ -140,13 +146,16 @@ pub fn contended<P: BenchPool>(
 /// `std::thread::yield_now` while holding.
 pub fn r2d2_contended(pool: &r2d2::Pool<Trivial>, threads: usize, run: Duration) -> Contended {
     let stop = Arc::new(AtomicBool::new(false));
+    let gate = Arc::new(std::sync::Barrier::new(threads + 1));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
             let pool = pool.clone();
             let stop = stop.clone();
+            let gate = gate.clone();
             std::thread::spawn(move || {
                 let mut done = 0u64;
                 let mut waits = Vec::with_capacity(1 << 14);
+                gate.wait();
                 while !stop.load(Relaxed) {
                     let asked = Instant::now();
                     let conn = pool.get().expect("the trivial manager never fails");
@@ -164,6 +173,7 @@ pub fn r2d2_contended(pool: &r2d2::Pool<Trivial>, threads: usize, run: Duration)
             })
         })
         .collect();
+    gate.wait();
     let started = Instant::now();
     std::thread::sleep(run);
     stop.store(true, Relaxed);
