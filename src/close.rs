@@ -5,7 +5,9 @@
 //! `shutdown` + `close`, waits up to the close deadline for checked-out ones, then finishes.
 //!
 //! The sync fallback ([`Shared::shutdown_sync`]) finishes the close whenever the actor cannot:
-//! it is gone (its task was dropped), its mailbox is closed, or it did not finish in time. It
+//! it is gone (its task was dropped: its `Drop` runs the fallback), or it did not finish in
+//! time (a runtime that is not being polled). A closed mailbox means such a drain is already
+//! under way, so a closer that finds it closed waits for that drain's report. The fallback
 //! closes both queues *first*, so every later send fails and hands its connection back to the
 //! sender, who closes it; then it drains both with `try_recv`, closing each connection with the
 //! manager's synchronous `close`. Nothing can slip in behind the drain, and each connection is
