@@ -233,73 +233,32 @@ pub(crate) fn plan_growth(
 mod tests {
     use super::*;
 
+    /// The growth rule on (waiters, idle, creating, slots, max_size, min_idle), as
+    /// (for_waiters, for_min_idle).
     #[test]
-    fn growth_serves_waiters_within_max() {
-        assert_eq!(
-            plan_growth(5, 0, 0, 0, 3, 0),
-            Growth {
-                for_waiters: 3,
-                for_min_idle: 0
-            }
-        );
-        assert_eq!(
-            plan_growth(5, 0, 2, 2, 3, 0),
-            Growth {
-                for_waiters: 1,
-                for_min_idle: 0
-            }
-        );
-        assert_eq!(
-            plan_growth(5, 0, 0, 3, 3, 0),
-            Growth {
-                for_waiters: 0,
-                for_min_idle: 0
-            }
-        );
-    }
-
-    #[test]
-    fn growth_counts_idle_and_creating_against_demand() {
-        assert_eq!(
-            plan_growth(2, 2, 0, 2, 10, 0),
-            Growth {
-                for_waiters: 0,
-                for_min_idle: 0
-            }
-        );
-        assert_eq!(
-            plan_growth(3, 1, 1, 4, 10, 0),
-            Growth {
-                for_waiters: 1,
-                for_min_idle: 0
-            }
-        );
-    }
-
-    #[test]
-    fn growth_keeps_min_idle_warm() {
-        assert_eq!(
-            plan_growth(0, 0, 0, 0, 10, 4),
-            Growth {
-                for_waiters: 0,
-                for_min_idle: 4
-            }
-        );
-        assert_eq!(
-            plan_growth(0, 1, 1, 5, 10, 4),
-            Growth {
-                for_waiters: 0,
-                for_min_idle: 2
-            }
-        );
-        // Demand first, min_idle from what room is left.
-        assert_eq!(
-            plan_growth(2, 0, 0, 7, 10, 4),
-            Growth {
-                for_waiters: 2,
-                for_min_idle: 1
-            }
-        );
+    fn growth_rule() {
+        let cases = [
+            // Waiters are served within max_size.
+            ((5, 0, 0, 0, 3, 0), (3, 0)),
+            ((5, 0, 2, 2, 3, 0), (1, 0)),
+            ((5, 0, 0, 3, 3, 0), (0, 0)),
+            // Idle connections and creations under way count against demand.
+            ((2, 2, 0, 2, 10, 0), (0, 0)),
+            ((3, 1, 1, 4, 10, 0), (1, 0)),
+            // min_idle is kept warm.
+            ((0, 0, 0, 0, 10, 4), (0, 4)),
+            ((0, 1, 1, 5, 10, 4), (0, 2)),
+            // Demand first, min_idle from what room is left.
+            ((2, 0, 0, 7, 10, 4), (2, 1)),
+        ];
+        for ((waiters, idle, creating, slots, max, min_idle), want) in cases {
+            let g = plan_growth(waiters, idle, creating, slots, max, min_idle);
+            assert_eq!(
+                (g.for_waiters, g.for_min_idle),
+                want,
+                "waiters {waiters}, idle {idle}, creating {creating}, slots {slots}, max {max}, min_idle {min_idle}"
+            );
+        }
     }
 
     #[test]
