@@ -325,10 +325,12 @@ impl<M: Manager> PoolActor<M> {
         self.deadline = Some(shared.runtime.sleep(left));
     }
 
+    /// Every connection has ended. `slots` counts each live connection wherever it is —
+    /// checked out, idle, handed to a waiter, popped by a `get` not yet checked out, in a
+    /// `Retire` message — and every way a connection ends while closing reaches the actor
+    /// (a `Retire`, its own jobs, a `Freed` from a detach), so it is woken to see this.
     fn closing_done(&self) -> bool {
-        self.closing.is_empty()
-            && self.shared.ledger.in_use() == 0
-            && self.shared.idle_rx.is_empty()
+        self.closing.is_empty() && self.shared.ledger.slots() == 0
     }
 
     /// Ends the close: connections still being shut down are closed synchronously, then the

@@ -299,16 +299,18 @@ impl<M: Manager> Pool<M> {
                 Join::Closed => return Err(shared.closed_error()),
                 Join::Queued(slot) => slot,
             };
+            // Owned at once: whatever happens next (a panicking runtime timer, this future
+            // dropped), the place is given up and a connection handed to it goes back.
+            let mut queued = Queued {
+                shared,
+                slot: Some(slot),
+            };
             // Queued before slots are read, and the actor frees a slot before it reads the
             // queue length: one of the two sees the other, so no waiter is forgotten.
             self.ask_to_grow();
             if timer.is_none() {
                 timer = timeout.map(|d| shared.runtime.sleep(d));
             }
-            let mut queued = Queued {
-                shared,
-                slot: Some(slot),
-            };
             let outcome = poll_fn(|cx| {
                 let slot = queued.slot.as_ref().expect("taken only after this poll");
                 if let Poll::Ready(outcome) = slot.poll(cx) {

@@ -8,7 +8,7 @@
 //! Lock order: the list, then a slot.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{fence, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -140,6 +140,10 @@ impl<C, E> Waitlist<C, E> {
         });
         list.queue.push_back(slot.clone());
         self.waiting.store(list.queue.len(), SeqCst);
+        // The other half of `Shared::put_idle`'s handshake: the count is published before the
+        // idle queue is looked at again, so a connection sent there meanwhile is seen either
+        // here or by the putter's `serve_idle`.
+        fence(SeqCst);
         // A connection may have gone idle while others were queued ahead: serve them first.
         self.serve_from(&mut list, idle);
         Join::Queued(slot)

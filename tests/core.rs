@@ -718,3 +718,38 @@ fn no_waiter_starves_under_contention() {
     );
     assert_all_closed(&pool, &m);
 }
+
+#[test]
+fn close_waits_for_a_connection_handed_to_a_waiter() {
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    let pool = builder(&m, &rt)
+        .max_size(1)
+        .close_deadline(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let g = pool.get().await.unwrap();
+        let mut waiter = Box::pin(pool.get());
+        assert!(
+            futures_lite::future::poll_once(&mut waiter).await.is_none(),
+            "queued"
+        );
+        // Handed to the waiter's place in the queue; the waiter has not run since.
+        drop(g);
+        let closer = rt.executor.spawn({
+            let p = pool.clone();
+            async move { p.close().await }
+        });
+        async_io::Timer::after(Duration::from_millis(30)).await;
+        assert!(
+            !closer.is_finished(),
+            "the close must wait for the connection in the waiter's hands"
+        );
+        assert!(matches!(waiter.await, Err(Error::Closed)));
+        let report = closer.await;
+        assert!(report.is_complete(), "{report:?}");
+        assert!(!report.fallback);
+        assert_eq!(report.counters.closed_graceful, 1);
+    });
+    assert_all_closed(&pool, &m);
+}
