@@ -6,6 +6,8 @@
 //!   independent witness of the pool's accounting.
 //! - [`ExecRuntime`]: the smallest `Runtime`, around an `async-executor` executor and
 //!   `async-io` timers, for testing the core without any adapter.
+//! - [`server`]: what tests against a real server share (a free port, a temporary directory,
+//!   a child process stopped by its pid, a visible skip that fails under `CI=true`).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -16,6 +18,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use gracepool::{BoxFuture, Manager, Runtime, SpawnError};
+
+pub mod server;
 
 /// What a [`Counting`] manager does at one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
