@@ -145,6 +145,24 @@ fn read_reply(r: &mut impl BufRead) -> std::io::Result<Reply> {
     })
 }
 
+/// `CLIENT LIST` lines of every client of the server on `127.0.0.1:port` but the asking probe.
+/// For a process that did not start the server (a child process of a test).
+pub fn client_list_at(port: u16, password: Option<&str>) -> std::io::Result<Vec<String>> {
+    let mut probe = Probe::connect(port, password)?;
+    let me = match probe.call(&["CLIENT", "ID"])? {
+        Reply::Int(id) => id,
+        other => return Err(invalid(format!("CLIENT ID answered {other:?}"))),
+    };
+    let list = probe.call(&["CLIENT", "LIST"])?;
+    let me = format!("id={me} ");
+    Ok(list
+        .text()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with(&me))
+        .map(str::to_owned)
+        .collect())
+}
+
 /// A `redis-server` child process on 127.0.0.1, stopped by its pid when dropped (also while a
 /// failing test unwinds).
 pub struct RedisServer {
@@ -304,20 +322,8 @@ impl RedisServer {
 
     /// `CLIENT LIST` lines of every client but the asking probe.
     pub fn client_list(&self) -> Vec<String> {
-        let mut probe = self.probe();
-        let me = match probe.call(&["CLIENT", "ID"]) {
-            Ok(Reply::Int(id)) => id,
-            other => panic!("CLIENT ID answered {other:?}"),
-        };
-        let list = probe
-            .call(&["CLIENT", "LIST"])
-            .expect("CLIENT LIST answers");
-        let me = format!("id={me} ");
-        list.text()
-            .lines()
-            .filter(|l| !l.trim().is_empty() && !l.starts_with(&me))
-            .map(str::to_owned)
-            .collect()
+        client_list_at(self.port, self.password.as_deref())
+            .unwrap_or_else(|e| panic!("CLIENT LIST on redis-server {}: {e}", self.port))
     }
 
     /// How many clients are connected, the asking probe excluded.

@@ -1,0 +1,140 @@
+//! A graceful close under load, checked from the server's side: every connection the pool
+//! made leaves by QUIT (the server counts the calls, and logs no client that closed or reset
+//! its socket instead), none is left connected, and the CloseReport says the same.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gracepool::CloseReport;
+use gracepool_redis::{Manager, Pool};
+use gracepool_smol::SmolRuntime;
+use gracepool_testkit::redis::RedisServer;
+use gracepool_tokio::TokioRuntime;
+
+use common::{await_clients, worker, Load};
+
+const WORKERS: usize = 16;
+const SIZE: usize = 4;
+
+fn pool(server: &RedisServer, runtime: impl gracepool::Runtime) -> Pool {
+    Pool::builder(Manager::new(server.url()).expect("a valid URL"))
+        .max_size(SIZE)
+        .runtime(runtime)
+        .build()
+        .expect("a valid configuration")
+}
+
+/// Before the close: the load runs and the server sees exactly the pool's connections.
+fn before_close(server: &RedisServer, pool: &Pool, load: &Load) {
+    assert!(
+        load.await_more(500, Duration::from_secs(10)),
+        "the load did not run: {:?}",
+        load.errors()
+    );
+    let created = pool.status().counters.created;
+    assert_eq!(
+        created, SIZE as u64,
+        "16 workers on 4 connections use all 4"
+    );
+    assert_eq!(server.clients() as u64, created);
+}
+
+/// After the close: the report, the workers and the server agree.
+fn after_close(server: &RedisServer, report: &CloseReport, load: &Load) {
+    let c = report.counters;
+    assert!(report.is_complete(), "{report:?}");
+    assert!(!report.fallback, "the actor finished the close: {report:?}");
+    assert_eq!(c.created, SIZE as u64, "{report:?}");
+    assert_eq!(
+        c.closed_graceful, c.created,
+        "every connection said goodbye: {report:?}"
+    );
+    assert_eq!(c.closed_sync + c.close_failed + c.detached, 0, "{report:?}");
+    assert_eq!(
+        (load.get_errors(), load.cmd_errors()),
+        (0, 0),
+        "no request failed: {:?}",
+        load.errors()
+    );
+
+    // The server's side.
+    assert_eq!(
+        server.command_calls("quit"),
+        c.closed_graceful,
+        "the server received one QUIT per graceful close"
+    );
+    assert_eq!(await_clients(server, 0), 0, "no client left on the server");
+    let closed = server.log_lines("Client closed connection");
+    let reset = server.log_lines("Reading from client");
+    assert!(
+        closed.is_empty() && reset.is_empty(),
+        "no pool connection closed or reset its socket without QUIT:\n{closed:#?}\n{reset:#?}"
+    );
+    // Every answered INCR reached the server: nothing acknowledged was lost in the close.
+    let hits = server.call(&["GET", "hits"]).text();
+    assert_eq!(hits, load.ok().to_string());
+}
+
+#[test]
+fn tokio_graceful_close_under_load() {
+    let Some(server) = RedisServer::start("tokio_graceful_close_under_load") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pool = rt.block_on(async { pool(&server, TokioRuntime::current()) });
+    let load = Load::new();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| rt.spawn(worker(pool.clone(), load.clone())))
+        .collect();
+    before_close(&server, &pool, &load);
+    let report = rt.block_on(async {
+        let report = pool.close().await;
+        for w in workers {
+            w.await.expect("a worker ends when the pool is closed");
+        }
+        report
+    });
+    after_close(&server, &report, &load);
+}
+
+#[test]
+fn smol_graceful_close_under_load() {
+    let Some(server) = RedisServer::start("smol_graceful_close_under_load") else {
+        return;
+    };
+    // An executor of the test's own, run by two threads until `stop` is closed.
+    let ex = Arc::new(async_executor::Executor::new());
+    let (stop, stopped) = async_channel::bounded::<()>(1);
+    let runners: Vec<_> = (0..2)
+        .map(|_| {
+            let (ex, stopped) = (ex.clone(), stopped.clone());
+            std::thread::spawn(move || {
+                let _ = futures_lite::future::block_on(ex.run(stopped.recv()));
+            })
+        })
+        .collect();
+    let pool = pool(&server, SmolRuntime::from_executor(&ex));
+    let load = Load::new();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| ex.spawn(worker(pool.clone(), load.clone())))
+        .collect();
+    before_close(&server, &pool, &load);
+    let report = async_io::block_on(async {
+        let report = pool.close().await;
+        for w in workers {
+            w.await;
+        }
+        report
+    });
+    after_close(&server, &report, &load);
+    drop(stop);
+    for r in runners {
+        r.join().unwrap();
+    }
+}
