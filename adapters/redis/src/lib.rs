@@ -78,6 +78,7 @@ compile_error!("gracepool-redis needs the feature `tokio` or `smol` (or both)");
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
+use gracepool::{Goodbye, Unhealthy};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{
     AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, RedisError, RedisFuture, Value,
@@ -214,35 +215,6 @@ impl ConnectionLike for Connection {
     }
 }
 
-/// What saying `QUIT` came to.
-enum Quit {
-    /// The server answered `+OK`: it closes the connection.
-    Said,
-    /// No goodbye was possible (the connection is gone, or the server refuses `QUIT`).
-    Unsaid,
-    /// Sending it failed otherwise (a timeout, an unexpected reply).
-    Failed(RedisError),
-}
-
-impl Manager {
-    async fn quit(&self, conn: &mut Connection) -> Quit {
-        if conn.broken || self.quit_refused.load(Relaxed) {
-            return Quit::Unsaid;
-        }
-        match redis::cmd("QUIT").query_async::<()>(&mut conn.inner).await {
-            Ok(()) => Quit::Said,
-            Err(e) if e.code().is_some() => {
-                // The server answered with an error: it does not take QUIT (removed, or
-                // forbidden by an ACL). Closing the socket is then the only goodbye.
-                self.quit_refused.store(true, Relaxed);
-                Quit::Unsaid
-            }
-            Err(e) if e.is_unrecoverable_error() || e.is_connection_dropped() => Quit::Unsaid,
-            Err(e) => Quit::Failed(e),
-        }
-    }
-}
-
 impl gracepool::Manager for Manager {
     type Connection = Connection;
     type Error = RedisError;
@@ -258,17 +230,21 @@ impl gracepool::Manager for Manager {
         })
     }
 
-    /// `PING`, answered `PONG`.
-    async fn check(&self, conn: &mut Connection) -> Result<(), RedisError> {
+    /// A connection that saw an I/O error is [`Unhealthy::Closed`] at once; any other is
+    /// asked `PING` and must answer `PONG`.
+    async fn check(&self, conn: &mut Connection) -> Result<(), Unhealthy<RedisError>> {
+        if conn.broken {
+            return Err(Unhealthy::Closed);
+        }
         let pong: String = redis::cmd("PING").query_async(conn).await?;
         if pong == "PONG" {
             Ok(())
         } else {
-            Err(RedisError::from((
+            Err(Unhealthy::Failed(RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "PING was not answered PONG",
                 pong,
-            )))
+            ))))
         }
     }
 
@@ -276,14 +252,24 @@ impl gracepool::Manager for Manager {
         conn.broken
     }
 
-    async fn shutdown(&self, conn: &mut Connection) -> Result<(), RedisError> {
-        match self.quit(conn).await {
-            Quit::Said => Ok(()),
-            Quit::Unsaid => Err(RedisError::from((
-                redis::ErrorKind::Io,
-                "no goodbye was possible",
-            ))),
-            Quit::Failed(e) => Err(e),
+    /// Sends `QUIT` and waits for `+OK`: [`Goodbye::Said`] only when the server answered it.
+    /// [`Goodbye::Unsaid`] when the connection was already broken or gone, or the server
+    /// refuses `QUIT` (then it is not asked again); [`Goodbye::Failed`] when sending it failed
+    /// otherwise (redis-rs' response timeout, say). The connection is dropped in every case.
+    async fn shutdown(&self, mut conn: Connection) -> Goodbye<RedisError> {
+        if conn.broken || self.quit_refused.load(Relaxed) {
+            return Goodbye::Unsaid;
+        }
+        match redis::cmd("QUIT").query_async::<()>(&mut conn.inner).await {
+            Ok(()) => Goodbye::Said,
+            Err(e) if e.code().is_some() => {
+                // The server answered with an error: it does not take QUIT (removed, or
+                // forbidden by an ACL). Closing the socket is then the only goodbye.
+                self.quit_refused.store(true, Relaxed);
+                Goodbye::Unsaid
+            }
+            Err(e) if e.is_unrecoverable_error() || e.is_connection_dropped() => Goodbye::Unsaid,
+            Err(e) => Goodbye::Failed(e),
         }
     }
 
