@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gracepool::CloseReport;
-use gracepool_redis::{Manager, Pool};
+use gracepool_redis::{redis, Manager, Pool};
 use gracepool_smol::SmolRuntime;
 use gracepool_testkit::redis::RedisServer;
 use gracepool_tokio::TokioRuntime;
@@ -137,4 +137,111 @@ fn smol_graceful_close_under_load() {
     for r in runners {
         r.join().unwrap();
     }
+}
+
+/// Connections the server has already dropped cannot say goodbye, and are not counted as if
+/// they had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_the_server_killed_are_not_counted_graceful() {
+    let test = "connections_the_server_killed_are_not_counted_graceful";
+    let Some(server) = RedisServer::start(test) else {
+        return;
+    };
+    let pool = pool(&server, TokioRuntime::current());
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = pool.get().await.expect("a connection");
+        let () = redis::cmd("PING").query_async(&mut *conn).await.unwrap();
+        held.push(conn);
+    }
+    drop(held);
+    assert_eq!(server.kill_clients(), 3);
+    // Let the connections' driver tasks see the end of their sockets.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let report = pool.close().await;
+    let c = report.counters;
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(c.created, 3, "{report:?}");
+    assert_eq!(
+        c.closed_graceful, 0,
+        "no goodbye reached a killed connection: {report:?}"
+    );
+    assert_eq!(c.closed_sync, 3, "{report:?}");
+    assert_eq!(c.close_failed, 0, "{report:?}");
+    assert_eq!(server.command_calls("quit"), 0);
+}
+
+/// Every client killed by the server under load: the pool replaces them at once, `get()`
+/// never fails, and no connection checked out after the kill is a dead one.
+#[test]
+fn tokio_clients_killed_under_load() {
+    let Some(server) = RedisServer::start("tokio_clients_killed_under_load") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pool = rt.block_on(async { pool(&server, TokioRuntime::current()) });
+    let load = Load::new();
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| rt.spawn(worker(pool.clone(), load.clone())))
+        .collect();
+    before_close(&server, &pool, &load);
+
+    let killed_at = std::time::Instant::now();
+    load.mark();
+    assert_eq!(server.kill_clients(), SIZE);
+    let answered = load.ok();
+    assert!(
+        load.await_more(1, Duration::from_secs(5)),
+        "{:?}",
+        load.errors()
+    );
+    let recovery = killed_at.elapsed();
+    assert!(
+        load.await_more(500, Duration::from_secs(10)),
+        "{:?}",
+        load.errors()
+    );
+    assert!(load.ok() > answered);
+    assert!(
+        recovery < Duration::from_millis(200),
+        "answered again {recovery:?} after the kill"
+    );
+    assert_eq!(
+        load.get_errors(),
+        0,
+        "get() never failed: {:?}",
+        load.errors()
+    );
+    assert_eq!(
+        load.late_cmd_errors(),
+        0,
+        "no connection checked out after the kill was dead: {:?}",
+        load.errors()
+    );
+    let c = pool.status().counters;
+    assert_eq!(
+        c.created,
+        2 * SIZE as u64,
+        "each killed connection was replaced once: {c:?}"
+    );
+    println!(
+        "killed {SIZE}: answered again after {recovery:?}; {} commands failed in flight",
+        load.cmd_errors()
+    );
+
+    let report = rt.block_on(async {
+        let report = pool.close().await;
+        for w in workers {
+            w.await.unwrap();
+        }
+        report
+    });
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.counters.closed_graceful, SIZE as u64, "{report:?}");
+    assert_eq!(await_clients(&server, 0), 0);
 }

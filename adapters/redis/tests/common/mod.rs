@@ -21,6 +21,10 @@ pub struct Load {
     pub get_errors: AtomicU64,
     /// Nanoseconds from `start` to the latest answered command.
     last_ok_ns: AtomicU64,
+    /// Nanoseconds from `start` to a moment the test marks (0: none).
+    mark_ns: AtomicU64,
+    /// Commands that failed on a connection checked out after the mark.
+    pub late_cmd_errors: AtomicU64,
     /// The first few errors, for messages.
     pub errors: Mutex<Vec<String>>,
 }
@@ -33,6 +37,8 @@ impl Load {
             cmd_errors: AtomicU64::new(0),
             get_errors: AtomicU64::new(0),
             last_ok_ns: AtomicU64::new(0),
+            mark_ns: AtomicU64::new(0),
+            late_cmd_errors: AtomicU64::new(0),
             errors: Mutex::new(Vec::new()),
         })
     }
@@ -52,6 +58,20 @@ impl Load {
     /// When the latest command was answered.
     pub fn last_ok(&self) -> Instant {
         self.start + Duration::from_nanos(self.last_ok_ns.load(SeqCst))
+    }
+
+    /// Marks now: from here on, a command failing on a connection checked out after this
+    /// moment is counted apart (`late_cmd_errors`).
+    pub fn mark(&self) {
+        self.mark_ns.store(self.now_ns(), SeqCst);
+    }
+
+    pub fn late_cmd_errors(&self) -> u64 {
+        self.late_cmd_errors.load(SeqCst)
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
     }
 
     fn note(&self, what: String) {
@@ -83,17 +103,23 @@ impl Load {
 pub async fn worker(pool: Pool, load: Arc<Load>) {
     loop {
         match pool.get().await {
-            Ok(mut conn) => match conn.incr::<_, _, i64>("hits", 1).await {
-                Ok(_) => {
-                    let at = load.start.elapsed().as_nanos() as u64;
-                    load.last_ok_ns.fetch_max(at, SeqCst);
-                    load.ok.fetch_add(1, SeqCst);
+            Ok(mut conn) => {
+                let got_at = load.now_ns();
+                match conn.incr::<_, _, i64>("hits", 1).await {
+                    Ok(_) => {
+                        load.last_ok_ns.fetch_max(load.now_ns(), SeqCst);
+                        load.ok.fetch_add(1, SeqCst);
+                    }
+                    Err(e) => {
+                        load.cmd_errors.fetch_add(1, SeqCst);
+                        let mark = load.mark_ns.load(SeqCst);
+                        if mark > 0 && got_at > mark {
+                            load.late_cmd_errors.fetch_add(1, SeqCst);
+                        }
+                        load.note(format!("command: {e}"));
+                    }
                 }
-                Err(e) => {
-                    load.cmd_errors.fetch_add(1, SeqCst);
-                    load.note(format!("command: {e}"));
-                }
-            },
+            }
             Err(gracepool::Error::Closed) | Err(gracepool::Error::RuntimeGone) => return,
             Err(e) => {
                 load.get_errors.fetch_add(1, SeqCst);
