@@ -172,8 +172,9 @@ async fn connections_the_server_killed_are_not_counted_graceful() {
     assert_eq!(server.command_calls("quit"), 0);
 }
 
-/// Every client killed by the server under load: the pool replaces them at once, `get()`
-/// never fails, and no connection checked out after the kill is a dead one.
+/// Every client killed by the server under load: the pool replaces them at once and `get()`
+/// never fails (commands in flight may). Then every idle connection killed while nothing is
+/// in flight: no command fails at all, because no dead connection is handed out.
 #[test]
 fn tokio_clients_killed_under_load() {
     let Some(server) = RedisServer::start("tokio_clients_killed_under_load") else {
@@ -191,8 +192,8 @@ fn tokio_clients_killed_under_load() {
         .collect();
     before_close(&server, &pool, &load);
 
+    // Under load.
     let killed_at = std::time::Instant::now();
-    load.mark();
     assert_eq!(server.kill_clients(), SIZE);
     let answered = load.ok();
     assert!(
@@ -217,21 +218,42 @@ fn tokio_clients_killed_under_load() {
         "get() never failed: {:?}",
         load.errors()
     );
+    let in_flight = load.cmd_errors();
+    println!("killed {SIZE} under load: answered again after {recovery:?}; {in_flight} commands failed in flight");
+
+    // Nothing in flight: every connection idle in the pool when the server kills it.
+    load.pause(WORKERS);
+    assert_eq!(pool.status().idle, SIZE);
+    let check_failed = pool.status().counters.check_failed;
+    assert_eq!(server.kill_clients(), SIZE);
+    load.resume();
+    assert!(
+        load.await_more(500, Duration::from_secs(10)),
+        "{:?}",
+        load.errors()
+    );
     assert_eq!(
-        load.late_cmd_errors(),
+        load.cmd_errors(),
+        in_flight,
+        "no dead connection was handed out: {:?}",
+        load.errors()
+    );
+    assert_eq!(
+        load.get_errors(),
         0,
-        "no connection checked out after the kill was dead: {:?}",
+        "get() never failed: {:?}",
         load.errors()
     );
     let c = pool.status().counters;
     assert_eq!(
         c.created,
-        2 * SIZE as u64,
+        3 * SIZE as u64,
         "each killed connection was replaced once: {c:?}"
     );
-    println!(
-        "killed {SIZE}: answered again after {recovery:?}; {} commands failed in flight",
-        load.cmd_errors()
+    assert_eq!(
+        c.check_failed - check_failed,
+        SIZE as u64,
+        "each killed idle connection failed its PING: {c:?}"
     );
 
     let report = rt.block_on(async {

@@ -1,7 +1,7 @@
 //! What the scenario tests share: a load of workers on a pool, and what they saw.
 #![allow(dead_code)] // each test file uses its own part
 
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,10 +21,10 @@ pub struct Load {
     pub get_errors: AtomicU64,
     /// Nanoseconds from `start` to the latest answered command.
     last_ok_ns: AtomicU64,
-    /// Nanoseconds from `start` to a moment the test marks (0: none).
-    mark_ns: AtomicU64,
-    /// Commands that failed on a connection checked out after the mark.
-    pub late_cmd_errors: AtomicU64,
+    /// While set, workers hold no connection and wait.
+    paused: AtomicBool,
+    /// Workers waiting while paused.
+    parked: AtomicUsize,
     /// The first few errors, for messages.
     pub errors: Mutex<Vec<String>>,
 }
@@ -37,8 +37,8 @@ impl Load {
             cmd_errors: AtomicU64::new(0),
             get_errors: AtomicU64::new(0),
             last_ok_ns: AtomicU64::new(0),
-            mark_ns: AtomicU64::new(0),
-            late_cmd_errors: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
+            parked: AtomicUsize::new(0),
             errors: Mutex::new(Vec::new()),
         })
     }
@@ -60,14 +60,20 @@ impl Load {
         self.start + Duration::from_nanos(self.last_ok_ns.load(SeqCst))
     }
 
-    /// Marks now: from here on, a command failing on a connection checked out after this
-    /// moment is counted apart (`late_cmd_errors`).
-    pub fn mark(&self) {
-        self.mark_ns.store(self.now_ns(), SeqCst);
+    /// Pauses `workers` workers between requests and waits (blocking) until all of them hold
+    /// no connection.
+    pub fn pause(&self, workers: usize) {
+        self.paused.store(true, SeqCst);
+        let until = Instant::now() + Duration::from_secs(10);
+        while self.parked.load(SeqCst) < workers {
+            assert!(Instant::now() < until, "the workers did not pause");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
-    pub fn late_cmd_errors(&self) -> u64 {
-        self.late_cmd_errors.load(SeqCst)
+    /// Lets paused workers go on.
+    pub fn resume(&self) {
+        self.paused.store(false, SeqCst);
     }
 
     fn now_ns(&self) -> u64 {
@@ -102,24 +108,24 @@ impl Load {
 /// One worker: get, INCR `hits`, give back; until the pool says it is closed.
 pub async fn worker(pool: Pool, load: Arc<Load>) {
     loop {
-        match pool.get().await {
-            Ok(mut conn) => {
-                let got_at = load.now_ns();
-                match conn.incr::<_, _, i64>("hits", 1).await {
-                    Ok(_) => {
-                        load.last_ok_ns.fetch_max(load.now_ns(), SeqCst);
-                        load.ok.fetch_add(1, SeqCst);
-                    }
-                    Err(e) => {
-                        load.cmd_errors.fetch_add(1, SeqCst);
-                        let mark = load.mark_ns.load(SeqCst);
-                        if mark > 0 && got_at > mark {
-                            load.late_cmd_errors.fetch_add(1, SeqCst);
-                        }
-                        load.note(format!("command: {e}"));
-                    }
-                }
+        if load.paused.load(SeqCst) {
+            load.parked.fetch_add(1, SeqCst);
+            while load.paused.load(SeqCst) {
+                async_io::Timer::after(Duration::from_millis(1)).await;
             }
+            load.parked.fetch_sub(1, SeqCst);
+        }
+        match pool.get().await {
+            Ok(mut conn) => match conn.incr::<_, _, i64>("hits", 1).await {
+                Ok(_) => {
+                    load.last_ok_ns.fetch_max(load.now_ns(), SeqCst);
+                    load.ok.fetch_add(1, SeqCst);
+                }
+                Err(e) => {
+                    load.cmd_errors.fetch_add(1, SeqCst);
+                    load.note(format!("command: {e}"));
+                }
+            },
             Err(gracepool::Error::Closed) | Err(gracepool::Error::RuntimeGone) => return,
             Err(e) => {
                 load.get_errors.fetch_add(1, SeqCst);
