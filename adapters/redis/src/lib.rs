@@ -28,16 +28,19 @@
 //! }
 //! ```
 //!
-//! A pooled connection derefs to [`Connection`], which implements redis-rs'
-//! [`ConnectionLike`](redis::aio::ConnectionLike) (so [`AsyncCommands`](redis::AsyncCommands),
-//! `query_async` and pipelines work on it) and derefs in turn to the [`MultiplexedConnection`].
+//! A pooled connection derefs to [`Connection`], which implements redis-rs' [`ConnectionLike`]
+//! (so [`AsyncCommands`](redis::AsyncCommands), `query_async` and pipelines work on it) and
+//! derefs in turn to the [`MultiplexedConnection`]. Before a connection that has waited in the
+//! pool is handed out again, it is asked `PING`; one that saw an I/O error is not handed out
+//! again at all.
 //!
 //! # Runtimes
 //!
 //! The feature `tokio` (default) runs connections on tokio: use the pool with gracepool-tokio
 //! or gracepool-actix. The feature `smol` runs them on smol and `async-io`: use the pool with
 //! gracepool-smol. With both, a connection made inside a tokio runtime runs on tokio, any
-//! other on smol. These are redis-rs' `tokio-comp` and `smol-comp`.
+//! other on smol. These are redis-rs' `tokio-comp` and `smol-comp`. On tokio, redis-rs'
+//! timeouts need the runtime's timer (`enable_all()` or `#[tokio::main]` have it).
 //!
 //! A [`MultiplexedConnection`]'s socket belongs to a driver task that redis-rs spawns when the
 //! connection is made: with tokio, on the runtime the pool's actor runs on (`create` runs
@@ -53,13 +56,14 @@
 //! everything sent before it and closes the connection itself. Closing the socket alone could
 //! not be confirmed here: the socket belongs to redis-rs' driver task, which is cancelled, not
 //! drained, when the connection is dropped. So a connection counts as closed gracefully only
-//! when the server answered `QUIT`. When it cannot be said — the connection is already broken,
-//! or the server refuses `QUIT` (the manager then stops sending it) — the connection is just
-//! dropped, which closes its socket.
+//! when the server answered `QUIT` (`closed_graceful` in the pool's counts). When it cannot be
+//! said — the connection is already broken or closed by the server, or the server refuses
+//! `QUIT` (the manager then stops sending it) — the connection is just dropped, which closes
+//! its socket, and counts as `closed_sync`.
 //!
 //! # When the runtime is already gone
 //!
-//! Closing needs no runtime: [`Manager::close`] drops the connection, which cancels its driver
+//! Closing needs no runtime: [`close`](gracepool::Manager::close) drops the connection, which cancels its driver
 //! task without waiting for it. When a tokio runtime is torn down it drops the driver tasks
 //! itself, closing every socket; the pool's synchronous fallback then accounts for each
 //! connection. A smol driver task is dropped by smol's global executor, on its own thread,
