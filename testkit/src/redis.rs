@@ -169,6 +169,7 @@ pub struct RedisServer {
     binary: PathBuf,
     port: u16,
     password: Option<String>,
+    extra_args: Vec<String>,
     // Declared before `dir`: the process stops before its directory is removed.
     process: Option<ServerProcess>,
     dir: TempDir,
@@ -180,15 +181,21 @@ impl RedisServer {
     /// not start answering within 15 s. The binary is looked for in `$GRACEPOOL_REDIS_BIN_DIR`
     /// (`/usr/bin` when unset), then on `PATH`.
     pub fn start(test: &str) -> Option<RedisServer> {
-        Self::start_inner(test, None)
+        Self::start_inner(test, None, &[])
     }
 
     /// Like [`start`](Self::start), with `requirepass password`: clients must authenticate.
     pub fn start_with_password(test: &str, password: &str) -> Option<RedisServer> {
-        Self::start_inner(test, Some(password.to_owned()))
+        Self::start_inner(test, Some(password.to_owned()), &[])
     }
 
-    fn start_inner(test: &str, password: Option<String>) -> Option<RedisServer> {
+    /// Like [`start`](Self::start), with more command-line options for the server (kept
+    /// across restarts), such as `["--rename-command", "QUIT", ""]`.
+    pub fn start_with_args(test: &str, args: &[&str]) -> Option<RedisServer> {
+        Self::start_inner(test, None, args)
+    }
+
+    fn start_inner(test: &str, password: Option<String>, args: &[&str]) -> Option<RedisServer> {
         // GRACEPOOL_REDIS_BIN_DIR: another build of the server (a newer Redis, Valkey's
         // compatible binary), looked for there instead of /usr/bin.
         let dir = std::env::var("GRACEPOOL_REDIS_BIN_DIR").unwrap_or_else(|_| "/usr/bin".into());
@@ -197,6 +204,7 @@ impl RedisServer {
             binary,
             port: free_port(),
             password,
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
             process: None,
             dir: TempDir::new("gracepool-redis"),
         };
@@ -220,6 +228,7 @@ impl RedisServer {
         if let Some(password) = &self.password {
             cmd.args(["--requirepass", password]);
         }
+        cmd.args(&self.extra_args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

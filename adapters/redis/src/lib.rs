@@ -58,8 +58,9 @@
 //! drained, when the connection is dropped. So a connection counts as closed gracefully only
 //! when the server answered `QUIT` (`closed_graceful` in the pool's counts). When it cannot be
 //! said — the connection is already broken or closed by the server, or the server refuses
-//! `QUIT` (the manager then stops sending it) — the connection is just dropped, which closes
-//! its socket, and counts as `closed_sync`.
+//! `QUIT` — the connection is just dropped, which closes its socket, and counts as
+//! `closed_sync`. Once a server has refused `QUIT`, the manager stops sending it (goodbyes
+//! already under way at that moment have sent theirs).
 //!
 //! # When the runtime is already gone
 //!

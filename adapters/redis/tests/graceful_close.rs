@@ -267,3 +267,72 @@ fn tokio_clients_killed_under_load() {
     assert_eq!(report.counters.closed_graceful, SIZE as u64, "{report:?}");
     assert_eq!(await_clients(&server, 0), 0);
 }
+
+/// A server that refuses QUIT (here renamed away, as a server that dropped the deprecated
+/// command would): no connection counts as graceful, each just closes its socket, and once a
+/// refusal has come back the manager does not ask again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_quit_gets_no_goodbye_and_is_asked_once() {
+    let test = "a_server_refusing_quit_gets_no_goodbye_and_is_asked_once";
+    let Some(server) = RedisServer::start_with_args(test, &["--rename-command", "QUIT", ""]) else {
+        return;
+    };
+    // Redis 7.0 also answers redis-rs' CLIENT SETINFO at connect with errors: count QUITs
+    // refused as the growth of the error count across closes.
+    let errors = || -> u64 {
+        let n = server.info("stats", "total_error_replies");
+        n.and_then(|n| n.parse().ok())
+            .expect("INFO stats has total_error_replies")
+    };
+    let pool: Pool = Pool::builder(Manager::new(server.url()).expect("a valid URL"))
+        .max_size(SIZE)
+        .idle_timeout(Duration::from_millis(50))
+        .maintenance_interval(Duration::from_millis(10))
+        .runtime(TokioRuntime::current())
+        .build()
+        .expect("a valid configuration");
+
+    // One connection, reaped as idle: its goodbye is the first QUIT, refused.
+    drop(pool.get().await.expect("a connection"));
+    let before = errors();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while pool.status().size > 0 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let c = pool.status().counters;
+    assert_eq!(
+        (c.created, c.closed_graceful, c.closed_sync),
+        (1, 0, 1),
+        "{c:?}"
+    );
+    assert_eq!(
+        errors() - before,
+        1,
+        "the reaped connection's QUIT was refused"
+    );
+
+    // Three more, closed together: none asks again.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut conn = pool.get().await.expect("a connection");
+        let () = redis::cmd("PING").query_async(&mut *conn).await.unwrap();
+        held.push(conn);
+    }
+    drop(held);
+    let before = errors();
+    let report = pool.close().await;
+    let c = report.counters;
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(c.created, 4, "{report:?}");
+    assert_eq!(c.closed_graceful, 0, "{report:?}");
+    assert_eq!(c.closed_sync, 4, "{report:?}");
+    assert_eq!(c.close_failed, 0, "{report:?}");
+    assert_eq!(errors(), before, "QUIT was not sent again");
+    assert_eq!(await_clients(&server, 0), 0);
+    assert_eq!(
+        server.log_lines("Client closed connection").len(),
+        4,
+        "each of the four closed its socket:\n{}",
+        server.log()
+    );
+}
