@@ -285,3 +285,8 @@ impl gracepool::Manager for Manager {
         Ok(())
     }
 }
+
+// The README's example is compiled with the crate's doctests, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
