@@ -24,7 +24,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(1);
 const SLACK: Duration = Duration::from_millis(100);
 
 /// Restarts the server under the running load and checks the pool rides it out.
-fn restart_under_load(server: &mut RedisServer, pool: &Pool, load: &Load) {
+fn restart_under_load(name: &str, server: &mut RedisServer, pool: &Pool, load: &Load) {
     assert!(
         load.await_more(500, Duration::from_secs(10)),
         "the load did not run: {:?}",
@@ -63,7 +63,7 @@ fn restart_under_load(server: &mut RedisServer, pool: &Pool, load: &Load) {
         "dead connections were replaced: {status:?}"
     );
     println!(
-        "restart: down {down:?}, answered again after {recovery:?}, {} commands failed in flight, {} created",
+        "{name}: down {down:?}, answered again after {recovery:?}, {} commands failed in flight, {} created",
         load.cmd_errors(),
         status.counters.created
     );
@@ -90,7 +90,7 @@ fn tokio_server_restarted_under_load() {
     let workers: Vec<_> = (0..WORKERS)
         .map(|_| rt.spawn(worker(pool.clone(), load.clone())))
         .collect();
-    restart_under_load(&mut server, &pool, &load);
+    restart_under_load("tokio", &mut server, &pool, &load);
     let report = rt.block_on(async {
         let report = pool.close().await;
         for w in workers {
@@ -126,7 +126,7 @@ fn smol_server_restarted_under_load() {
     let workers: Vec<_> = (0..WORKERS)
         .map(|_| ex.spawn(worker(pool.clone(), load.clone())))
         .collect();
-    restart_under_load(&mut server, &pool, &load);
+    restart_under_load("smol", &mut server, &pool, &load);
     let report = async_io::block_on(async {
         let report = pool.close().await;
         for w in workers {
