@@ -1,9 +1,6 @@
 //! The server restarted under load, with the pool's default settings: `get()` itself never
 //! fails (commands in flight when the server goes may), and commands are answered again
 //! within the restart time plus the pool's longest creation backoff.
-//!
-//! Ignored until the core retries failed creations with backoff (issue 9): without it, each
-//! `get()` during the restart fails with the creation's "connection refused".
 
 mod common;
 
@@ -70,7 +67,6 @@ fn restart_under_load(name: &str, server: &mut RedisServer, pool: &Pool, load: &
 }
 
 #[test]
-#[ignore = "needs core backoff (issue 9)"]
 fn tokio_server_restarted_under_load() {
     let Some(mut server) = RedisServer::start("tokio_server_restarted_under_load") else {
         return;
@@ -103,7 +99,6 @@ fn tokio_server_restarted_under_load() {
 }
 
 #[test]
-#[ignore = "needs core backoff (issue 9)"]
 fn smol_server_restarted_under_load() {
     let Some(mut server) = RedisServer::start("smol_server_restarted_under_load") else {
         return;
