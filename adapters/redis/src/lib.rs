@@ -259,17 +259,19 @@ impl gracepool::Manager for Manager {
 
     /// Sends `QUIT` and waits for `+OK`: [`Goodbye::Said`] only when the server answered it.
     /// [`Goodbye::Unsaid`] when the connection was already broken or gone, or the server
-    /// refuses `QUIT` (then it is not asked again); [`Goodbye::Failed`] when sending it failed
-    /// otherwise (redis-rs' response timeout, say). The connection is dropped in every case.
+    /// does not take `QUIT` (`ERR` or `NOPERM`: then it is not asked again);
+    /// [`Goodbye::Failed`] when sending it failed otherwise (redis-rs' response timeout, a
+    /// busy server). The connection is dropped in every case.
     async fn shutdown(&self, mut conn: Connection) -> Goodbye<RedisError> {
         if conn.broken || self.quit_refused.load(Relaxed) {
             return Goodbye::Unsaid;
         }
         match redis::cmd("QUIT").query_async::<()>(&mut conn.inner).await {
             Ok(()) => Goodbye::Said,
-            Err(e) if e.code().is_some() => {
-                // The server answered with an error: it does not take QUIT (removed, or
-                // forbidden by an ACL). Closing the socket is then the only goodbye.
+            Err(e) if matches!(e.code(), Some("ERR" | "NOPERM")) => {
+                // The server does not take QUIT (an unknown command, or one an ACL forbids):
+                // closing the socket is then the only goodbye. A passing refusal (BUSY,
+                // LOADING) is not remembered, and falls to `Failed` below.
                 self.quit_refused.store(true, Relaxed);
                 Goodbye::Unsaid
             }
