@@ -8,6 +8,8 @@
 //!   `async-io` timers, for testing the core without any adapter.
 //! - [`server`]: what tests against a real server share (a free port, a temporary directory,
 //!   a child process stopped by its pid, a visible skip that fails under `CI=true`).
+//! - [`redis`]: a throwaway `redis-server` on that base, and a runtime-free client to ask it
+//!   what it saw (clients connected, commands called, how clients left).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use gracepool::{BoxFuture, Goodbye, Manager, Runtime, SpawnError, Unhealthy};
 
+pub mod redis;
 pub mod server;
 
 /// What a [`Counting`] manager does at one step.
