@@ -8,6 +8,7 @@
 //!   `async-io` timers, for testing the core without any adapter.
 //! - [`server`]: what tests against a real server share (a free port, a temporary directory,
 //!   a child process stopped by its pid, a visible skip that fails under `CI=true`).
+//! - [`postgres`]: a throwaway PostgreSQL server on that base, and what tests ask it.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use gracepool::{BoxFuture, Manager, Runtime, SpawnError};
 
+pub mod postgres;
 pub mod server;
 
 /// What a [`Counting`] manager does at one step.
