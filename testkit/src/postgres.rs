@@ -183,10 +183,19 @@ impl PgServer {
         self.count_lines("disconnection: session time", app)
     }
 
-    /// Ends of `app`'s connections that the server saw arrive with a Terminate message.
+    /// Sessions of `app` (or of all with `None`) that the server ended itself: terminated by
+    /// `pg_terminate_backend` or a fast shutdown (`FATAL: terminating connection ...`).
+    pub fn ended_by_server(&self, app: Option<&str>) -> usize {
+        self.count_lines("FATAL:  terminating connection", app)
+    }
+
+    /// Ends of `app`'s connections that came with the client's Terminate message: every
+    /// logged disconnection but those without Terminate (an unexpected EOF) and those the
+    /// server ended itself.
     pub fn goodbyes(&self, app: &str) -> usize {
         self.disconnections(Some(app))
             .saturating_sub(self.unexpected_eofs(Some(app)))
+            .saturating_sub(self.ended_by_server(Some(app)))
     }
 
     fn count_lines(&self, needle: &str, app: Option<&str>) -> usize {
