@@ -11,8 +11,8 @@ use std::task::{Context, Poll, Waker};
 use futures_lite::FutureExt;
 
 use crate::error::CreateFailure;
-use crate::ledger::plan_growth;
-use crate::manager::Manager;
+use crate::ledger::{plan_growth, Ending};
+use crate::manager::{Goodbye, Manager};
 use crate::pool::{Idle, Shared};
 use crate::runtime::{timed, BoxFuture};
 use crate::status::CloseCause;
@@ -31,21 +31,21 @@ pub(crate) enum Msg<C> {
 
 type Creation<C, E> = Pin<Box<dyn Future<Output = (Result<C, CreateFailure<E>>, bool)> + Send>>;
 
-/// Holds a connection while it is being shut down. Whatever ends the shutdown — success,
-/// error, timeout, or the future being dropped by a runtime teardown — `close` runs exactly
-/// once.
+/// Holds a connection on its way to its end. Until the manager's `shutdown` has taken it, the
+/// holder owns it, and a future dropped before that (a runtime teardown) closes it with the
+/// synchronous `close`. Once `shutdown` has it, the manager ends it; a future dropped then
+/// drops the connection inside it, and the holder counts that end. Either way the connection is
+/// counted exactly once.
 struct Closing<M: Manager> {
     shared: Arc<Shared<M>>,
     conn: Option<M::Connection>,
+    counted: bool,
 }
 
 impl<M: Manager> Closing<M> {
-    fn finish(mut self, graceful: bool) {
-        let conn = self
-            .conn
-            .take()
-            .expect("finish runs once, with the connection");
-        self.shared.close_after(conn, graceful);
+    fn finish(mut self, ending: Ending) {
+        self.counted = true;
+        self.shared.ledger.record_end(ending);
     }
 }
 
@@ -53,12 +53,17 @@ impl<M: Manager> Drop for Closing<M> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             self.shared.close_sync(conn);
+        } else if !self.counted {
+            // `shutdown` had the connection and was dropped half-way: the connection was
+            // dropped with it, without a goodbye.
+            self.shared.ledger.record_end(Ending::Sync);
         }
     }
 }
 
-/// Shuts a connection down gracefully, then closes it. The `Closing` holder is made before the
-/// future, so even a future dropped before its first poll closes its connection.
+/// Says goodbye and ends a connection through the manager's `shutdown`. The `Closing` holder
+/// is made before the future, so even a future dropped before its first poll ends its
+/// connection.
 fn shut_down<M: Manager>(
     shared: Arc<Shared<M>>,
     conn: M::Connection,
@@ -66,17 +71,36 @@ fn shut_down<M: Manager>(
     let mut closing = Closing {
         shared,
         conn: Some(conn),
+        counted: false,
     };
     async move {
         let shared = closing.shared.clone();
-        let farewell = AssertUnwindSafe(
-            shared
-                .manager
-                .shutdown(closing.conn.as_mut().expect("set just above")),
-        )
-        .catch_unwind();
-        let said = timed(&*shared.runtime, shared.config.shutdown_timeout, farewell).await;
-        closing.finish(matches!(said, Some(Ok(Ok(())))));
+        let conn = closing.conn.take().expect("set just above");
+        // The call itself may panic (a default `shutdown` runs `close` right there).
+        let farewell = std::panic::catch_unwind(AssertUnwindSafe(|| shared.manager.shutdown(conn)));
+        let said = match farewell {
+            Ok(farewell) => {
+                let farewell = AssertUnwindSafe(farewell).catch_unwind();
+                timed(&*shared.runtime, shared.config.shutdown_timeout, farewell).await
+            }
+            Err(payload) => Some(Err(payload)),
+        };
+        let ending = match said {
+            Some(Ok(Goodbye::Said)) => Ending::Graceful,
+            Some(Ok(Goodbye::Unsaid)) => Ending::Sync,
+            Some(Ok(Goodbye::Failed(_error))) => {
+                event!(warn, error = %_error, "the manager's shutdown failed");
+                Ending::Failed
+            }
+            Some(Err(payload)) => {
+                event!(warn, "the manager's shutdown panicked");
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+                Ending::Failed
+            }
+            // Timed out: the future, and the connection inside it, were dropped.
+            None => Ending::Sync,
+        };
+        closing.finish(ending);
     }
 }
 
@@ -242,7 +266,7 @@ impl<M: Manager> PoolActor<M> {
                     created_ms: now,
                     returned_ms: now,
                 };
-                if let Err(entry) = shared.put_idle(entry) {
+                if let Err(entry) = shared.put_idle(entry, true) {
                     self.retire(entry.conn);
                 }
             }
@@ -300,7 +324,7 @@ impl<M: Manager> PoolActor<M> {
                 };
                 if shared.expired(&entry) {
                     self.retire(entry.conn);
-                } else if let Err(entry) = shared.put_idle(entry) {
+                } else if let Err(entry) = shared.put_idle(entry, false) {
                     self.retire(entry.conn);
                 }
             }

@@ -110,7 +110,7 @@ impl<M: Manager> Drop for Pooled<M> {
             return;
         }
         entry.returned_ms = shared.ledger.now_ms();
-        match shared.put_idle(entry) {
+        match shared.put_idle(entry, false) {
             Ok(()) => shared.ledger.check_in(),
             // A closed queue hands the connection back: close started after the check above.
             Err(entry) => shared.retire(entry.conn, true),

@@ -113,7 +113,7 @@ mod waitlist;
 pub use config::ConfigError;
 pub use error::{Error, Stage};
 pub use guard::Pooled;
-pub use manager::Manager;
+pub use manager::{Goodbye, Manager, Unhealthy};
 pub use pool::{Builder, Pool};
 pub use runtime::{BoxFuture, Runtime, SpawnError};
 pub use status::{CloseCause, CloseReport, Counters, PoolState, Status};

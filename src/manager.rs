@@ -1,5 +1,6 @@
 //! How connections are made, checked and ended.
 
+use std::fmt;
 use std::future::Future;
 
 /// Makes, checks and ends the connections of one pool.
@@ -7,11 +8,16 @@ use std::future::Future;
 /// The pool actor is the only caller of [`create`](Manager::create) and, while the runtime is
 /// alive, of [`shutdown`](Manager::shutdown). [`check`](Manager::check) runs in the task that
 /// checks a connection out. [`close`](Manager::close) is the one method that may run anywhere:
-/// in a `Drop`, on a thread whose runtime is gone, during a panic. Every connection that
-/// `create` returned reaches `close` exactly once, unless it is taken out of the pool with
-/// [`Pooled::detach`](crate::Pooled::detach).
+/// in a `Drop`, on a thread whose runtime is gone, during a panic.
+///
+/// Every connection that `create` returned reaches exactly one end: [`shutdown`] (the graceful
+/// goodbye, which takes the connection) or [`close`] (the synchronous end), unless it is taken
+/// out of the pool with [`Pooled::detach`](crate::Pooled::detach).
 ///
 /// Panics in any of these methods are caught and counted; the pool keeps working.
+///
+/// [`shutdown`]: Manager::shutdown
+/// [`close`]: Manager::close
 ///
 /// # Example
 ///
@@ -30,23 +36,39 @@ use std::future::Future;
 ///     }
 /// }
 /// ```
+///
+/// # Where the methods run
+///
+/// `create` and `shutdown` run inside the pool actor's task, on the runtime given to the
+/// builder: a driver that needs a task of its own (tokio-postgres' `Connection`, say) can
+/// spawn it there with that runtime's own spawn (with `gracepool-tokio` and `gracepool-actix`,
+/// `tokio::spawn`). The socket then belongs to that task, and dropping the runtime ends it.
 pub trait Manager: Send + Sync + 'static {
     /// The connection this manager makes.
     type Connection: Send + 'static;
-    /// What `create`, `check`, `shutdown` and `close` fail with. Handed to the caller of
-    /// [`Pool::get`](crate::Pool::get) as the source of [`Error::Backend`](crate::Error::Backend).
-    type Error: std::error::Error + Send + Sync + 'static;
+    /// What `create`, `check`, `shutdown` and `close` fail with: any error type, including
+    /// `anyhow::Error` and `Box<dyn Error + Send + Sync>`. It reaches the caller of
+    /// [`Pool::get`](crate::Pool::get) inside [`Error`](crate::Error), which implements
+    /// [`std::error::Error`] (with this error as its source) when this type does.
+    type Error: fmt::Debug + fmt::Display + Send + Sync + 'static;
 
     /// Opens a new connection. Bounded by the pool's create timeout; a future that is dropped
-    /// (timeout, runtime teardown) must not leak what it had half made.
+    /// (timeout, runtime teardown) must not leak what it had half made. A failure is retried
+    /// by the pool with backoff.
     fn create(&self) -> impl Future<Output = Result<Self::Connection, Self::Error>> + Send;
 
-    /// Checks a connection before it is handed out again. An error closes the connection and
-    /// the pool tries another one. Bounded by the pool's check timeout. Default: always healthy.
+    /// Checks a connection before it is handed out again: every checkout of a connection that
+    /// has waited in the pool, but not the first checkout of a connection handed straight from
+    /// `create` to the caller it was made for. [`Unhealthy`] closes the connection and the pool
+    /// tries another one. Bounded by the pool's check timeout and by the caller's wait
+    /// timeout. Default: always healthy.
+    ///
+    /// `?` turns a manager error into [`Unhealthy::Failed`]; a cheap check that has no error to
+    /// give returns [`Unhealthy::Closed`].
     fn check(
         &self,
         conn: &mut Self::Connection,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+    ) -> impl Future<Output = Result<(), Unhealthy<Self::Error>>> + Send {
         let _ = conn;
         std::future::ready(Ok(()))
     }
@@ -60,17 +82,25 @@ pub trait Manager: Send + Sync + 'static {
         false
     }
 
-    /// Says goodbye to the peer while the runtime is alive (a protocol-level farewell, a flush).
+    /// Says goodbye to the peer and ends the connection, while the runtime is alive.
     ///
-    /// [`close`](Manager::close) always follows, whether this succeeds, fails, times out or is
-    /// dropped half-way because the runtime is being torn down: a connection therefore never
-    /// depends on this future finishing to be closed. Default: nothing to say.
+    /// Takes the connection: it must be ended when the future finishes. Return
+    /// [`Goodbye::Said`] only when the goodbye really went out (it counts as
+    /// `closed_graceful`), [`Goodbye::Unsaid`] when none could (the peer was already gone;
+    /// `closed_sync`), [`Goodbye::Failed`] when saying it failed (`close_failed`).
+    ///
+    /// Bounded by the pool's shutdown timeout. A future dropped before it finishes (that
+    /// timeout, or a runtime teardown) drops the connection inside it, so dropping a
+    /// connection must end it without a runtime, as dropping a socket does; the pool counts it
+    /// as `closed_sync`. Default: no goodbye, [`close`](Manager::close) at once.
     fn shutdown(
         &self,
-        conn: &mut Self::Connection,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
-        let _ = conn;
-        std::future::ready(Ok(()))
+        conn: Self::Connection,
+    ) -> impl Future<Output = Goodbye<Self::Error>> + Send {
+        std::future::ready(match self.close(conn) {
+            Ok(()) => Goodbye::Unsaid,
+            Err(e) => Goodbye::Failed(e),
+        })
     }
 
     /// Ends a connection synchronously.
@@ -82,4 +112,45 @@ pub trait Manager: Send + Sync + 'static {
         drop(conn);
         Ok(())
     }
+}
+
+/// Why [`Manager::check`] found a connection unusable. Either way the connection is closed and
+/// the pool tries another one.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Unhealthy<E> {
+    /// The connection is closed or broken, as a cheap check can tell without an error to give
+    /// (a client's `is_closed()`).
+    Closed,
+    /// The check failed with the manager's error (a round trip that failed).
+    Failed(E),
+}
+
+impl<E> From<E> for Unhealthy<E> {
+    fn from(e: E) -> Self {
+        Unhealthy::Failed(e)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Unhealthy<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unhealthy::Closed => f.write_str("the connection is closed"),
+            Unhealthy::Failed(e) => write!(f, "the health check failed: {e}"),
+        }
+    }
+}
+
+/// How [`Manager::shutdown`] ended a connection.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Goodbye<E> {
+    /// The peer was told: the goodbye went out. Counted as `closed_graceful`.
+    Said,
+    /// No goodbye could go out (the peer was already gone, or the protocol has none); the
+    /// connection is ended all the same. Counted as `closed_sync`.
+    Unsaid,
+    /// Saying goodbye failed; the connection is ended all the same. Counted as
+    /// `close_failed`.
+    Failed(E),
 }

@@ -94,13 +94,7 @@ impl<M: Manager> Shared<M> {
     /// Closes a connection with the manager's synchronous `close`, containing any panic.
     /// Needs no runtime; safe in `Drop`.
     pub(crate) fn close_sync(&self, conn: M::Connection) {
-        self.close_after(conn, false);
-    }
-
-    /// Calls the manager's `close`, after a graceful `shutdown` or not, and counts the end.
-    pub(crate) fn close_after(&self, conn: M::Connection, graceful: bool) {
         let ending = match std::panic::catch_unwind(AssertUnwindSafe(|| self.manager.close(conn))) {
-            Ok(Ok(())) if graceful => Ending::Graceful,
             Ok(Ok(())) => Ending::Sync,
             Ok(Err(_error)) => {
                 event!(warn, error = %_error, "the manager's close failed");
@@ -117,9 +111,14 @@ impl<M: Manager> Shared<M> {
     }
 
     /// Makes a connection available: to the longest waiter if any, else to the idle queue.
-    /// Gives it back when the pool is closing (the caller retires it).
-    pub(crate) fn put_idle(&self, entry: Idle<M::Connection>) -> Result<(), Idle<M::Connection>> {
-        let Some(entry) = self.waitlist.offer(entry) else {
+    /// Gives it back when the pool is closing (the caller retires it). `fresh`: it comes
+    /// straight from `create`, so a waiter handed it skips the health check.
+    pub(crate) fn put_idle(
+        &self,
+        entry: Idle<M::Connection>,
+        fresh: bool,
+    ) -> Result<(), Idle<M::Connection>> {
+        let Some(entry) = self.waitlist.offer(entry, fresh) else {
             return Ok(());
         };
         self.idle_tx.try_send(entry).map_err(|e| e.into_inner())?;
@@ -252,7 +251,7 @@ impl<M: Manager> Pool<M> {
         // Hot path: an idle connection is there and nobody is queued ahead of us.
         while shared.waitlist.waiting() == 0 {
             match shared.idle_rx.try_recv() {
-                Ok(entry) => match self.checkout(entry).await? {
+                Ok(entry) => match self.checkout(entry, false).await? {
                     Attempt::Got(guard) => return Ok(guard),
                     Attempt::Retry => continue,
                 },
@@ -292,7 +291,7 @@ impl<M: Manager> Pool<M> {
         let mut timer: Option<BoxFuture> = None;
         loop {
             let slot = match shared.waitlist.join(&shared.idle_rx) {
-                Join::Idle(entry) => match self.checkout(entry).await? {
+                Join::Idle(entry) => match self.checkout(entry, false).await? {
                     Attempt::Got(guard) => return Ok(guard),
                     Attempt::Retry => continue,
                 },
@@ -326,7 +325,7 @@ impl<M: Manager> Pool<M> {
             // On a timeout the waiter leaves the queue; it may have been served meanwhile.
             let outcome = outcome.or_else(|| shared.waitlist.cancel(&slot));
             match outcome {
-                Some(Outcome::Got(entry)) => match self.checkout(entry).await? {
+                Some(Outcome::Got(entry, fresh)) => match self.checkout(entry, fresh).await? {
                     Attempt::Got(guard) => return Ok(guard),
                     Attempt::Retry => continue,
                 },
@@ -342,8 +341,12 @@ impl<M: Manager> Pool<M> {
     }
 
     /// Turns an idle entry into a guard: refuses it after close, retires it when expired or
-    /// unhealthy.
-    async fn checkout(&self, entry: Idle<M::Connection>) -> Result<Attempt<M>, Error<M::Error>> {
+    /// unhealthy. A `fresh` one, straight from `create`, is not checked.
+    async fn checkout(
+        &self,
+        entry: Idle<M::Connection>,
+        fresh: bool,
+    ) -> Result<Attempt<M>, Error<M::Error>> {
         let shared = &self.shared;
         if !shared.ledger.is_running() {
             shared.retire(entry.conn, false);
@@ -357,15 +360,15 @@ impl<M: Manager> Pool<M> {
         // From here the guard owns the connection: if this future is dropped mid-check, the
         // guard retires the connection rather than return it half-checked.
         let mut guard = Pooled::checking(shared.clone(), entry);
-        if shared.config.check_on_checkout {
+        if shared.config.check_on_checkout && !fresh {
             let check = AssertUnwindSafe(shared.manager.check(guard.conn_mut())).catch_unwind();
             let checked = timed(&*shared.runtime, shared.config.check_timeout, check).await;
             let healthy = matches!(checked, Some(Ok(Ok(()))));
             if !healthy {
                 #[cfg(feature = "tracing")]
                 match &checked {
-                    Some(Ok(Err(error))) => {
-                        event!(warn, error = %error, "the manager's check failed; closing the connection")
+                    Some(Ok(Err(unhealthy))) => {
+                        event!(warn, reason = %unhealthy, "the manager's check failed; closing the connection")
                     }
                     Some(Err(_)) => {
                         event!(warn, "the manager's check panicked; closing the connection")
@@ -398,8 +401,8 @@ impl<M: Manager> Drop for Queued<'_, M> {
         let Some(slot) = self.slot.take() else {
             return;
         };
-        if let Some(Outcome::Got(entry)) = self.shared.waitlist.cancel(&slot) {
-            if let Err(entry) = self.shared.put_idle(entry) {
+        if let Some(Outcome::Got(entry, _)) = self.shared.waitlist.cancel(&slot) {
+            if let Err(entry) = self.shared.put_idle(entry, false) {
                 self.shared.retire(entry.conn, false);
             }
         }

@@ -19,7 +19,8 @@ use crate::pool::Idle;
 
 /// What a waiter ends up with.
 pub(crate) enum Outcome<C, E> {
-    Got(Idle<C>),
+    /// A connection; `true` when it comes straight from `create` (it needs no health check).
+    Got(Idle<C>, bool),
     Failed(CreateFailure<E>),
     Closed,
 }
@@ -149,15 +150,16 @@ impl<C, E> Waitlist<C, E> {
         Join::Queued(slot)
     }
 
-    /// Hands `entry` to the longest waiter, or gives it back when nobody waits.
-    pub(crate) fn offer(&self, entry: Idle<C>) -> Option<Idle<C>> {
+    /// Hands `entry` to the longest waiter, or gives it back when nobody waits. `fresh`: it
+    /// comes straight from `create`.
+    pub(crate) fn offer(&self, entry: Idle<C>, fresh: bool) -> Option<Idle<C>> {
         if self.waiting() == 0 {
             return Some(entry);
         }
         let mut list = self.lock();
         match self.pop_front(&mut list) {
             Some(slot) => {
-                slot.settle(Outcome::Got(entry));
+                slot.settle(Outcome::Got(entry, fresh));
                 None
             }
             None => Some(entry),
@@ -178,7 +180,7 @@ impl<C, E> Waitlist<C, E> {
         while !list.queue.is_empty() {
             let Ok(entry) = idle.try_recv() else { break };
             let slot = self.pop_front(list).expect("checked non-empty");
-            slot.settle(Outcome::Got(entry));
+            slot.settle(Outcome::Got(entry, false));
         }
     }
 

@@ -563,18 +563,32 @@ fn failing_or_stalling_checks_retire_the_connection_and_retry() {
             .unwrap();
         rt.block_on(async {
             drop(pool.get().await.unwrap());
-            m.set_check(fault);
-            // Every idle connection fails its check; with nothing healthy, the wait times out.
-            let r = pool.get().await;
-            assert!(matches!(r, Err(Error::Timeout { .. })), "{fault:?}: {r:?}");
-            assert!(pool.status().counters.check_failed >= 1);
-            m.set_check(Fault::None);
-            let g = pool.get().await.unwrap();
-            assert!(
-                g.id >= 2,
-                "a connection that failed its check is not reused"
+            assert_eq!(
+                m.stats().checked.load(SeqCst),
+                0,
+                "a new connection is not checked"
             );
+            m.set_check(fault);
+            // The idle connection fails its check and is retired; the caller gets a new one,
+            // made for it and handed straight over, so not checked.
+            let g = pool
+                .get()
+                .await
+                .unwrap_or_else(|e| panic!("{fault:?}: {e}"));
+            assert_eq!(
+                g.id, 2,
+                "{fault:?}: a connection that failed its check is not reused"
+            );
+            assert_eq!(pool.status().counters.check_failed, 1);
+            assert_eq!(m.stats().checked.load(SeqCst), 1);
             drop(g);
+            // Back in the pool, it is checked before its next checkout: it fails too.
+            let g = pool.get().await.unwrap();
+            assert_eq!(g.id, 3, "{fault:?}");
+            assert_eq!(pool.status().counters.check_failed, 2);
+            drop(g);
+            m.set_check(Fault::None);
+            assert_eq!(pool.get().await.unwrap().id, 3);
             pool.close().await;
         });
         assert_all_closed(&pool, &m);

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gracepool::{Manager, Pool};
+use gracepool::{Goodbye, Manager, Pool, Unhealthy};
 use gracepool_testkit::ExecRuntime;
 
 /// Connection 1 fails its health check; every later one is healthy.
@@ -17,38 +17,41 @@ struct FirstIsBad {
 }
 
 #[derive(Debug)]
-struct Unhealthy;
+struct Bad;
 
-impl std::fmt::Display for Unhealthy {
+impl std::fmt::Display for Bad {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("unhealthy")
+        f.write_str("bad connection")
     }
 }
 
-impl std::error::Error for Unhealthy {}
+impl std::error::Error for Bad {}
 
 impl Manager for FirstIsBad {
     type Connection = u64;
-    type Error = Unhealthy;
+    type Error = Bad;
 
-    async fn create(&self) -> Result<u64, Unhealthy> {
+    async fn create(&self) -> Result<u64, Bad> {
         Ok(self.created.fetch_add(1, SeqCst) + 1)
     }
 
-    async fn check(&self, conn: &mut u64) -> Result<(), Unhealthy> {
+    async fn check(&self, conn: &mut u64) -> Result<(), Unhealthy<Bad>> {
         if *conn == 1 {
-            Err(Unhealthy)
+            Err(Bad)?
         } else {
             Ok(())
         }
     }
 
-    async fn shutdown(&self, _conn: &mut u64) -> Result<(), Unhealthy> {
+    async fn shutdown(&self, conn: u64) -> Goodbye<Bad> {
         self.shut_down.fetch_add(1, SeqCst);
-        Ok(())
+        match self.close(conn) {
+            Ok(()) => Goodbye::Said,
+            Err(e) => Goodbye::Failed(e),
+        }
     }
 
-    fn close(&self, _conn: u64) -> Result<(), Unhealthy> {
+    fn close(&self, _conn: u64) -> Result<(), Bad> {
         self.closed.fetch_add(1, SeqCst);
         Ok(())
     }
@@ -68,6 +71,9 @@ fn a_retired_connection_frees_its_slot_for_the_waiter() {
         .build()
         .unwrap();
     rt.block_on(async {
+        // Connection 1 is handed straight from `create`, unchecked; back in the pool, its
+        // next checkout checks it.
+        assert_eq!(*pool.get().await.expect("connection 1"), 1);
         let conn = pool
             .get()
             .await

@@ -98,7 +98,7 @@ impl gracepool::Manager for Trivial {
         Ok(self.make())
     }
 
-    async fn check(&self, _conn: &mut Conn) -> Result<(), Never> {
+    async fn check(&self, _conn: &mut Conn) -> Result<(), gracepool::Unhealthy<Never>> {
         Ok(())
     }
 }

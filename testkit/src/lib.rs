@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use gracepool::{BoxFuture, Manager, Runtime, SpawnError};
+use gracepool::{BoxFuture, Goodbye, Manager, Runtime, SpawnError, Unhealthy};
 
 pub mod postgres;
 pub mod server;
@@ -239,13 +239,14 @@ impl Manager for Counting {
         }
     }
 
-    fn check(&self, conn: &mut Conn) -> impl Future<Output = Result<(), TestError>> + Send {
+    fn check(
+        &self,
+        conn: &mut Conn,
+    ) -> impl Future<Output = Result<(), Unhealthy<TestError>>> + Send {
         let _ = conn;
         self.stats.checked.fetch_add(1, SeqCst);
-        act(
-            Fault::from_code(self.stats.check_fault.load(SeqCst)),
-            "check",
-        )
+        let fault = Fault::from_code(self.stats.check_fault.load(SeqCst));
+        async move { Ok(act(fault, "check").await?) }
     }
 
     fn is_broken(&self, conn: &mut Conn) -> bool {
@@ -253,17 +254,25 @@ impl Manager for Counting {
         self.stats.broken.load(SeqCst)
     }
 
-    fn shutdown(&self, conn: &mut Conn) -> impl Future<Output = Result<(), TestError>> + Send {
-        let _ = conn;
-        let stats = self.stats.clone();
+    /// Says goodbye (counted in `shut_down`), then ends the connection with `close`. Whatever
+    /// cuts the goodbye short (a fault, a timeout, a runtime teardown dropping the future), the
+    /// connection still reaches `close` once, as a real socket's drop would end it.
+    fn shutdown(&self, conn: Conn) -> impl Future<Output = Goodbye<TestError>> + Send {
+        let mut ending = EndOnDrop {
+            manager: self.clone(),
+            conn: Some(conn),
+        };
+        let fault = Fault::from_code(self.stats.shutdown_fault.load(SeqCst));
         async move {
-            act(
-                Fault::from_code(stats.shutdown_fault.load(SeqCst)),
-                "shutdown",
-            )
-            .await?;
-            stats.shut_down.fetch_add(1, SeqCst);
-            Ok(())
+            if let Err(e) = act(fault, "shutdown").await {
+                return Goodbye::Failed(e);
+            }
+            let (manager, conn) = ending.take();
+            manager.stats.shut_down.fetch_add(1, SeqCst);
+            match manager.close(conn) {
+                Ok(()) => Goodbye::Said,
+                Err(e) => Goodbye::Failed(e),
+            }
         }
     }
 
@@ -282,6 +291,32 @@ impl Manager for Counting {
             return Err(TestError("close"));
         }
         Ok(())
+    }
+}
+
+/// A connection inside [`Counting`]'s `shutdown`: closed when the goodbye is cut short.
+struct EndOnDrop {
+    manager: Counting,
+    conn: Option<Conn>,
+}
+
+impl EndOnDrop {
+    fn take(&mut self) -> (Counting, Conn) {
+        let conn = self
+            .conn
+            .take()
+            .expect("taken once, when the goodbye went out");
+        (self.manager.clone(), conn)
+    }
+}
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // A close that fails or panics still counts the connection as closed.
+            let manager = &self.manager;
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| manager.close(conn)));
+        }
     }
 }
 

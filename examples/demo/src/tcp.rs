@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_io::Async;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use gracepool::Manager;
+use gracepool::{Goodbye, Manager, Unhealthy};
 
 /// One connection to the backend: a socket and what is left of its last read.
 pub struct TcpConn {
@@ -156,25 +156,63 @@ impl Manager for TcpManager {
         Ok(conn)
     }
 
-    async fn check(&self, conn: &mut TcpConn) -> io::Result<()> {
+    async fn check(&self, conn: &mut TcpConn) -> Result<(), Unhealthy<io::Error>> {
         match conn.request("PING").await?.as_str() {
             "PONG" => Ok(()),
             other => Err(io::Error::new(
                 ErrorKind::InvalidData,
                 format!("expected PONG, got {other:?}"),
-            )),
+            ))?,
         }
     }
 
-    async fn shutdown(&self, conn: &mut TcpConn) -> io::Result<()> {
-        conn.goodbye().await?;
-        self.stats.goodbyes.fetch_add(1, SeqCst);
-        Ok(())
+    async fn shutdown(&self, conn: TcpConn) -> Goodbye<io::Error> {
+        // Closed whichever way the goodbye ends, also when this future is dropped half-way.
+        let mut ending = Ending {
+            manager: self,
+            conn: Some(conn),
+        };
+        let said = ending.conn().goodbye().await;
+        if said.is_ok() {
+            self.stats.goodbyes.fetch_add(1, SeqCst);
+        }
+        match ending.close() {
+            Ok(()) if said.is_ok() => Goodbye::Said,
+            // Out of sync, or the backend already gone: no goodbye went out.
+            Ok(()) => Goodbye::Unsaid,
+            Err(e) => Goodbye::Failed(e),
+        }
     }
 
     fn close(&self, conn: TcpConn) -> io::Result<()> {
         self.stats.closed.fetch_add(1, SeqCst);
         conn.close()
+    }
+}
+
+/// A connection inside [`TcpManager`]'s `shutdown`: closed with `close` when the goodbye is cut
+/// short, so the manager's count stays exact.
+struct Ending<'a> {
+    manager: &'a TcpManager,
+    conn: Option<TcpConn>,
+}
+
+impl Ending<'_> {
+    fn conn(&mut self) -> &mut TcpConn {
+        self.conn.as_mut().expect("held until closed")
+    }
+
+    fn close(&mut self) -> io::Result<()> {
+        let conn = self.conn.take().expect("closed once");
+        self.manager.close(conn)
+    }
+}
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = self.manager.close(conn);
+        }
     }
 }
 
@@ -195,8 +233,7 @@ mod tests {
         let mut a = block_on(m.create()).expect("connects");
         let b = block_on(m.create()).expect("connects");
         block_on(m.check(&mut a)).expect("healthy");
-        block_on(m.shutdown(&mut a)).expect("goodbye");
-        m.close(a).expect("closes after the goodbye");
+        assert!(matches!(block_on(m.shutdown(a)), Goodbye::Said));
         // The other one is closed from a thread that never saw an async runtime.
         let m2 = m.clone();
         std::thread::spawn(move || m2.close(b))
