@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use gracepool::{BoxFuture, Goodbye, Manager, Runtime, SpawnError, Unhealthy};
 
+#[cfg(unix)]
 pub mod postgres;
 pub mod server;
 

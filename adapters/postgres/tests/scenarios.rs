@@ -166,24 +166,40 @@ fn runtime_dropped_child(conn_str: &str) {
     drop(pool);
 }
 
-/// Until recovery: from `from`, how long until the last failure and the first success after
-/// it.
-fn recovery(outcomes: &[(Instant, Outcome)], from: Instant) -> (Option<Duration>, Duration) {
-    let last_failure = outcomes
-        .iter()
-        .filter(|(t, o)| *t >= from && *o != Outcome::Ok)
-        .map(|(t, _)| *t)
-        .next_back();
-    let back = outcomes
-        .iter()
-        .filter(|(t, o)| *t >= last_failure.unwrap_or(from) && *o == Outcome::Ok)
-        .map(|(t, _)| *t)
-        .next()
-        .expect("the load came back");
-    (
-        last_failure.map(|t| t.duration_since(from)),
-        back.duration_since(from),
-    )
+/// How the load fared from `from` on: when its first and last failures came, and its first
+/// success after the last failure, each as a time since `from`.
+struct Recovery {
+    first_failure: Option<Duration>,
+    last_failure: Option<Duration>,
+    back: Duration,
+}
+
+impl Recovery {
+    fn of(outcomes: &[(Instant, Outcome)], from: Instant) -> Recovery {
+        let failures = || {
+            outcomes
+                .iter()
+                .filter(|(t, o)| *t >= from && *o != Outcome::Ok)
+                .map(|(t, _)| *t)
+        };
+        let last = failures().next_back();
+        let back = outcomes
+            .iter()
+            .filter(|(t, o)| *t >= last.unwrap_or(from) && *o == Outcome::Ok)
+            .map(|(t, _)| *t)
+            .next()
+            .expect("the load came back");
+        Recovery {
+            first_failure: failures().next().map(|t| t - from),
+            last_failure: last.map(|t| t - from),
+            back: back - from,
+        }
+    }
+
+    /// From the first failure to serving again: the outage the load saw.
+    fn outage(&self) -> Duration {
+        self.back - self.first_failure.unwrap_or(self.back)
+    }
 }
 
 #[test]
@@ -211,14 +227,19 @@ fn every_backend_terminated_under_load() {
     assert_eq!(dead, 0, "no connection was handed out already closed");
     // Only queries on connections the server ended fail: at most one per connection.
     assert!(query_errors <= SIZE, "{query_errors} query errors");
-    let (last_failure, back) = recovery(&outcomes, at);
+    let r = Recovery::of(&outcomes, at);
     println!(
-        "terminated {killed}: {query_errors} queries failed, last failure {last_failure:?}, serving again after {back:?}; {} outcomes after",
+        "terminated {killed}: {query_errors} queries failed, from {:?} to {:?} after the call, serving again after {:?}: an outage of {:?}; {} outcomes after",
+        r.first_failure,
+        r.last_failure,
+        r.back,
+        r.outage(),
         after.len()
     );
     assert!(
-        back < Duration::from_millis(100),
-        "recovered within tens of ms: {back:?}"
+        r.outage() < Duration::from_millis(100),
+        "recovered within tens of ms: {:?}",
+        r.outage()
     );
     assert!(report.is_complete(), "{report:?}");
     assert_accounted(&report.counters);
@@ -248,9 +269,11 @@ fn server_restarted_under_load() {
     });
     let report = rt.block_on(pool.close());
     let (ok, get_errors, dead, query_errors) = tally(&outcomes);
-    let (last_failure, back) = recovery(&outcomes, at);
+    let r = Recovery::of(&outcomes, at);
+    let back = r.back;
     println!(
-        "server down {down:?}: {query_errors} queries failed, {get_errors} get() errors, last failure {last_failure:?}, serving again after {back:?}"
+        "server down {down:?}: {query_errors} queries failed, {get_errors} get() errors, failures from {:?} to {:?}, serving again after {back:?}",
+        r.first_failure, r.last_failure
     );
     assert!(ok > 100, "the load ran");
     let get_errors: Vec<_> = outcomes
