@@ -36,6 +36,8 @@ fn env_or(name: &str, default: u64) -> u64 {
 /// The three pools, behind one checkout-and-query step.
 enum Bench {
     Grace(gracepool_postgres::Pool),
+    /// gracepool with no wait timeout, as deadpool is by default: a waiter arms no timer.
+    GraceUntimed(gracepool_postgres::Pool),
     Dead(deadpool_postgres::Pool),
     Bb8(bb8::Pool<bb8_postgres::PostgresConnectionManager<NoTls>>),
 }
@@ -44,6 +46,7 @@ impl Bench {
     fn name(&self) -> &'static str {
         match self {
             Bench::Grace(_) => "gracepool-postgres",
+            Bench::GraceUntimed(_) => "gracepool-postgres, no wait timeout",
             Bench::Dead(_) => "deadpool-postgres",
             Bench::Bb8(_) => "bb8-postgres",
         }
@@ -59,7 +62,15 @@ impl Bench {
                     .build()
                     .expect("a valid configuration"),
             ),
-            1 => {
+            1 => Bench::GraceUntimed(
+                gracepool::Pool::builder(gracepool_postgres::Manager::new(config))
+                    .max_size(SIZE)
+                    .wait_timeout(None)
+                    .runtime(gracepool_tokio::TokioRuntime::current())
+                    .build()
+                    .expect("a valid configuration"),
+            ),
+            2 => {
                 let manager = deadpool_postgres::Manager::from_config(
                     config,
                     NoTls,
@@ -88,7 +99,7 @@ impl Bench {
     async fn step(&self) -> Duration {
         let start = Instant::now();
         match self {
-            Bench::Grace(pool) => {
+            Bench::Grace(pool) | Bench::GraceUntimed(pool) => {
                 let conn = pool.get().await.expect("gracepool get");
                 let got = start.elapsed();
                 let stmt = conn.prepare_cached(SQL).await.expect("prepare");
@@ -117,7 +128,7 @@ impl Bench {
 
     async fn close(self) {
         match self {
-            Bench::Grace(pool) => {
+            Bench::Grace(pool) | Bench::GraceUntimed(pool) => {
                 let report = pool.close().await;
                 assert!(report.is_complete(), "{report:?}");
             }
@@ -191,7 +202,7 @@ fn main() {
         .expect("a tokio runtime");
     let results = rt.block_on(async {
         let mut benches = Vec::new();
-        for which in 0..3 {
+        for which in 0..4 {
             let bench = Arc::new(Bench::build(which, &pg.conn_str("bench")).await);
             // Warm up: open every connection and prepare on it.
             round(&bench, Duration::from_millis(200)).await;
