@@ -63,7 +63,8 @@
 //!
 //! The synchronous [`close`](gracepool::Manager::close), which the pool uses once its runtime
 //! is gone (or its actor cannot be reached), needs no runtime: it aborts the driver task and
-//! drops the client. Aborting a task is safe from any thread, also after its runtime has shut
+//! drops the client. (A driver caught mid-poll on another worker thread at that moment may
+//! still get its Terminate out; the pool counts such a connection as closed without goodbye.) Aborting a task is safe from any thread, also after its runtime has shut
 //! down; and by then the runtime has dropped the driver task, which closed the socket. Such a
 //! connection ends without Terminate: the server sees the socket close and ends the backend.
 //! Dropping a [`PgConnection`] does the same, so a connection dropped anywhere (a shutdown cut
@@ -365,14 +366,13 @@ where
         drop(client);
         drop(statements);
         async move {
+            if !open {
+                // The driver has ended or is ending: nothing to wait for, nobody to greet.
+                return Goodbye::Unsaid;
+            }
             // If this future is dropped (the pool's shutdown timeout, a runtime teardown), the
             // driver is aborted with it.
-            let ended = driver.finished().await;
-            if open {
-                goodbye(ended)
-            } else {
-                Goodbye::Unsaid
-            }
+            goodbye(driver.finished().await)
         }
     }
 
@@ -380,5 +380,39 @@ where
         // Aborts the driver, then drops the client: no runtime needed.
         drop(conn);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_leaves_the_password_out() {
+        let m = Manager::from_conn_str("host=127.0.0.1 user=app password=sekrit dbname=app")
+            .expect("parses");
+        let shown = format!("{m:?}");
+        assert!(shown.contains("app"), "{shown}");
+        assert!(!shown.contains("sekrit"), "{shown}");
+    }
+
+    #[test]
+    fn conn_strs_and_urls_parse_and_bad_ones_are_errors() {
+        let url = Manager::from_conn_str("postgresql://app@127.0.0.1:5433/db").expect("a URL");
+        assert_eq!(url.config().get_user(), Some("app"));
+        assert_eq!(url.config().get_ports(), &[5433]);
+        assert!(Manager::from_conn_str("host=127.0.0.1 port=notaport").is_err());
+        assert_eq!(
+            Manager::new(Config::new())
+                .check_method(CheckMethod::Verified)
+                .check,
+            CheckMethod::Verified
+        );
+    }
+
+    #[test]
+    fn a_driver_that_ended_cleanly_said_goodbye_and_a_lost_one_did_not() {
+        assert!(matches!(goodbye(Some(Ok(()))), Goodbye::Said));
+        assert!(matches!(goodbye(None), Goodbye::Unsaid));
     }
 }
