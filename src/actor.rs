@@ -29,7 +29,7 @@ pub(crate) enum Msg<C> {
     Close,
 }
 
-type Creation<C, E> = Pin<Box<dyn Future<Output = (Result<C, CreateFailure<E>>, bool)> + Send>>;
+type Creation<C, E> = Pin<Box<dyn Future<Output = Result<C, CreateFailure<E>>> + Send>>;
 
 /// Holds a connection on its way to its end. Until the manager's `shutdown` has taken it, the
 /// holder owns it, and a future dropped before that (a runtime teardown) closes it with the
@@ -122,7 +122,8 @@ async fn create<M: Manager>(
 }
 
 enum Event<M: Manager> {
-    Created(Result<M::Connection, CreateFailure<M::Error>>, bool),
+    Created(Result<M::Connection, CreateFailure<M::Error>>),
+    BackoffOver,
     ShutDown,
     Msg(Msg<M::Connection>),
     MailboxClosed,
@@ -130,21 +131,84 @@ enum Event<M: Manager> {
     Deadline,
 }
 
+/// Creations under way at once, at most: a huge `min_idle` or a crowd of waiters is served in
+/// waves rather than by as many futures at once.
+const MAX_CREATING: usize = 64;
+
+/// Creation retries after failures: exponential, capped, with jitter. Plain data; the actor
+/// turns a pause into a timer.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    first: std::time::Duration,
+    longest: std::time::Duration,
+    failures: u32,
+    rng: u64,
+}
+
+impl Backoff {
+    pub(crate) fn new(first: std::time::Duration, longest: std::time::Duration, seed: u64) -> Self {
+        Backoff {
+            first,
+            longest,
+            failures: 0,
+            // xorshift must not start at zero.
+            rng: seed | 1,
+        }
+    }
+
+    /// A creation failed: the pause before the next attempt. Doubles from `first` to
+    /// `longest`, then takes off a random part of up to half, so that pools that failed
+    /// together do not retry together.
+    pub(crate) fn failed(&mut self) -> std::time::Duration {
+        self.failures = self.failures.saturating_add(1);
+        let doublings = (self.failures - 1).min(31);
+        let base = self
+            .first
+            .checked_mul(1u32 << doublings)
+            .unwrap_or(self.longest)
+            .min(self.longest);
+        // xorshift64: cheap, and good enough to spread retries.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let half = base / 2;
+        let jitter_ns = (half.as_nanos() as u64)
+            .checked_add(1)
+            .map_or(0, |n| self.rng % n);
+        base - std::time::Duration::from_nanos(jitter_ns)
+    }
+
+    /// A creation succeeded: the next failure starts from `first` again.
+    pub(crate) fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+}
+
 pub(crate) struct PoolActor<M: Manager> {
     shared: Arc<Shared<M>>,
     creating: Vec<Creation<M::Connection, M::Error>>,
     closing: Vec<BoxFuture>,
     deadline: Option<BoxFuture>,
+    backoff: Backoff,
+    /// Set while creation pauses after a failure.
+    paused: Option<BoxFuture>,
 }
 
 impl<M: Manager> PoolActor<M> {
     pub(crate) fn new(shared: Arc<Shared<M>>) -> Self {
         shared.ledger.set_actor_alive(true);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ (Arc::as_ptr(&shared) as *const () as usize as u64);
+        let backoff = Backoff::new(shared.config.backoff_first, shared.config.backoff_max, seed);
         PoolActor {
             shared,
             creating: Vec::new(),
             closing: Vec::new(),
             deadline: None,
+            backoff,
+            paused: None,
         }
     }
 
@@ -166,13 +230,18 @@ impl<M: Manager> PoolActor<M> {
                 let mut mail = pin!(shared.mailbox_rx.recv());
                 poll_fn(|cx| -> Poll<Event<M>> {
                     if let Some(done) = poll_any(&mut self.creating, cx) {
-                        return Poll::Ready(Event::Created(done.0, done.1));
+                        return Poll::Ready(Event::Created(done));
                     }
                     if poll_any(&mut self.closing, cx).is_some() {
                         return Poll::Ready(Event::ShutDown);
                     }
                     if let Poll::Ready(r) = mail.as_mut().poll(cx) {
                         return Poll::Ready(r.map_or(Event::MailboxClosed, Event::Msg));
+                    }
+                    if let Some(paused) = self.paused.as_mut() {
+                        if paused.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Event::BackoffOver);
+                        }
                     }
                     if let Some(deadline) = self.deadline.as_mut() {
                         if deadline.as_mut().poll(cx).is_ready() {
@@ -188,7 +257,11 @@ impl<M: Manager> PoolActor<M> {
             };
             shared.ledger.tick_clock();
             match event {
-                Event::Created(result, for_waiter) => self.created(result, for_waiter),
+                Event::Created(result) => self.created(result),
+                Event::BackoffOver => {
+                    self.paused = None;
+                    self.grow();
+                }
                 Event::ShutDown => self.grow(),
                 Event::Msg(Msg::Grow) | Event::Msg(Msg::Freed) => self.grow(),
                 Event::Msg(Msg::Retire { conn, from_guard }) => {
@@ -225,11 +298,11 @@ impl<M: Manager> PoolActor<M> {
 
     fn grow(&mut self) {
         let shared = &self.shared;
-        if !shared.ledger.is_running() {
+        // No creation starts while creation pauses after a failure: a manager that fails at
+        // once cannot make the actor spin, and the pause ends in a `BackoffOver` that grows.
+        if !shared.ledger.is_running() || self.paused.is_some() {
             return;
         }
-        // Demand is the queued waiters: one handed a failure has left the queue, so a manager
-        // that fails at once does not make the actor spin.
         let growth = plan_growth(
             shared.waitlist.waiting(),
             shared.idle_rx.len(),
@@ -238,24 +311,21 @@ impl<M: Manager> PoolActor<M> {
             shared.config.max_size,
             shared.config.min_idle,
         );
-        for i in 0..growth.for_waiters + growth.for_min_idle {
-            let for_waiter = i < growth.for_waiters;
+        let wave = (growth.for_waiters + growth.for_min_idle)
+            .min(MAX_CREATING.saturating_sub(self.creating.len()));
+        for _ in 0..wave {
             shared.ledger.reserve_slot();
-            let s = shared.clone();
-            self.creating
-                .push(Box::pin(async move { (create(s).await, for_waiter) }));
+            self.creating.push(Box::pin(create(shared.clone())));
         }
     }
 
-    fn created(
-        &mut self,
-        result: Result<M::Connection, CreateFailure<M::Error>>,
-        for_waiter: bool,
-    ) {
+    fn created(&mut self, result: Result<M::Connection, CreateFailure<M::Error>>) {
         let shared = &self.shared;
         match result {
             Ok(conn) => {
                 shared.ledger.record_created();
+                self.backoff.succeeded();
+                shared.set_last_create_error(None);
                 if !shared.ledger.is_running() {
                     self.retire(conn);
                     return;
@@ -269,6 +339,8 @@ impl<M: Manager> PoolActor<M> {
                 if let Err(entry) = shared.put_idle(entry, true) {
                     self.retire(entry.conn);
                 }
+                // Creations may have been held back by MAX_CREATING.
+                self.grow();
             }
             Err(failure) => {
                 shared.ledger.release_slot();
@@ -282,12 +354,19 @@ impl<M: Manager> PoolActor<M> {
                     }
                     CreateFailure::Panicked => event!(warn, "the manager's create panicked"),
                 }
-                // Hand the failure to the longest waiter, so it learns why instead of timing
-                // out.
-                if for_waiter {
-                    let _ = shared.waitlist.fail_first(failure);
+                // Fail-fast: the longest waiter learns why at once. Otherwise waiters keep
+                // waiting while creation is retried, and one whose wait times out gets this
+                // failure as the source of its timeout.
+                let kept = if shared.config.fail_fast {
+                    shared.waitlist.fail_first(failure)
+                } else {
+                    Some(failure)
+                };
+                if let Some(failure) = kept {
+                    shared.set_last_create_error(Some(failure.into()));
                 }
-                self.grow();
+                let pause = self.backoff.failed();
+                self.paused = Some(shared.runtime.sleep(pause));
             }
         }
     }

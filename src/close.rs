@@ -126,7 +126,7 @@ impl<M: Manager> Shared<M> {
     /// How long a closer still waits for the actor before falling back.
     fn patience(&self) -> Duration {
         let started = self.lock_close().started.map(|(at, _)| at);
-        let total = self.config.close_deadline + ACTOR_GRACE;
+        let total = self.config.close_deadline.saturating_add(ACTOR_GRACE);
         started.map_or(total, |at| total.saturating_sub(at.elapsed()))
     }
 }

@@ -20,7 +20,17 @@ pub(crate) struct Config {
     pub close_deadline: Duration,
     pub maintenance_interval: Duration,
     pub check_on_checkout: bool,
+    /// The first pause after a failed creation; it doubles with each failure in a row.
+    pub backoff_first: Duration,
+    /// The longest pause between creation attempts.
+    pub backoff_max: Duration,
+    /// Hand a creation failure to the longest waiter at once, instead of retrying within the
+    /// waiters' wait timeouts.
+    pub fail_fast: bool,
 }
+
+/// Above this `max_size`, the idle queue grows as it fills instead of being allocated up front.
+pub(crate) const PREALLOCATED_IDLE_LIMIT: usize = 4096;
 
 impl Default for Config {
     fn default() -> Self {
@@ -36,6 +46,9 @@ impl Default for Config {
             close_deadline: Duration::from_secs(30),
             maintenance_interval: Duration::from_secs(1),
             check_on_checkout: true,
+            backoff_first: Duration::from_millis(10),
+            backoff_max: Duration::from_secs(1),
+            fail_fast: false,
         }
     }
 }
@@ -59,11 +72,18 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("max_lifetime", self.max_lifetime),
             ("maintenance_interval", Some(self.maintenance_interval)),
+            ("create_backoff", Some(self.backoff_first)),
         ];
         for (name, value) in timeouts {
             if value == Some(Duration::ZERO) {
                 return Err(ConfigError::ZeroDuration(name));
             }
+        }
+        if self.backoff_first > self.backoff_max {
+            return Err(ConfigError::BackoffFirstAboveMax {
+                first: self.backoff_first,
+                max: self.backoff_max,
+            });
         }
         if runtime.is_none() {
             return Err(ConfigError::NoRuntime);
@@ -89,6 +109,13 @@ pub enum ConfigError {
     ZeroDuration(&'static str),
     /// No runtime was given to spawn the pool actor on.
     NoRuntime,
+    /// The first creation backoff is longer than the longest one.
+    BackoffFirstAboveMax {
+        /// The configured first pause.
+        first: Duration,
+        /// The configured longest pause.
+        max: Duration,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -102,6 +129,10 @@ impl fmt::Display for ConfigError {
             ConfigError::ZeroDuration(name) => write!(
                 f,
                 "{name} is zero; give a positive duration, or None where the builder allows it"
+            ),
+            ConfigError::BackoffFirstAboveMax { first, max } => write!(
+                f,
+                "create_backoff: the first pause ({first:?}) is longer than the longest ({max:?}); lower the first or raise the longest"
             ),
             ConfigError::NoRuntime => f.write_str(
                 "no runtime given: call Builder::runtime with an adapter (gracepool-tokio, gracepool-smol, gracepool-actix)",

@@ -1,6 +1,7 @@
 //! The one error type of the pool's surface.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::ConfigError;
@@ -37,6 +38,12 @@ pub enum Error<E> {
     Timeout {
         /// How long the caller waited.
         waited: Duration,
+        /// Why the pool could not make one, when its last attempt failed: the
+        /// [`Backend`](Error::Backend), [`ManagerTimeout`](Error::ManagerTimeout) or
+        /// [`ManagerPanicked`](Error::ManagerPanicked) error of that attempt. Also the
+        /// timeout's [`source`](std::error::Error::source). `None` when the pool was simply
+        /// busy.
+        last_error: Option<Arc<Error<E>>>,
     },
     /// [`Pool::try_get`](crate::Pool::try_get) found no idle connection.
     Exhausted,
@@ -69,9 +76,19 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             Error::RuntimeGone => f.write_str(
                 "pool is closed: the runtime its actor ran on has shut down; build a new pool on a live runtime",
             ),
-            Error::Timeout { waited } => write!(
+            Error::Timeout {
+                waited,
+                last_error: None,
+            } => write!(
                 f,
                 "no connection became available within {waited:?}: raise max_size or the wait timeout, or hold connections for less time"
+            ),
+            Error::Timeout {
+                waited,
+                last_error: Some(e),
+            } => write!(
+                f,
+                "no connection became available within {waited:?}, and the last attempt to create one failed ({e}); the pool keeps retrying with backoff"
             ),
             Error::Exhausted => f.write_str(
                 "no idle connection right now: use get() to wait for one",
@@ -95,6 +112,10 @@ impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Backend(e) => Some(e),
+            Error::Timeout {
+                last_error: Some(e),
+                ..
+            } => Some(&**e),
             Error::Config(e) => Some(e),
             Error::Spawn(e) => Some(e),
             _ => None,

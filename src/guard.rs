@@ -109,7 +109,9 @@ impl<M: Manager> Drop for Pooled<M> {
             shared.retire(entry.conn, true);
             return;
         }
-        entry.returned_ms = shared.ledger.now_ms();
+        // The real time, not the actor's coarse clock, which can be a maintenance interval
+        // old: the idle timeout counts from here.
+        entry.returned_ms = shared.ledger.real_now_ms();
         match shared.put_idle(entry, false) {
             Ok(()) => shared.ledger.check_in(),
             // A closed queue hands the connection back: close started after the check above.

@@ -180,6 +180,11 @@ impl Ledger {
         self.clock_ms.load(Relaxed)
     }
 
+    /// Milliseconds since `epoch`, read from the system clock now.
+    pub(crate) fn real_now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
     pub(crate) fn tick_clock(&self) -> u64 {
         let now = self.epoch.elapsed().as_millis() as u64;
         self.clock_ms.fetch_max(now, Relaxed);
@@ -218,11 +223,12 @@ pub(crate) fn plan_growth(
     min_idle: usize,
 ) -> Growth {
     let room = max_size.saturating_sub(slots);
-    let for_waiters = waiters.saturating_sub(idle + creating).min(room);
+    let supply = idle.saturating_add(creating);
+    let for_waiters = waiters.saturating_sub(supply).min(room);
     let room = room - for_waiters;
-    let for_min_idle = min_idle
-        .saturating_sub(idle + creating + for_waiters)
-        .min(room);
+    // What stays idle once every waiter is served: connections made for waiters do not.
+    let spare = supply.saturating_add(for_waiters).saturating_sub(waiters);
+    let for_min_idle = min_idle.saturating_sub(spare).min(room);
     Growth {
         for_waiters,
         for_min_idle,
@@ -250,6 +256,10 @@ mod tests {
             ((0, 1, 1, 5, 10, 4), (0, 2)),
             // Demand first, min_idle from what room is left.
             ((2, 0, 0, 7, 10, 4), (2, 1)),
+            // A connection made for a waiter does not stay idle: min_idle is made beside it.
+            ((1, 0, 0, 0, 5, 2), (1, 2)),
+            ((1, 0, 1, 3, 5, 2), (0, 2)),
+            ((3, 1, 0, 2, 5, 2), (2, 1)),
         ];
         for ((waiters, idle, creating, slots, max, min_idle), want) in cases {
             let g = plan_growth(waiters, idle, creating, slots, max, min_idle);

@@ -13,12 +13,12 @@ use futures_lite::FutureExt;
 use std::sync::atomic::{fence, Ordering::SeqCst};
 
 use crate::actor::{Msg, PoolActor};
-use crate::config::Config;
+use crate::config::{Config, PREALLOCATED_IDLE_LIMIT};
 use crate::error::Error;
 use crate::guard::Pooled;
 use crate::ledger::{Ending, Ledger};
 use crate::manager::Manager;
-use crate::runtime::{timed, BoxFuture, Runtime};
+use crate::runtime::{timed_with, BoxFuture, Runtime};
 use crate::status::{CloseCause, CloseReport, PoolState, Status};
 use crate::waitlist::{Join, Outcome, Slot, Waitlist};
 
@@ -42,6 +42,9 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) mailbox_tx: Sender<Msg<M::Connection>>,
     /// Kept here too, so that a closer can drain the mailbox when the actor cannot.
     pub(crate) mailbox_rx: Receiver<Msg<M::Connection>>,
+    /// The last creation failure, while creations keep failing: the source of a waiter's
+    /// timeout. Cold path: written by the actor when a creation ends, read on a timeout.
+    pub(crate) last_create_error: Mutex<Option<Arc<Error<M::Error>>>>,
     /// Notified when the close finishes.
     pub(crate) closed: Event,
     pub(crate) close: Mutex<CloseState>,
@@ -60,6 +63,25 @@ impl<M: Manager> Shared<M> {
         match self.lock_close().started {
             Some((_, CloseCause::RuntimeGone)) => Error::RuntimeGone,
             _ => Error::Closed,
+        }
+    }
+
+    /// The last creation failure, if the last creation failed.
+    pub(crate) fn last_create_error(&self) -> Option<Arc<Error<M::Error>>> {
+        self.last_create_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records how the last creation ended (`None`: it succeeded).
+    pub(crate) fn set_last_create_error(&self, error: Option<Error<M::Error>>) {
+        let mut last = self
+            .last_create_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if error.is_some() || last.is_some() {
+            *last = error.map(Arc::new);
         }
     }
 
@@ -197,8 +219,57 @@ impl<M: Manager> fmt::Debug for Pool<M> {
 /// What one checkout attempt ended with.
 enum Attempt<M: Manager> {
     Got(Pooled<M>),
-    /// The connection was unusable (expired, failed its check) and was retired: try again.
-    Retry,
+    /// The connection was past its idle timeout or lifetime and was retired: try again.
+    Expired,
+    /// The connection failed its health check and was retired: try again.
+    Unhealthy,
+}
+
+/// A `get` that sees this many connections fail their health check takes the idle ones it
+/// meets next as stale (a backend that restarted), closes them unchecked, and waits for a new
+/// one. Bounds the checks one `get` runs, whatever the manager does.
+const UNHEALTHY_PER_GET: u32 = 3;
+
+/// One `get`'s time budget and what it has met so far. The clock is read only once the call
+/// has to wait for something: a health check that does not finish at once, or a connection.
+struct Budget {
+    timeout: Option<Duration>,
+    started: Option<Instant>,
+    unhealthy: u32,
+}
+
+impl Budget {
+    fn new(timeout: Option<Duration>) -> Self {
+        Budget {
+            timeout,
+            started: None,
+            unhealthy: 0,
+        }
+    }
+
+    /// When the call started waiting, read now the first time it is asked.
+    fn start(&mut self) -> Instant {
+        *self.started.get_or_insert_with(Instant::now)
+    }
+
+    /// What is left of the wait timeout (`None`: no timeout).
+    fn remaining(&mut self) -> Option<Duration> {
+        let timeout = self.timeout?;
+        Some(timeout.saturating_sub(self.start().elapsed()))
+    }
+
+    fn waited(&self) -> Duration {
+        self.started.map_or(Duration::ZERO, |at| at.elapsed())
+    }
+
+    fn spent(&mut self) -> bool {
+        self.remaining() == Some(Duration::ZERO)
+    }
+
+    /// Whether connections that waited in the pool are still worth a health check.
+    fn trusts_idle(&self) -> bool {
+        self.unhealthy < UNHEALTHY_PER_GET
+    }
 }
 
 impl<M: Manager> Pool<M> {
@@ -248,13 +319,17 @@ impl<M: Manager> Pool<M> {
         wait: bool,
     ) -> Result<Pooled<M>, Error<M::Error>> {
         let shared = &self.shared;
+        let mut budget = Budget::new(timeout);
         // Hot path: an idle connection is there and nobody is queued ahead of us.
-        while shared.waitlist.waiting() == 0 {
+        while shared.waitlist.waiting() == 0 && budget.trusts_idle() {
             match shared.idle_rx.try_recv() {
-                Ok(entry) => match self.checkout(entry, false).await? {
-                    Attempt::Got(guard) => return Ok(guard),
-                    Attempt::Retry => continue,
-                },
+                Ok(entry) => {
+                    self.keep_min_idle();
+                    match self.checkout(entry, false, &mut budget).await? {
+                        Attempt::Got(guard) => return Ok(guard),
+                        Attempt::Expired | Attempt::Unhealthy => continue,
+                    }
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Closed) => return Err(shared.closed_error()),
             }
@@ -269,7 +344,25 @@ impl<M: Manager> Pool<M> {
         // Boxed: the waiting future is several times the size of the hot path's, and as part
         // of this future it would be moved with it on every checkout. Waiting allocates
         // anyway (a place in the waitlist); taking an idle connection does not.
-        Box::pin(self.wait_for_connection(timeout)).await
+        Box::pin(self.wait_for_connection(budget)).await
+    }
+
+    /// Taking an idle connection may leave fewer than `min_idle`: wake the actor to top up
+    /// now rather than at its next maintenance tick.
+    fn keep_min_idle(&self) {
+        let min_idle = self.shared.config.min_idle;
+        if min_idle > 0 && self.shared.idle_rx.len() < min_idle {
+            self.ask_to_grow();
+        }
+    }
+
+    /// The error for a caller whose wait timeout ran out: with the last creation failure as
+    /// its source when the pool could not make connections.
+    fn timed_out(&self, budget: &Budget) -> Error<M::Error> {
+        Error::Timeout {
+            waited: budget.waited(),
+            last_error: self.shared.last_create_error(),
+        }
     }
 
     /// Wakes the actor to create, unless the pool is already at `max_size` (then a returning
@@ -281,19 +374,19 @@ impl<M: Manager> Pool<M> {
         }
     }
 
-    async fn wait_for_connection(
-        &self,
-        timeout: Option<Duration>,
-    ) -> Result<Pooled<M>, Error<M::Error>> {
+    async fn wait_for_connection(&self, mut budget: Budget) -> Result<Pooled<M>, Error<M::Error>> {
         let shared = &self.shared;
-        let started = Instant::now();
+        budget.start();
         let _waiting = WaiterMark::new(&shared.ledger);
         let mut timer: Option<BoxFuture> = None;
         loop {
+            if budget.spent() {
+                return Err(self.timed_out(&budget));
+            }
             let slot = match shared.waitlist.join(&shared.idle_rx) {
-                Join::Idle(entry) => match self.checkout(entry, false).await? {
+                Join::Idle(entry) => match self.checkout(entry, false, &mut budget).await? {
                     Attempt::Got(guard) => return Ok(guard),
-                    Attempt::Retry => continue,
+                    Attempt::Expired | Attempt::Unhealthy => continue,
                 },
                 Join::Closed => return Err(shared.closed_error()),
                 Join::Queued(slot) => slot,
@@ -308,7 +401,7 @@ impl<M: Manager> Pool<M> {
             // queue length: one of the two sees the other, so no waiter is forgotten.
             self.ask_to_grow();
             if timer.is_none() {
-                timer = timeout.map(|d| shared.runtime.sleep(d));
+                timer = budget.remaining().map(|d| shared.runtime.sleep(d));
             }
             let outcome = poll_fn(|cx| {
                 let slot = queued.slot.as_ref().expect("taken only after this poll");
@@ -325,27 +418,28 @@ impl<M: Manager> Pool<M> {
             // On a timeout the waiter leaves the queue; it may have been served meanwhile.
             let outcome = outcome.or_else(|| shared.waitlist.cancel(&slot));
             match outcome {
-                Some(Outcome::Got(entry, fresh)) => match self.checkout(entry, fresh).await? {
-                    Attempt::Got(guard) => return Ok(guard),
-                    Attempt::Retry => continue,
-                },
+                Some(Outcome::Got(entry, fresh)) => {
+                    match self.checkout(entry, fresh, &mut budget).await? {
+                        Attempt::Got(guard) => return Ok(guard),
+                        Attempt::Expired | Attempt::Unhealthy => continue,
+                    }
+                }
                 Some(Outcome::Failed(f)) => return Err(f.into()),
                 Some(Outcome::Closed) => return Err(shared.closed_error()),
-                None => {
-                    return Err(Error::Timeout {
-                        waited: started.elapsed(),
-                    });
-                }
+                None => return Err(self.timed_out(&budget)),
             }
         }
     }
 
     /// Turns an idle entry into a guard: refuses it after close, retires it when expired or
-    /// unhealthy. A `fresh` one, straight from `create`, is not checked.
+    /// unhealthy. A `fresh` one, straight from `create`, is not checked; after
+    /// [`UNHEALTHY_PER_GET`] failed checks, one that waited in the pool is retired unchecked.
+    /// The check is bounded by the check timeout and by what is left of the wait timeout.
     async fn checkout(
         &self,
         entry: Idle<M::Connection>,
         fresh: bool,
+        budget: &mut Budget,
     ) -> Result<Attempt<M>, Error<M::Error>> {
         let shared = &self.shared;
         if !shared.ledger.is_running() {
@@ -354,7 +448,12 @@ impl<M: Manager> Pool<M> {
         }
         if shared.expired(&entry) {
             shared.retire(entry.conn, false);
-            return Ok(Attempt::Retry);
+            return Ok(Attempt::Expired);
+        }
+        if !fresh && !budget.trusts_idle() {
+            // Stale by the evidence of this call's failed checks: make room for a new one.
+            shared.retire(entry.conn, false);
+            return Ok(Attempt::Unhealthy);
         }
         shared.ledger.check_out();
         // From here the guard owns the connection: if this future is dropped mid-check, the
@@ -362,7 +461,13 @@ impl<M: Manager> Pool<M> {
         let mut guard = Pooled::checking(shared.clone(), entry);
         if shared.config.check_on_checkout && !fresh {
             let check = AssertUnwindSafe(shared.manager.check(guard.conn_mut())).catch_unwind();
-            let checked = timed(&*shared.runtime, shared.config.check_timeout, check).await;
+            // The clock is read only if the check does not finish on its first poll.
+            let check_timeout = shared.config.check_timeout;
+            let limit = || match (check_timeout, budget.remaining()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let checked = timed_with(&*shared.runtime, limit, check).await;
             let healthy = matches!(checked, Some(Ok(Ok(()))));
             if !healthy {
                 #[cfg(feature = "tracing")]
@@ -380,7 +485,12 @@ impl<M: Manager> Pool<M> {
                 }
                 shared.ledger.record_check_failed();
                 drop(guard);
-                return Ok(Attempt::Retry);
+                if checked.is_none() && budget.spent() {
+                    // The check took what was left of the wait timeout.
+                    return Err(self.timed_out(budget));
+                }
+                budget.unhealthy += 1;
+                return Ok(Attempt::Unhealthy);
             }
         }
         guard.checked();
@@ -429,7 +539,8 @@ impl Drop for WaiterMark<'_> {
 ///
 /// Defaults: `max_size` 10, `min_idle` 0, wait timeout 30 s, create timeout 30 s, check
 /// timeout 5 s, shutdown timeout 5 s, idle timeout 10 min, max lifetime 30 min, close deadline
-/// 30 s, maintenance every 1 s, check on checkout. A runtime must be given.
+/// 30 s, maintenance every 1 s, check on checkout, creation retried with backoff from 10 ms to
+/// 1 s while callers keep waiting (not fail-fast). A runtime must be given.
 pub struct Builder<M: Manager> {
     manager: M,
     config: Config,
@@ -509,9 +620,33 @@ impl<M: Manager> Builder<M> {
         self
     }
 
-    /// Whether [`Manager::check`] runs before each checkout (default true).
+    /// Whether [`Manager::check`] runs before a connection is handed out again (default
+    /// true).
     pub fn check_on_checkout(mut self, check: bool) -> Self {
         self.config.check_on_checkout = check;
+        self
+    }
+
+    /// How creation is retried after a failure: the first pause (default 10 ms), doubled with
+    /// each failure in a row up to the longest pause (default 1 s), each pause shortened by a
+    /// random part of up to half (jitter), so many pools do not retry in step. No creation
+    /// starts during a pause, whatever the demand; the actor keeps serving everything else.
+    /// A success resets it.
+    pub fn create_backoff(mut self, first: Duration, longest: Duration) -> Self {
+        self.config.backoff_first = first;
+        self.config.backoff_max = longest;
+        self
+    }
+
+    /// What a waiting caller gets when a creation fails.
+    ///
+    /// By default (`false`) callers ride out a failing backend: they keep waiting while the
+    /// pool retries with backoff, up to their wait timeout, and a caller whose timeout runs
+    /// out gets [`Error::Timeout`] with the last creation error as its source. With `true`,
+    /// each failure goes at once to the caller that has waited longest, as
+    /// [`Error::Backend`] (or `ManagerTimeout` / `ManagerPanicked`).
+    pub fn fail_fast(mut self, fail_fast: bool) -> Self {
+        self.config.fail_fast = fail_fast;
         self
     }
 
@@ -539,8 +674,13 @@ impl<M: Manager> Builder<M> {
             .runtime
             .expect("validate() checked that a runtime is set");
         // Bounded by max_size: no more connections exist than that, so a send never finds it
-        // full, and an array queue costs no allocation per checkout.
-        let (idle_tx, idle_rx) = async_channel::bounded(self.config.max_size);
+        // full, and an array queue costs no allocation per checkout. A very large max_size
+        // would allocate all of it up front (or overflow): such a queue grows as it fills.
+        let (idle_tx, idle_rx) = if self.config.max_size <= PREALLOCATED_IDLE_LIMIT {
+            async_channel::bounded(self.config.max_size)
+        } else {
+            async_channel::unbounded()
+        };
         let (mailbox_tx, mailbox_rx) = async_channel::unbounded();
         let shared = Arc::new(Shared {
             manager: self.manager,
@@ -552,6 +692,7 @@ impl<M: Manager> Builder<M> {
             waitlist: Waitlist::new(),
             mailbox_tx,
             mailbox_rx,
+            last_create_error: Mutex::new(None),
             closed: Event::new(),
             close: Mutex::new(CloseState::default()),
         });

@@ -58,19 +58,37 @@ pub(crate) async fn timed<F: Future>(
     limit: Option<Duration>,
     fut: F,
 ) -> Option<F::Output> {
+    timed_with(runtime, move || limit, fut).await
+}
+
+/// Like [`timed`], with the limit worked out only if the future does not finish on its first
+/// poll (working it out may read the clock).
+pub(crate) async fn timed_with<F: Future>(
+    runtime: &dyn Runtime,
+    limit: impl FnOnce() -> Option<Duration>,
+    fut: F,
+) -> Option<F::Output> {
     let mut fut = pin!(fut);
+    let mut limit = Some(limit);
     let mut timer: Option<BoxFuture> = None;
+    let mut unlimited = false;
     poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
         }
-        let Some(limit) = limit else {
+        if let Some(limit) = limit.take() {
+            match limit() {
+                Some(Duration::ZERO) => return Poll::Ready(None),
+                Some(d) => timer = Some(runtime.sleep(d)),
+                None => unlimited = true,
+            }
+        }
+        if unlimited {
             return Poll::Pending;
-        };
-        let timer = timer.get_or_insert_with(|| runtime.sleep(limit));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+        }
+        match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(None),
+            _ => Poll::Pending,
         }
     })
     .await

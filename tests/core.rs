@@ -418,7 +418,7 @@ fn try_get_and_timeouts() {
         assert!(matches!(pool.try_get().await, Err(Error::Exhausted)));
         let t = Instant::now();
         let r = pool.get_timeout(Duration::from_millis(30)).await;
-        assert!(matches!(r, Err(Error::Timeout { waited }) if waited >= Duration::from_millis(30)));
+        assert!(matches!(r, Err(Error::Timeout { waited, last_error: None }) if waited >= Duration::from_millis(30)));
         assert!(t.elapsed() < Duration::from_secs(1));
         drop(g);
         assert!(pool.try_get().await.is_ok());
@@ -498,9 +498,9 @@ fn spawn_failure_is_a_typed_error() {
 }
 
 #[test]
-fn create_errors_reach_the_waiter_and_the_pool_recovers() {
+fn fail_fast_create_errors_reach_the_waiter_and_the_pool_recovers() {
     let (m, rt) = (Counting::new(), ExecRuntime::new());
-    let pool = builder(&m, &rt).build().unwrap();
+    let pool = builder(&m, &rt).fail_fast(true).build().unwrap();
     rt.block_on(async {
         m.set_create(Fault::Fail);
         match pool.get().await {
@@ -530,21 +530,30 @@ fn stalled_create_is_bounded_by_the_create_timeout() {
     let (m, rt) = (Counting::new(), ExecRuntime::new());
     let pool = builder(&m, &rt)
         .create_timeout(Duration::from_millis(30))
+        .wait_timeout(Duration::from_millis(200))
         .build()
         .unwrap();
     rt.block_on(async {
         m.set_create(Fault::Stall);
+        // By default the caller keeps waiting while creation is retried; its timeout names
+        // the create timeout as the reason.
         let r = pool.get().await;
-        assert!(
-            matches!(
-                r,
-                Err(Error::ManagerTimeout {
-                    stage: Stage::Create,
-                    ..
-                })
+        match &r {
+            Err(Error::Timeout {
+                last_error: Some(last),
+                ..
+            }) => assert!(
+                matches!(
+                    **last,
+                    Error::ManagerTimeout {
+                        stage: Stage::Create,
+                        ..
+                    }
+                ),
+                "{last:?}"
             ),
-            "{r:?}"
-        );
+            other => panic!("{other:?}"),
+        }
         m.set_create(Fault::None);
         assert!(pool.get().await.is_ok());
         pool.close().await;
@@ -672,8 +681,20 @@ fn error_messages_say_what_to_do() {
         .contains("build a new pool on a live runtime"));
     let timeout: E = Error::Timeout {
         waited: Duration::from_millis(5),
+        last_error: None,
     };
     assert!(timeout.to_string().contains("raise max_size"));
+    let outage: E = Error::Timeout {
+        waited: Duration::from_millis(5),
+        last_error: Some(Arc::new(Error::Backend(gracepool_testkit::TestError(
+            "create",
+        )))),
+    };
+    let said = outage.to_string();
+    assert!(said.contains("within 5ms"), "{said}");
+    assert!(said.contains("test manager: create failed"), "{said}");
+    let source = std::error::Error::source(&outage).expect("the creation error");
+    assert!(source.to_string().contains("create failed"), "{source}");
 }
 
 #[test]

@@ -84,6 +84,7 @@ fn a_boxed_error_type_reaches_the_caller_with_its_message() {
     m.fail_create.store(true, SeqCst);
     let pool = Pool::builder(m.clone())
         .wait_timeout(Duration::from_millis(200))
+        .fail_fast(true)
         .runtime(rt.handle())
         .build()
         .unwrap();

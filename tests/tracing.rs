@@ -64,6 +64,7 @@ fn close_and_failures_are_reported_as_events() {
     tracing::subscriber::with_default(rec.clone(), || {
         let (m, rt) = (Counting::new(), ExecRuntime::new());
         let pool = Pool::builder(m.clone())
+            .fail_fast(true)
             .runtime(rt.handle())
             .build()
             .unwrap();
