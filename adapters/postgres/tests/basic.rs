@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{pool, tokio_rt, wait_for_disconnections, PgServer};
 use gracepool::Manager as _;
@@ -214,27 +214,59 @@ fn bad_credentials_reach_the_caller() {
             good.shutdown(conn).await,
             gracepool::Goodbye::Said
         ));
-        // ... the wrong one reaches the caller of get(), with the server's error as the source.
-        let bad = Manager::from_conn_str(&pg.conn_str_as(PASSWORD_USER, "wrong", "creds")).unwrap();
-        let pool: Pool = Pool::builder(bad)
-            .max_size(2)
-            .wait_timeout(Duration::from_millis(500))
+        // ... the wrong one reaches the caller of get(), with the server's error in the chain.
+        let bad =
+            || Manager::from_conn_str(&pg.conn_str_as(PASSWORD_USER, "wrong", "creds")).unwrap();
+        let wait = Duration::from_millis(400);
+        // By default the caller rides the failure out for its wait timeout (the pool retries
+        // with backoff meanwhile), then gets Timeout with the last creation error as source.
+        let pool: Pool = Pool::builder(bad())
+            .wait_timeout(wait)
             .runtime(TokioRuntime::current())
             .build()
             .unwrap();
+        let start = Instant::now();
         let err = pool.get().await.expect_err("a wrong password is refused");
-        let db = std::error::Error::source(&err)
-            .and_then(|s| s.downcast_ref::<gracepool_postgres::tokio_postgres::Error>())
-            .and_then(|e| e.as_db_error())
-            .unwrap_or_else(|| panic!("the server's error is the source: {err:?}"));
-        assert_eq!(
-            db.code(),
-            &gracepool_postgres::tokio_postgres::error::SqlState::INVALID_PASSWORD,
-            "{err}"
-        );
+        let took = start.elapsed();
+        assert!(matches!(err, gracepool::Error::Timeout { .. }), "{err:?}");
+        assert!(took >= wait, "rode it out: {took:?}");
+        assert_eq!(invalid_password(&err), 1, "{err}");
         let report = pool.close().await;
         assert_eq!(report.counters.created, 0);
+        assert!(report.counters.create_failed >= 2, "retried: {report:?}");
+
+        // In fail-fast mode the first failure goes to the caller at once, as Backend.
+        let pool: Pool = Pool::builder(bad())
+            .wait_timeout(wait)
+            .fail_fast(true)
+            .runtime(TokioRuntime::current())
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        let err = pool.get().await.expect_err("a wrong password is refused");
+        assert!(start.elapsed() < wait, "at once: {:?}", start.elapsed());
+        assert!(matches!(err, gracepool::Error::Backend(_)), "{err:?}");
+        assert_eq!(invalid_password(&err), 1, "{err}");
+        assert_eq!(pool.close().await.counters.created, 0);
     });
+}
+
+/// How many errors in `err`'s source chain are the server's "invalid password".
+fn invalid_password(err: &(dyn std::error::Error + 'static)) -> usize {
+    use gracepool_postgres::tokio_postgres::error::SqlState;
+    let mut found = 0;
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(db) = e
+            .downcast_ref::<gracepool_postgres::tokio_postgres::Error>()
+            .and_then(|e| e.as_db_error())
+        {
+            assert_eq!(db.code(), &SqlState::INVALID_PASSWORD, "{db}");
+            found += 1;
+        }
+        next = e.source();
+    }
+    found
 }
 
 #[test]

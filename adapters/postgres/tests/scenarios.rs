@@ -13,6 +13,8 @@ use gracepool_testkit::assert_accounted;
 
 const TASKS: usize = 32;
 const SIZE: usize = 8;
+/// The longest pause between creation attempts, by default (see the core's `Builder`).
+const BACKOFF_CAP: Duration = Duration::from_secs(1);
 
 #[test]
 fn graceful_close_under_load_every_connection_says_goodbye() {
@@ -266,7 +268,6 @@ fn every_backend_terminated_under_load() {
 }
 
 #[test]
-#[ignore = "needs core backoff (issue 9)"]
 fn server_restarted_under_load() {
     let Some(mut pg) = PgServer::start("scenarios::server_restarted_under_load") else {
         return;
@@ -279,7 +280,8 @@ fn server_restarted_under_load() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let at = Instant::now();
         let down = tokio::task::block_in_place(|| pg.restart_fast());
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Long enough for the pool's longest pause between attempts, and then some.
+        tokio::time::sleep(BACKOFF_CAP + Duration::from_millis(500)).await;
         (load.stop().await, down, at)
     });
     let report = rt.block_on(pool.close());
@@ -300,10 +302,8 @@ fn server_restarted_under_load() {
         .collect();
     assert!(get_errors.is_empty(), "get() itself failed: {get_errors:?}");
     assert_eq!(dead, 0, "no connection was handed out already closed");
-    // The backoff's cap, by default (see the core's Builder).
-    let cap = Duration::from_secs(1);
     assert!(
-        back <= down + cap,
+        back <= down + BACKOFF_CAP,
         "serving again after {back:?}, the server was down {down:?}"
     );
     assert!(report.is_complete(), "{report:?}");
