@@ -1,6 +1,6 @@
-//! The service against a real PostgreSQL server: it serves requests, takes SIGTERM with
-//! requests in flight, answers them, closes its pool, and exits 0 with nothing on stderr; the
-//! server saw every connection say goodbye.
+//! Each service (axum, actix-web) against a real PostgreSQL server: it serves requests, takes
+//! SIGTERM with requests in flight, answers them, closes its pool, and exits 0 with nothing on
+//! stderr; the server saw every connection say goodbye.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -33,14 +33,28 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
 }
 
 #[test]
-fn sigterm_answers_in_flight_requests_then_every_connection_says_goodbye() {
-    let Some(pg) = PgServer::start(
-        "sigterm::sigterm_answers_in_flight_requests_then_every_connection_says_goodbye",
-    ) else {
+fn axum_answers_in_flight_requests_on_sigterm_then_every_connection_says_goodbye() {
+    sigterm_scenario(
+        "sigterm::axum_answers_in_flight_requests_on_sigterm_then_every_connection_says_goodbye",
+        env!("CARGO_BIN_EXE_axum-service"),
+        "axum",
+    );
+}
+
+#[test]
+fn actix_web_answers_in_flight_requests_on_sigterm_then_every_connection_says_goodbye() {
+    sigterm_scenario(
+        "sigterm::actix_web_answers_in_flight_requests_on_sigterm_then_every_connection_says_goodbye",
+        env!("CARGO_BIN_EXE_actix-service"),
+        "actix_web",
+    );
+}
+
+fn sigterm_scenario(test: &str, service: &str, app: &str) {
+    let Some(pg) = PgServer::start(test) else {
         return;
     };
-    let app = "axum";
-    let mut service = Command::new(env!("CARGO_BIN_EXE_gracepool-postgres-axum"))
+    let mut service = Command::new(service)
         .env("DATABASE_URL", pg.conn_str(app))
         .env("BIND", "127.0.0.1:0")
         .stdin(Stdio::null())

@@ -3,7 +3,7 @@
 //! connection says goodbye (Terminate) before the process exits.
 //!
 //! ```sh
-//! DATABASE_URL="host=127.0.0.1 user=app dbname=app" cargo run -p gracepool-postgres-axum
+//! DATABASE_URL="host=127.0.0.1 user=app dbname=app" cargo run -p gracepool-postgres-web --bin axum-service
 //! curl 'http://127.0.0.1:3000/add?n=41'      # 42
 //! curl 'http://127.0.0.1:3000/sleep?ms=300'  # holds a connection for 300 ms
 //! kill -TERM <pid>
