@@ -63,10 +63,11 @@
 //!
 //! The synchronous [`close`](gracepool::Manager::close), which the pool uses once its runtime
 //! is gone (or its actor cannot be reached), needs no runtime: it aborts the driver task and
-//! drops the client. (A driver caught mid-poll on another worker thread at that moment may
-//! still get its Terminate out; the pool counts such a connection as closed without goodbye.) Aborting a task is safe from any thread, also after its runtime has shut
-//! down; and by then the runtime has dropped the driver task, which closed the socket. Such a
+//! drops the client. Aborting a task is safe from any thread, also after its runtime has shut
+//! down, and by then the runtime has dropped the driver task, which closed the socket. Such a
 //! connection ends without Terminate: the server sees the socket close and ends the backend.
+//! (A driver caught mid-poll on another worker thread at that moment may still get its
+//! Terminate out; the pool counts the connection as closed without goodbye all the same.)
 //! Dropping a [`PgConnection`] does the same, so a connection dropped anywhere (a shutdown cut
 //! short by its timeout, a future dropped by a runtime teardown) never leaves a driver behind.
 //!
@@ -92,6 +93,19 @@
 //! [`Manager::with_tls`] takes any [`MakeTlsConnect`] that tokio-postgres accepts: for example
 //! the connector of the `postgres-native-tls` or `tokio-postgres-rustls` crates. The pool type
 //! then names it: `Pool<MakeTlsConnector>`.
+//!
+//! # Coming from deadpool-postgres or bb8-postgres
+//!
+//! | deadpool-postgres / bb8-postgres | gracepool-postgres |
+//! |---|---|
+//! | `Manager::from_config(config, NoTls, ManagerConfig { recycling_method, .. })` | `Manager::new(config).check_method(..)` |
+//! | `RecyclingMethod::Fast` / `Verified` | [`CheckMethod::Fast`] / [`CheckMethod::Verified`] |
+//! | `RecyclingMethod::Clean` / `Custom(sql)` | no equivalent: run the clean-up on the connection yourself |
+//! | bb8's `PostgresConnectionManager::new(config, NoTls)` | `Manager::new(config)` (its `is_valid` is [`CheckMethod::Verified`]) |
+//! | `Pool::builder(m).max_size(n).build()` / bb8's `.build(m).await` | `Pool::builder(m).max_size(n).runtime(TokioRuntime::current()).build()` |
+//! | `client.prepare_cached(sql)` (deadpool) | [`PgConnection::prepare_cached`], the same per connection |
+//! | `Object::take(obj)` (deadpool) | `Pooled::detach(conn)` |
+//! | `pool.close()` (aborts every driver: no goodbye) / bb8: none | `pool.close().await`: every connection says goodbye |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
