@@ -28,3 +28,5 @@ mod ch08_comparison {}
 mod ch09_migrating {}
 #[doc = include_str!("../../src/ch10-troubleshooting.md")]
 mod ch10_troubleshooting {}
+#[doc = include_str!("../../src/ch11-postgres.md")]
+mod ch11_postgres {}
