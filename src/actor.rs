@@ -365,8 +365,12 @@ impl<M: Manager> PoolActor<M> {
                 if let Some(failure) = kept {
                     shared.set_last_create_error(Some(failure.into()));
                 }
-                let pause = self.backoff.failed();
-                self.paused = Some(shared.runtime.sleep(pause));
+                // One pause per wave: creations started together fail together, and the
+                // pause doubles once for them all, not once for each.
+                if self.paused.is_none() {
+                    let pause = self.backoff.failed();
+                    self.paused = Some(shared.runtime.sleep(pause));
+                }
             }
         }
     }

@@ -379,3 +379,34 @@ fn a_check_that_always_fails_causes_no_storm() {
     });
     assert_all_closed(&pool, &m);
 }
+
+#[test]
+fn recovery_follows_the_length_of_the_outage() {
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    let pool = builder(&m, &rt).max_size(8).build().unwrap();
+    rt.block_on(async {
+        // Eight callers wait at once, so creations fail in waves of eight: the pause doubles
+        // once a wave, not once a failure (which would reach the 1 s cap at the first wave).
+        m.set_create(Fault::Fail);
+        let outage = Duration::from_millis(150);
+        let started = Instant::now();
+        let gets: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                rt.executor.spawn(async move { pool.get().await.map(drop) })
+            })
+            .collect();
+        sleep(outage).await;
+        m.set_create(Fault::None);
+        for get in gets {
+            get.await.unwrap();
+        }
+        let took = started.elapsed();
+        assert!(
+            took < outage * 2 + Duration::from_millis(150),
+            "recovered {took:?} after a {outage:?} outage"
+        );
+        pool.close().await;
+    });
+    assert_all_closed(&pool, &m);
+}

@@ -9,6 +9,8 @@
 //! - [`server`]: what tests against a real server share (a free port, a temporary directory,
 //!   a child process stopped by its pid, a visible skip that fails under `CI=true`).
 //! - [`postgres`]: a throwaway PostgreSQL server on that base, and what tests ask it.
+//! - [`redis`]: a throwaway `redis-server` on that base, and a runtime-free client to ask it
+//!   what it saw (clients connected, commands called, how clients left).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -22,6 +24,7 @@ use gracepool::{BoxFuture, Goodbye, Manager, Runtime, SpawnError, Unhealthy};
 
 #[cfg(unix)]
 pub mod postgres;
+pub mod redis;
 pub mod server;
 
 /// What a [`Counting`] manager does at one step.

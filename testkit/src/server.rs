@@ -32,7 +32,12 @@ pub fn require_binary(name: &str, dirs: &[&str], package: &str, test: &str) -> O
             !under_ci(),
             "{test}: `{name}` is not installed (Debian package `{package}`); CI=true, so this is a failure, not a skip"
         );
-        println!("SKIPPED {test}: `{name}` not found (install the Debian package `{package}`)");
+        // Straight to stdout, past the test harness's capture: a skip must be seen.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stdout(),
+            "SKIPPED {test}: `{name}` not found (install the Debian package `{package}`)"
+        );
     }
     found
 }

@@ -1,0 +1,294 @@
+//! A [gracepool] manager for Redis, on redis-rs' async connection
+//! ([`MultiplexedConnection`]), with tokio or smol.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use gracepool_redis::{redis::AsyncCommands, Manager, Pool};
+//! use gracepool_tokio::TokioRuntime;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//!     let manager = Manager::new("redis://127.0.0.1:6379/")?;
+//!     let pool: Pool = Pool::builder(manager)
+//!         .max_size(8)
+//!         .runtime(TokioRuntime::current())
+//!         .build()?;
+//!
+//!     let mut conn = pool.get().await?;
+//!     let _: () = conn.set("greeting", "hello").await?;
+//!     let greeting: String = conn.get("greeting").await?;
+//!     assert_eq!(greeting, "hello");
+//!     drop(conn);
+//!
+//!     // On shutdown: every connection sends QUIT and is closed.
+//!     let report = pool.close().await;
+//!     assert!(report.is_complete());
+//!     Ok(())
+//! }
+//! ```
+//!
+//! A pooled connection derefs to [`Connection`], which implements redis-rs' [`ConnectionLike`]
+//! (so [`AsyncCommands`](redis::AsyncCommands), `query_async` and pipelines work on it) and
+//! derefs in turn to the [`MultiplexedConnection`]. Before a connection that has waited in the
+//! pool is handed out again, it is asked `PING`; one that saw an I/O error is not handed out
+//! again at all.
+//!
+//! # Runtimes
+//!
+//! The feature `tokio` (default) runs connections on tokio: use the pool with gracepool-tokio
+//! or gracepool-actix. The feature `smol` runs them on smol and `async-io`: use the pool with
+//! gracepool-smol. With both, a connection made inside a tokio runtime runs on tokio, any
+//! other on smol. These are redis-rs' `tokio-comp` and `smol-comp`. On tokio, redis-rs'
+//! timeouts need the runtime's timer (`enable_all()` or `#[tokio::main]` have it).
+//!
+//! A [`MultiplexedConnection`]'s socket belongs to a driver task that redis-rs spawns when the
+//! connection is made: with tokio, on the runtime the pool's actor runs on (`create` runs
+//! there); with smol, on smol's global executor, whichever executor runs the pool. Dropping the
+//! last handle to the connection cancels that task, which closes the socket.
+//!
+//! # How a connection says goodbye
+//!
+//! On a graceful close ([`Pool::close`](gracepool::Pool::close) while the runtime is alive) each
+//! connection sends `QUIT` and waits for the server's `+OK`. Redis 7.2 deprecated `QUIT` in
+//! favour of simply closing the socket, but every Redis 7.x and 8.x and Valkey still serve it,
+//! and it is the one goodbye a server acknowledges: its `+OK` says the server has read
+//! everything sent before it and closes the connection itself. Closing the socket alone could
+//! not be confirmed here: the socket belongs to redis-rs' driver task, which is cancelled, not
+//! drained, when the connection is dropped. So a connection counts as closed gracefully only
+//! when the server answered `QUIT` (`closed_graceful` in the pool's counts). When it cannot be
+//! said — the connection is already broken or closed by the server, or the server refuses
+//! `QUIT` — the connection is just dropped, which closes its socket, and counts as
+//! `closed_sync`. Once a server has refused `QUIT`, the manager stops sending it (goodbyes
+//! already under way at that moment have sent theirs).
+//!
+//! # When the runtime is already gone
+//!
+//! Closing needs no runtime: [`close`](gracepool::Manager::close) drops the connection, which cancels its driver
+//! task without waiting for it. When a tokio runtime is torn down it drops the driver tasks
+//! itself, closing every socket; the pool's synchronous fallback then accounts for each
+//! connection. A smol driver task is dropped by smol's global executor, on its own thread,
+//! moments later. Either way no connection is left open on the server, nothing panics and
+//! nothing is printed.
+//!
+//! A clone of the [`MultiplexedConnection`] taken out of a pooled connection shares its socket
+//! and keeps it open after the pool has closed the connection: the pool can only end what it
+//! holds.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+#[cfg(not(any(feature = "tokio", feature = "smol")))]
+compile_error!("gracepool-redis needs the feature `tokio` or `smol` (or both)");
+
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
+use gracepool::{Goodbye, Unhealthy};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, RedisError, RedisFuture, Value,
+};
+
+pub use redis;
+
+/// A pool of Redis connections.
+pub type Pool = gracepool::Pool<Manager>;
+
+/// A connection checked out of a [`Pool`]: derefs to [`Connection`].
+pub type Pooled = gracepool::Pooled<Manager>;
+
+/// Makes, checks and ends Redis connections for a [`Pool`].
+pub struct Manager {
+    client: Client,
+    config: AsyncConnectionConfig,
+    // Set once a server answered QUIT with an error: later goodbyes are not attempted.
+    quit_refused: AtomicBool,
+}
+
+impl Manager {
+    /// A manager for the server at `url` (`redis://[[user]:password@]host[:port][/db]`,
+    /// `rediss://` with a TLS feature of redis-rs, `unix://` / `redis+unix://` for a socket).
+    /// Fails only if the URL does not parse; nothing is connected yet.
+    pub fn new(url: impl IntoConnectionInfo) -> Result<Manager, RedisError> {
+        Ok(Manager::from_client(Client::open(url)?))
+    }
+
+    /// A manager for an already configured [`Client`].
+    pub fn from_client(client: Client) -> Manager {
+        Manager {
+            client,
+            config: AsyncConnectionConfig::new(),
+            quit_refused: AtomicBool::new(false),
+        }
+    }
+
+    /// Sets the options each connection is made with (redis-rs' connection and response
+    /// timeouts, 1 s and 500 ms by default, and the rest of [`AsyncConnectionConfig`]).
+    pub fn with_connection_config(mut self, config: AsyncConnectionConfig) -> Manager {
+        self.config = config;
+        self
+    }
+
+    /// The client connections are made from.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("server", &self.client.get_connection_info().addr())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A Redis connection of the pool: a [`MultiplexedConnection`] that remembers whether a command
+/// sent through it found the connection broken.
+///
+/// Commands sent through this type (with [`AsyncCommands`](redis::AsyncCommands), `query_async`
+/// or a pipeline on `&mut Connection`) are watched: after an I/O error the connection is not
+/// handed out again. Commands sent on the inner [`MultiplexedConnection`] directly are not
+/// watched; the `PING` before the next checkout still catches a dead connection.
+pub struct Connection {
+    inner: MultiplexedConnection,
+    broken: bool,
+}
+
+impl Connection {
+    /// Whether a command through this connection failed in a way that needs a new connection
+    /// (the socket is closed or reset).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    fn watch<T>(&mut self, result: &Result<T, RedisError>) {
+        if let Err(e) = result {
+            if e.is_unrecoverable_error() || e.is_connection_dropped() {
+                self.broken = true;
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deref for Connection {
+    type Target = MultiplexedConnection;
+
+    fn deref(&self) -> &MultiplexedConnection {
+        &self.inner
+    }
+}
+
+impl DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut MultiplexedConnection {
+        &mut self.inner
+    }
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.inner.req_packed_command(cmd).await;
+            self.watch(&result);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self.inner.req_packed_commands(cmd, offset, count).await;
+            self.watch(&result);
+            result
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+impl gracepool::Manager for Manager {
+    type Connection = Connection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<Connection, RedisError> {
+        let inner = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        Ok(Connection {
+            inner,
+            broken: false,
+        })
+    }
+
+    /// A connection that saw an I/O error is [`Unhealthy::Closed`] at once; any other is
+    /// asked `PING` and must answer `PONG`.
+    async fn check(&self, conn: &mut Connection) -> Result<(), Unhealthy<RedisError>> {
+        if conn.broken {
+            return Err(Unhealthy::Closed);
+        }
+        let pong: String = redis::cmd("PING").query_async(conn).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(Unhealthy::Failed(RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "PING was not answered PONG",
+                pong,
+            ))))
+        }
+    }
+
+    fn is_broken(&self, conn: &mut Connection) -> bool {
+        conn.broken
+    }
+
+    /// Sends `QUIT` and waits for `+OK`: [`Goodbye::Said`] only when the server answered it.
+    /// [`Goodbye::Unsaid`] when the connection was already broken or gone, or the server
+    /// does not take `QUIT` (`ERR` or `NOPERM`: then it is not asked again);
+    /// [`Goodbye::Failed`] when sending it failed otherwise (redis-rs' response timeout, a
+    /// busy server). The connection is dropped in every case.
+    async fn shutdown(&self, mut conn: Connection) -> Goodbye<RedisError> {
+        if conn.broken || self.quit_refused.load(Relaxed) {
+            return Goodbye::Unsaid;
+        }
+        match redis::cmd("QUIT").query_async::<()>(&mut conn.inner).await {
+            Ok(()) => Goodbye::Said,
+            Err(e) if matches!(e.code(), Some("ERR" | "NOPERM")) => {
+                // The server does not take QUIT (an unknown command, or one an ACL forbids):
+                // closing the socket is then the only goodbye. A passing refusal (BUSY,
+                // LOADING) is not remembered, and falls to `Failed` below.
+                self.quit_refused.store(true, Relaxed);
+                Goodbye::Unsaid
+            }
+            Err(e) if e.is_unrecoverable_error() || e.is_connection_dropped() => Goodbye::Unsaid,
+            Err(e) => Goodbye::Failed(e),
+        }
+    }
+
+    /// Drops the connection: its driver task is cancelled and its socket closed, with no
+    /// runtime needed.
+    fn close(&self, conn: Connection) -> Result<(), RedisError> {
+        drop(conn);
+        Ok(())
+    }
+}
+
+// The README's example is compiled with the crate's doctests, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
