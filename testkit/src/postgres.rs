@@ -82,7 +82,11 @@ impl PgServer {
                     "{test}: `{tool}` is missing beside {}; CI=true, so this is a failure",
                     postgres.display()
                 );
-                println!(
+                // Straight to stdout, past the test harness's capture, as `require_binary`
+                // does: a skip must be seen.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stdout(),
                     "SKIPPED {test}: `{tool}` not found beside {} (install the Debian package `postgresql`)",
                     postgres.display()
                 );
