@@ -51,6 +51,9 @@ pub const PASSWORD: &str = "right-password";
 /// counts of [`PgServer::unexpected_eofs`] leave them out when asked about another name).
 pub const HELPER_APP: &str = "gracepool-testkit";
 
+/// The start of every server directory's name: `gracepool-pg-<test pid>-<n>`.
+const DIR_PREFIX: &str = "gracepool-pg";
+
 /// How long a start (or a restart) may take before the test fails.
 const START_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -100,7 +103,8 @@ impl PgServer {
         } else {
             None
         };
-        let dir = TempDir::new("gracepool-pg");
+        reap_orphans();
+        let dir = TempDir::new(DIR_PREFIX);
         if let Some((uid, gid)) = owner {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
                 .expect("root can hand the temporary directory to the postgres user");
@@ -426,6 +430,77 @@ impl std::fmt::Debug for PgServer {
     }
 }
 
+/// Stops the servers that test processes now gone left behind (a test killed before its
+/// [`PgServer`] was dropped: a CI timeout, a `kill -9`), and removes their directories. Every
+/// [`PgServer::start`] runs it first. Returns how many servers it stopped.
+///
+/// A directory is an orphan's when the process named in it (`gracepool-pg-<pid>-<n>`) is gone;
+/// its server is stopped only if the pid in its `postmaster.pid` is a `postgres` process whose
+/// command line names that very data directory, so a reused pid is never signalled.
+pub fn reap_orphans() -> usize {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return 0;
+    };
+    let mut stopped = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|n| n.strip_prefix('-'))
+            .and_then(|n| n.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if alive(owner) {
+            continue;
+        }
+        let data = entry.path().join("data");
+        let postmaster = std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+        if let Some(pid) = postmaster.filter(|&pid| serves(pid, &data)) {
+            let _ = Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status();
+            let until = Instant::now() + Duration::from_secs(15);
+            while alive(pid) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if alive(pid) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            stopped += 1;
+        }
+        let _ = std::fs::remove_dir_all(entry.path());
+    }
+    stopped
+}
+
+/// Whether process `pid` exists and is not a zombie (an orphan's zombie may linger where
+/// nothing reaps it).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which is in parentheses.
+            let after = &stat[stat.rfind(')')? + 1..];
+            after.split_whitespace().next().map(|state| state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// Whether `pid` is a postgres process serving the data directory `data`.
+fn serves(pid: u32, data: &std::path::Path) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    comm.trim() == "postgres"
+        && String::from_utf8_lossy(&cmdline).contains(&*data.to_string_lossy())
+}
+
 fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     // The owner of a file this process just made is its effective uid.
@@ -466,6 +541,54 @@ mod tests {
         assert_eq!(parse_passwd_entry(passwd, "postgres"), Some((101, 104)));
         assert_eq!(parse_passwd_entry(passwd, "root"), Some((0, 0)));
         assert_eq!(parse_passwd_entry(passwd, "nobody"), None);
+    }
+
+    const ORPHAN_CHILD: &str = "GRACEPOOL_TESTKIT_PG_ORPHAN_CHILD";
+
+    /// A test process that dies without dropping its server leaves the server running; the
+    /// next start stops it and removes its directory.
+    #[test]
+    fn servers_of_dead_test_processes_are_reaped() {
+        if std::env::var_os(ORPHAN_CHILD).is_some() {
+            let pg = PgServer::start("orphan child").expect("the parent checked the binary");
+            println!("orphan {} {}", pg.pid(), pg.dir.path().display());
+            std::process::exit(0); // no Drop: the server is left behind
+        }
+        if require_binary(
+            "postgres",
+            &[BIN_DIR],
+            "postgresql",
+            "testkit::postgres::servers_of_dead_test_processes_are_reaped",
+        )
+        .is_none()
+        {
+            return;
+        }
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "postgres::tests::servers_of_dead_test_processes_are_reaped",
+                "--nocapture",
+            ])
+            .env(ORPHAN_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split_once("orphan ").map(|(_, rest)| rest.to_string()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the child started no server:\n{stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let (pid, dir) = line.split_once(' ').unwrap();
+        let pid: u32 = pid.parse().unwrap();
+        assert!(alive(pid), "the orphan server outlived its test process");
+        assert!(reap_orphans() >= 1);
+        assert!(!alive(pid), "the orphan server was stopped");
+        assert!(!Path::new(dir).exists(), "its directory was removed");
     }
 
     #[test]
