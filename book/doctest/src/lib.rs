@@ -30,3 +30,5 @@ mod ch09_migrating {}
 mod ch10_troubleshooting {}
 #[doc = include_str!("../../src/ch11-postgres.md")]
 mod ch11_postgres {}
+#[doc = include_str!("../../src/ch12-redis.md")]
+mod ch12_redis {}
