@@ -215,12 +215,13 @@ impl PgServer {
             .count()
     }
 
-    /// Client backends in `pg_stat_activity`, the helper's own query left out.
+    /// Client backends in `pg_stat_activity`, the helpers' own left out (also those of
+    /// earlier helper calls that are still on their way out).
     pub fn client_backends(&self) -> usize {
-        self.psql_as_helper(
+        self.psql_as_helper(&format!(
             "SELECT count(*) FROM pg_stat_activity \
-             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
-        )
+             WHERE backend_type = 'client backend' AND application_name <> '{HELPER_APP}'"
+        ))
         .parse()
         .expect("count(*) is a number")
     }
@@ -235,15 +236,29 @@ impl PgServer {
         .expect("count(*) is a number")
     }
 
-    /// `pg_terminate_backend` on every client backend but the helper's own; returns how many
+    /// Waits up to `patience` for `app`'s client backends to number `n` at most (a backend
+    /// leaves `pg_stat_activity` a moment after its session's end is logged); returns how many
+    /// there are.
+    pub fn wait_for_backends_of(&self, app: &str, n: usize, patience: Duration) -> usize {
+        let until = Instant::now() + patience;
+        loop {
+            let now = self.client_backends_of(app);
+            if now <= n || Instant::now() > until {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `pg_terminate_backend` on every client backend but the helpers'; returns how many
     /// were told to end.
     pub fn terminate_all_backends(&self) -> usize {
-        self.psql_as_helper(
+        self.psql_as_helper(&format!(
             "SELECT count(*) FROM ( \
                SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity \
-               WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
-             ) t WHERE ok",
-        )
+               WHERE backend_type = 'client backend' AND application_name <> '{HELPER_APP}' \
+             ) t WHERE ok"
+        ))
         .parse()
         .expect("count(*) is a number")
     }

@@ -44,7 +44,10 @@ fn get_query_close_says_goodbye_on_every_connection() {
     assert_eq!(wait_for_disconnections(&pg, app, 3), 3);
     assert_eq!(pg.unexpected_eofs(Some(app)), 0, "{}", pg.log_tail(30));
     assert_eq!(pg.goodbyes(app), 3);
-    assert_eq!(pg.client_backends_of(app), 0);
+    assert_eq!(
+        pg.wait_for_backends_of(app, 0, std::time::Duration::from_secs(2)),
+        0
+    );
 }
 
 #[test]
@@ -148,6 +151,10 @@ fn checks_reject_a_connection_the_server_ended() {
             let mut conn = m.create().await.unwrap();
             m.check(&mut conn).await.expect("a live connection passes");
             assert!(!m.is_broken(&mut conn));
+            // The previous round's backend may still be on its way out.
+            tokio::task::block_in_place(|| {
+                pg.wait_for_backends_of("checks", 1, Duration::from_secs(5))
+            });
             assert_eq!(pg.terminate_all_backends(), 1);
             // The driver reads the server's FATAL and ends; the client reports closed.
             let until = std::time::Instant::now() + Duration::from_secs(5);
@@ -371,5 +378,8 @@ fn close_after_the_runtime_is_gone() {
     assert!(conn.is_closed());
     m.close(conn).expect("close never fails");
     assert_eq!(wait_for_disconnections(&pg, app, 1), 1);
-    assert_eq!(pg.client_backends_of(app), 0);
+    assert_eq!(
+        pg.wait_for_backends_of(app, 0, std::time::Duration::from_secs(2)),
+        0
+    );
 }

@@ -52,7 +52,10 @@ fn graceful_close_under_load_every_connection_says_goodbye() {
     assert_eq!(wait_for_disconnections(&pg, app, created), created);
     assert_eq!(pg.unexpected_eofs(Some(app)), 0, "{}", pg.log_tail(40));
     assert_eq!(pg.goodbyes(app), report.counters.closed_graceful as usize);
-    assert_eq!(pg.client_backends_of(app), 0);
+    assert_eq!(
+        pg.wait_for_backends_of(app, 0, std::time::Duration::from_secs(2)),
+        0
+    );
 }
 
 /// Set in the child process of [`runtime_dropped_under_load`]: the connection string.
@@ -137,7 +140,10 @@ fn runtime_dropped_under_load() {
         "{counters}"
     );
     assert_eq!(field("open"), 0, "{counters}");
-    assert_eq!(pg.client_backends_of(app), 0);
+    assert_eq!(
+        pg.wait_for_backends_of(app, 0, std::time::Duration::from_secs(2)),
+        0
+    );
 }
 
 fn runtime_dropped_child(conn_str: &str) {

@@ -157,5 +157,8 @@ fn sigterm_scenario(test: &str, service: &str, app: &str) {
     assert_eq!(pg.disconnections(Some(app)), created);
     assert_eq!(pg.unexpected_eofs(Some(app)), 0, "{}", pg.log_tail(30));
     assert_eq!(pg.goodbyes(app), created);
-    assert_eq!(pg.client_backends_of(app), 0);
+    assert_eq!(
+        pg.wait_for_backends_of(app, 0, std::time::Duration::from_secs(2)),
+        0
+    );
 }
