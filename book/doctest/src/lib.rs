@@ -28,5 +28,7 @@ mod ch08_comparison {}
 mod ch09_migrating {}
 #[doc = include_str!("../../src/ch10-troubleshooting.md")]
 mod ch10_troubleshooting {}
+#[doc = include_str!("../../src/ch11-postgres.md")]
+mod ch11_postgres {}
 #[doc = include_str!("../../src/ch12-redis.md")]
 mod ch12_redis {}
