@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{pool, tally, tokio_rt, wait_for_disconnections, Load, Outcome, PgServer};
+use gracepool_postgres::{CheckMethod, Pool};
 use gracepool_testkit::assert_accounted;
+use gracepool_tokio::TokioRuntime;
 
 const TASKS: usize = 32;
 const SIZE: usize = 8;
@@ -230,10 +232,41 @@ fn every_backend_terminated_under_load() {
     let Some(pg) = PgServer::start("scenarios::every_backend_terminated_under_load") else {
         return;
     };
-    let app = "terminated";
+    terminated_under_load(&pg, CheckMethod::Fast);
+}
+
+/// With the verified check (a round trip before a connection is handed out again), a
+/// connection whose backend is gone is never handed out again: each killed connection fails
+/// its caller at most once — the query in flight when its backend was terminated, or the one
+/// right after a check that passed a moment before the termination (no pool can see that
+/// coming) — and is then retired by `is_broken` or the next check.
+#[test]
+fn every_backend_terminated_under_load_verified() {
+    let Some(pg) = PgServer::start("scenarios::every_backend_terminated_under_load_verified")
+    else {
+        return;
+    };
+    let (killed, dead, query_errors) = terminated_under_load(&pg, CheckMethod::Verified);
+    assert!(
+        dead + query_errors <= killed,
+        "{dead} closed connections handed out and {query_errors} queries failed, on {killed} killed connections: at most one failure each"
+    );
+}
+
+/// Terminates every backend of a pool under load; asserts what holds for either check, and
+/// returns (killed, dead handouts, failed queries).
+fn terminated_under_load(pg: &PgServer, check: CheckMethod) -> (usize, usize, usize) {
+    let app = match check {
+        CheckMethod::Fast => "terminated",
+        _ => "terminated_verified",
+    };
     let rt = tokio_rt();
     let (report, outcomes, killed, at) = rt.block_on(async {
-        let pool = pool(&pg, app, SIZE);
+        let pool = Pool::builder(common::manager(pg, app).check_method(check))
+            .max_size(SIZE)
+            .runtime(TokioRuntime::current())
+            .build()
+            .expect("a valid configuration");
         let load = Load::start(&pool, TASKS);
         tokio::time::sleep(Duration::from_millis(300)).await;
         let at = Instant::now();
@@ -298,6 +331,7 @@ fn every_backend_terminated_under_load() {
     assert_eq!(pg.ended_by_server(Some(app)), killed);
     assert_eq!(pg.unexpected_eofs(Some(app)), 0, "{}", pg.log_tail(40));
     assert_eq!(pg.goodbyes(app), created - killed);
+    (killed, dead, query_errors)
 }
 
 #[test]
