@@ -30,5 +30,7 @@ mod ch09_migrating {}
 mod ch10_troubleshooting {}
 #[doc = include_str!("../../src/ch12-redis.md")]
 mod ch12_redis {}
+#[doc = include_str!("../../src/ch13-recipes.md")]
+mod ch13_recipes {}
 #[doc = include_str!("../../src/ch14-runtime-facts.md")]
 mod ch14_runtime_facts {}

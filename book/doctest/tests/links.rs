@@ -215,11 +215,38 @@ fn check(page: &Path, target: &str) -> Option<String> {
     }
 }
 
+/// The files an mdbook page includes (`{{#include path}}`, `{{#include path:anchor}}`), which
+/// sit inside code blocks, with their line numbers.
+fn includes(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let mut rest = line;
+        while let Some(at) = rest.find("{{#include ") {
+            let after = &rest[at + "{{#include ".len()..];
+            let end = after.find("}}").unwrap_or(after.len());
+            let target = after[..end].trim();
+            let path = target.split(':').next().unwrap_or(target);
+            out.push((i + 1, path.to_owned()));
+            rest = &after[end..];
+        }
+    }
+    out
+}
+
 /// Every broken link of the pages, as `page:line: what is wrong`.
 fn broken_links() -> Vec<String> {
     let mut broken = Vec::new();
     for page in pages() {
         let text = fs::read_to_string(root().join(&page)).expect("a readable page");
+        for (n, path) in includes(&text) {
+            let file = root().join(page.parent().expect("a directory")).join(&path);
+            if !file.is_file() {
+                broken.push(format!(
+                    "{}:{n}: {{{{#include {path}}}}}: no such file",
+                    page.display()
+                ));
+            }
+        }
         for (n, line) in prose_lines(&text) {
             for target in link_targets(line) {
                 if let Some(why) = check(&page, &target) {
@@ -280,6 +307,10 @@ fn the_checker_catches_what_it_must() {
     );
     assert!(check(chapter, &format!("{REPO_BLOB}tests/no-such-file.md")).is_some());
     assert_eq!(check(chapter, "https://docs.rs/tracing"), None);
+    assert_eq!(
+        includes("```rust\n{{#include ../doctest/tests/links.rs:slug}}\n```"),
+        vec![(2, "../doctest/tests/links.rs".to_owned())]
+    );
 }
 
 #[test]
