@@ -32,3 +32,7 @@ mod ch10_troubleshooting {}
 mod ch11_postgres {}
 #[doc = include_str!("../../src/ch12-redis.md")]
 mod ch12_redis {}
+#[doc = include_str!("../../src/ch13-recipes.md")]
+mod ch13_recipes {}
+#[doc = include_str!("../../src/ch14-runtime-facts.md")]
+mod ch14_runtime_facts {}
