@@ -328,7 +328,7 @@ fn terminated_under_load(pg: &PgServer, check: CheckMethod) -> (usize, usize, us
         created - killed,
         "{report:?}"
     );
-    assert_eq!(wait_for_disconnections(&pg, app, created), created);
+    assert_eq!(wait_for_disconnections(pg, app, created), created);
     assert_eq!(pg.ended_by_server(Some(app)), killed);
     assert_eq!(pg.unexpected_eofs(Some(app)), 0, "{}", pg.log_tail(40));
     assert_eq!(pg.goodbyes(app), created - killed);
