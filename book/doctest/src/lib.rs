@@ -6,6 +6,9 @@
 //! the build: the book cannot drift from the code.
 #![forbid(unsafe_code)]
 
+// The README's examples too: the first thing a user copies.
+#[doc = include_str!("../../../README.md")]
+mod readme {}
 #[doc = include_str!("../../src/ch00-introduction.md")]
 mod ch00_introduction {}
 #[doc = include_str!("../../src/ch01-why.md")]
