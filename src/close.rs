@@ -189,3 +189,17 @@ impl<M: Manager> Pool<M> {
             .expect("a close that finished or fell back has written its report")
     }
 }
+
+impl<M: Manager> Pool<M> {
+    /// Starts the close [`close`](Pool::close) does and returns at once, without waiting for it
+    /// to finish: for synchronous code that must not block (an actix actor's `stopped`, a
+    /// `Drop`) but wants the graceful path. Idempotent.
+    ///
+    /// While the pool's actor is alive, it closes every connection gracefully, as for
+    /// `close()`; [`close`](Pool::close) or [`close_blocking`](Pool::close_blocking) later
+    /// returns the report. When the actor is gone, the close finishes here and now with the
+    /// synchronous fallback. Never blocks, spawns or panics.
+    pub fn begin_close(&self) {
+        self.shared.begin_close(CloseCause::Requested);
+    }
+}
