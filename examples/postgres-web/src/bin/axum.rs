@@ -80,6 +80,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let url = std::env::var("DATABASE_URL")
         .map_err(|_| "set DATABASE_URL to a PostgreSQL connection string")?;
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_string());
+    // ANCHOR: serve_then_close
     let pool: Pool = gracepool::Pool::builder(Manager::from_conn_str(&url)?)
         .max_size(8)
         .runtime(TokioRuntime::current())
@@ -95,6 +96,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .await?;
     // Every request has been answered: now every connection says goodbye.
     let report = pool.close().await;
+    // ANCHOR_END: serve_then_close
     let c = report.counters;
     println!(
         "pool closed in {:?}: created={} graceful={} sync={} failed={} still_open={}",
