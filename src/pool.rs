@@ -655,6 +655,12 @@ impl<M: Manager> Builder<M> {
         self
     }
 
+    /// The configured backoff pair (first, longest).
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn backoff(&self) -> (Duration, Duration) {
+        (self.config.backoff_first, self.config.backoff_max)
+    }
+
     /// What a waiting caller gets when a creation fails.
     ///
     /// By default (`false`) callers ride out a failing backend: they keep waiting while the
