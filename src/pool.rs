@@ -556,7 +556,7 @@ impl Drop for WaiterMark<'_> {
 ///
 /// Defaults: `max_size` 10, `min_idle` 0, wait timeout 30 s, create timeout 30 s, check
 /// timeout 5 s, shutdown timeout 5 s, idle timeout 10 min, max lifetime 30 min, close deadline
-/// 30 s, maintenance every 1 s, check on checkout, creation retried with backoff from 10 ms to
+/// 10 s, maintenance every 1 s, check on checkout, creation retried with backoff from 10 ms to
 /// 1 s while callers keep waiting (not fail-fast). A runtime must be given.
 pub struct Builder<M: Manager> {
     manager: M,
@@ -624,8 +624,9 @@ impl<M: Manager> Builder<M> {
         self
     }
 
-    /// How long a close waits for checked-out connections to come back. Zero closes the idle
-    /// ones and finishes at once; the rest close when their guards drop.
+    /// How long a close waits for checked-out connections to come back (default 10 s: inside
+    /// Kubernetes' default 30 s grace period, after the HTTP server's own drain). Zero closes
+    /// the idle ones and finishes at once; the rest close when their guards drop.
     pub fn close_deadline(mut self, deadline: Duration) -> Self {
         self.config.close_deadline = deadline;
         self

@@ -136,3 +136,35 @@ fn build_ready_fails_with_the_creation_error() {
     );
     assert!(matches!(r.map(drop), Err(Error::Timeout { .. })));
 }
+
+#[test]
+fn a_guard_can_close_its_connection_with_a_goodbye() {
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    let pool = Pool::builder(m.clone())
+        .max_size(1)
+        .runtime(rt.handle())
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let conn = pool.get().await.unwrap();
+        assert_eq!(conn.id, 1);
+        gracepool::Pooled::close(conn);
+        // Its place is free at once: the next caller gets a new connection.
+        let next = pool.get().await.unwrap();
+        assert_eq!(next.id, 2);
+        let s = pool.status();
+        assert_eq!((s.in_use, s.size), (1, 1));
+        drop(next);
+        let report = pool.close().await;
+        // Connection 1 said goodbye through the actor, like connection 2.
+        assert_eq!(report.counters.closed_graceful, 2, "{report:?}");
+        assert!(report.is_complete());
+    });
+    assert_eq!(
+        m.stats()
+            .shut_down
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    m.assert_balanced();
+}
