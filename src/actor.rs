@@ -13,21 +13,9 @@ use futures_lite::FutureExt;
 use crate::error::CreateFailure;
 use crate::ledger::{plan_growth, Ending};
 use crate::manager::{Goodbye, Manager};
-use crate::pool::{Idle, Shared};
 use crate::runtime::{timed, BoxFuture};
+use crate::shared::{Idle, Msg, Shared};
 use crate::status::CloseCause;
-
-/// Messages to the actor.
-pub(crate) enum Msg<C> {
-    /// A caller is waiting and the pool has room: create.
-    Grow,
-    /// A slot was freed outside the actor (a detach): serve waiters, or finish a close.
-    Freed,
-    /// A connection that must not be reused: close it gracefully.
-    Retire { conn: C, from_guard: bool },
-    /// Close the pool.
-    Close,
-}
 
 type Creation<C, E> = Pin<Box<dyn Future<Output = Result<C, CreateFailure<E>>> + Send>>;
 

@@ -20,9 +20,8 @@ use std::time::{Duration, Instant};
 
 use event_listener::Listener;
 
-use crate::actor::Msg;
 use crate::manager::Manager;
-use crate::pool::{Pool, Shared};
+use crate::shared::{Msg, Shared};
 use crate::status::{CloseCause, CloseReport};
 
 /// How long a closer waits beyond the close deadline for the actor before it falls back.
@@ -131,19 +130,11 @@ impl<M: Manager> Shared<M> {
     }
 }
 
-impl<M: Manager> Pool<M> {
-    /// Closes the pool and waits until it is closed. Idempotent: every caller gets the same
-    /// report.
-    ///
-    /// At once: `get()` starts failing with [`Error::Closed`](crate::Error::Closed), every
-    /// waiter is woken with it, and idle connections are closed. Checked-out connections are
-    /// closed as their guards drop, for up to the close deadline; those still out then are
-    /// closed when their guards drop, and the report counts them in `checked_out`.
-    ///
-    /// Never hangs: if the actor is gone or does not finish by the deadline (a runtime that is
-    /// not being polled), the close finishes here with the synchronous fallback.
-    pub async fn close(&self) -> CloseReport {
-        let shared = &self.shared;
+impl<M: Manager> Shared<M> {
+    /// `Pool::close`: requests the close, then waits for its report, falling back when the
+    /// actor does not finish in time.
+    pub(crate) async fn close(&self) -> CloseReport {
+        let shared = self;
         shared.begin_close(CloseCause::Requested);
         if let Some(report) = shared.report() {
             return report;
@@ -168,14 +159,9 @@ impl<M: Manager> Pool<M> {
             .expect("a close that finished or fell back has written its report")
     }
 
-    /// Closes the pool from synchronous code, blocking the thread for at most `patience`.
-    ///
-    /// Needs no runtime and never calls any runtime's `block_on`: it parks the thread until
-    /// the actor finishes the close, and finishes it with the synchronous fallback when the
-    /// actor is gone or `patience` runs out (as it will when called on the very thread that
-    /// should be polling the actor). Idempotent.
-    pub fn close_blocking(&self, patience: Duration) -> CloseReport {
-        let shared = &self.shared;
+    /// `Pool::close_blocking`: the same, parking the thread instead of awaiting.
+    pub(crate) fn close_blocking(&self, patience: Duration) -> CloseReport {
+        let shared = self;
         shared.begin_close(CloseCause::Requested);
         if let Some(report) = shared.report() {
             return report;
@@ -187,5 +173,13 @@ impl<M: Manager> Pool<M> {
         shared
             .report()
             .expect("a close that finished or fell back has written its report")
+    }
+}
+
+impl<M: Manager> Drop for Shared<M> {
+    fn drop(&mut self) {
+        // The last reference: the actor, every handle and every guard are gone. Whatever is
+        // still queued is closed here, synchronously.
+        self.shutdown_sync(CloseCause::LastHandleDropped);
     }
 }

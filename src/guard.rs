@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::ledger::Ending;
 use crate::manager::Manager;
-use crate::pool::{Idle, Shared};
+use crate::shared::{Idle, Msg, Shared};
 
 /// A connection checked out of a [`Pool`](crate::Pool). Derefs to the connection.
 ///
@@ -56,7 +56,7 @@ impl<M: Manager> Pooled<M> {
         shared.ledger.record_end(Ending::Detached);
         // A slot is free: the actor may serve a waiter, or finish a close.
         if shared.ledger.actor_alive() {
-            let _ = shared.mailbox_tx.try_send(crate::actor::Msg::Freed);
+            let _ = shared.mailbox_tx.try_send(Msg::Freed);
         }
         entry.conn
     }

@@ -107,6 +107,7 @@ mod ledger;
 mod manager;
 mod pool;
 mod runtime;
+mod shared;
 mod status;
 mod waitlist;
 

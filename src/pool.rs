@@ -7,181 +7,20 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use async_channel::{Receiver, Sender, TryRecvError};
+use async_channel::TryRecvError;
 use event_listener::Event;
 use futures_lite::FutureExt;
-use std::sync::atomic::{fence, Ordering::SeqCst};
 
-use crate::actor::{Msg, PoolActor};
+use crate::actor::PoolActor;
 use crate::config::{Config, PREALLOCATED_IDLE_LIMIT};
 use crate::error::Error;
 use crate::guard::Pooled;
-use crate::ledger::{Ending, Ledger};
+use crate::ledger::Ledger;
 use crate::manager::Manager;
 use crate::runtime::{timed_with, BoxFuture, Runtime};
+use crate::shared::{CloseState, Idle, Msg, Shared};
 use crate::status::{CloseCause, CloseReport, PoolState, Status};
 use crate::waitlist::{Join, Outcome, Slot, Waitlist};
-
-/// A connection waiting in the idle queue, with the coarse times the reaper needs.
-pub(crate) struct Idle<C> {
-    pub(crate) conn: C,
-    pub(crate) created_ms: u64,
-    pub(crate) returned_ms: u64,
-}
-
-/// The part every handle, guard and the actor share.
-pub(crate) struct Shared<M: Manager> {
-    pub(crate) manager: M,
-    pub(crate) config: Config,
-    pub(crate) runtime: Arc<dyn Runtime>,
-    pub(crate) ledger: Ledger,
-    pub(crate) idle_tx: Sender<Idle<M::Connection>>,
-    pub(crate) idle_rx: Receiver<Idle<M::Connection>>,
-    /// Callers waiting for a connection, oldest first.
-    pub(crate) waitlist: Waitlist<M::Connection, M::Error>,
-    pub(crate) mailbox_tx: Sender<Msg<M::Connection>>,
-    /// Kept here too, so that a closer can drain the mailbox when the actor cannot.
-    pub(crate) mailbox_rx: Receiver<Msg<M::Connection>>,
-    /// The last creation failure, while creations keep failing: the source of a waiter's
-    /// timeout. Cold path: written by the actor when a creation ends, read on a timeout.
-    pub(crate) last_create_error: Mutex<Option<Arc<Error<M::Error>>>>,
-    /// Notified when the close finishes.
-    pub(crate) closed: Event,
-    pub(crate) close: Mutex<CloseState>,
-}
-
-/// What the close protocol records under its lock.
-#[derive(Default)]
-pub(crate) struct CloseState {
-    pub(crate) started: Option<(Instant, CloseCause)>,
-    pub(crate) report: Option<CloseReport>,
-}
-
-impl<M: Manager> Shared<M> {
-    /// The error a caller gets once close has started.
-    pub(crate) fn closed_error(&self) -> Error<M::Error> {
-        match self.lock_close().started {
-            Some((_, CloseCause::RuntimeGone)) => Error::RuntimeGone,
-            _ => Error::Closed,
-        }
-    }
-
-    /// The last creation failure, if the last creation failed.
-    pub(crate) fn last_create_error(&self) -> Option<Arc<Error<M::Error>>> {
-        self.last_create_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Records how the last creation ended (`None`: it succeeded).
-    pub(crate) fn set_last_create_error(&self, error: Option<Error<M::Error>>) {
-        let mut last = self
-            .last_create_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if error.is_some() || last.is_some() {
-            *last = error.map(Arc::new);
-        }
-    }
-
-    pub(crate) fn lock_close(&self) -> std::sync::MutexGuard<'_, CloseState> {
-        // A panic while the lock was held cannot leave CloseState half-written in a way that
-        // matters: every field is set in one assignment.
-        self.close
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Ends a connection that must not be reused: gracefully through the actor when it is
-    /// alive, else synchronously here. `from_guard` says it was checked out.
-    pub(crate) fn retire(&self, conn: M::Connection, from_guard: bool) {
-        let conn = if self.ledger.actor_alive() {
-            match self.mailbox_tx.try_send(Msg::Retire { conn, from_guard }) {
-                Ok(()) => return,
-                Err(e) => match e.into_inner() {
-                    Msg::Retire { conn, .. } => conn,
-                    _ => unreachable!("try_send hands back the message it was given"),
-                },
-            }
-        } else {
-            conn
-        };
-        if from_guard {
-            self.ledger.check_in();
-        }
-        self.close_sync(conn);
-    }
-
-    /// Closes a connection with the manager's synchronous `close`, containing any panic.
-    /// Needs no runtime; safe in `Drop`.
-    pub(crate) fn close_sync(&self, conn: M::Connection) {
-        let ending = match std::panic::catch_unwind(AssertUnwindSafe(|| self.manager.close(conn))) {
-            Ok(Ok(())) => Ending::Sync,
-            Ok(Err(_error)) => {
-                event!(warn, error = %_error, "the manager's close failed");
-                Ending::Failed
-            }
-            Err(payload) => {
-                event!(warn, "the manager's close panicked");
-                // Dropping a panic payload can itself panic; keep it from unwinding out of here.
-                let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
-                Ending::Failed
-            }
-        };
-        self.ledger.record_end(ending);
-    }
-
-    /// Makes a connection available: to the longest waiter if any, else to the idle queue.
-    /// Gives it back when the pool is closing (the caller retires it). `fresh`: it comes
-    /// straight from `create`, so a waiter handed it skips the health check.
-    pub(crate) fn put_idle(
-        &self,
-        entry: Idle<M::Connection>,
-        fresh: bool,
-    ) -> Result<(), Idle<M::Connection>> {
-        let Some(entry) = self.waitlist.offer(entry, fresh) else {
-            return Ok(());
-        };
-        self.idle_tx.try_send(entry).map_err(|e| e.into_inner())?;
-        // A caller may have joined the waitlist between the offer and the send. It counted
-        // itself before looking at the idle queue, and we look at the count after the send:
-        // one of the two sees the other.
-        fence(SeqCst);
-        self.waitlist.serve_idle(&self.idle_rx);
-        Ok(())
-    }
-
-    pub(crate) fn expired(&self, entry: &Idle<M::Connection>) -> bool {
-        let now = self.ledger.now_ms();
-        let over = |since: u64, limit: Option<Duration>| {
-            limit.is_some_and(|l| now.saturating_sub(since) >= l.as_millis() as u64)
-        };
-        over(entry.created_ms, self.config.max_lifetime)
-            || over(entry.returned_ms, self.config.idle_timeout)
-    }
-
-    pub(crate) fn status(&self) -> Status {
-        Status {
-            max_size: self.config.max_size,
-            size: self.ledger.slots(),
-            idle: self.idle_rx.len(),
-            in_use: self.ledger.in_use(),
-            waiters: self.ledger.waiters(),
-            state: self.ledger.state(),
-            actor_alive: self.ledger.actor_alive(),
-            counters: self.ledger.counters(),
-        }
-    }
-}
-
-impl<M: Manager> Drop for Shared<M> {
-    fn drop(&mut self) {
-        // The last reference: the actor, every handle and every guard are gone. Whatever is
-        // still queued is closed here, synchronously.
-        self.shutdown_sync(CloseCause::LastHandleDropped);
-    }
-}
 
 /// A handle to a connection pool. Cheap to clone, `Send + Sync`.
 ///
@@ -301,6 +140,30 @@ impl<M: Manager> Pool<M> {
     /// created or returned ([`Error::Exhausted`] then). Still runs the health check.
     pub async fn try_get(&self) -> Result<Pooled<M>, Error<M::Error>> {
         self.get_inner(None, false).await
+    }
+
+    /// Closes the pool and waits until it is closed. Idempotent: every caller gets the same
+    /// report.
+    ///
+    /// At once: `get()` starts failing with [`Error::Closed`](crate::Error::Closed), every
+    /// waiter is woken with it, and idle connections are closed. Checked-out connections are
+    /// closed as their guards drop, for up to the close deadline; those still out then are
+    /// closed when their guards drop, and the report counts them in `checked_out`.
+    ///
+    /// Never hangs: if the actor is gone or does not finish by the deadline (a runtime that is
+    /// not being polled), the close finishes here with the synchronous fallback.
+    pub async fn close(&self) -> CloseReport {
+        self.shared.close().await
+    }
+
+    /// Closes the pool from synchronous code, blocking the thread for at most `patience`.
+    ///
+    /// Needs no runtime and never calls any runtime's `block_on`: it parks the thread until
+    /// the actor finishes the close, and finishes it with the synchronous fallback when the
+    /// actor is gone or `patience` runs out (as it will when called on the very thread that
+    /// should be polling the actor). Idempotent.
+    pub fn close_blocking(&self, patience: Duration) -> CloseReport {
+        self.shared.close_blocking(patience)
     }
 
     /// A snapshot of sizes, waiters, state and counters. Needs no actor round trip.
@@ -498,12 +361,15 @@ impl<M: Manager> Pool<M> {
     }
 }
 
+/// A caller's slot in the waitlist.
+type WaitSlot<M> = Arc<Slot<Idle<<M as Manager>::Connection>, <M as Manager>::Error>>;
+
 /// A place in the waitlist. If the waiting future is dropped (cancelled, or its task dropped
 /// by a runtime teardown), the place is given up and a connection handed to it meanwhile goes
 /// back to the pool.
 struct Queued<'a, M: Manager> {
     shared: &'a Shared<M>,
-    slot: Option<Arc<Slot<M::Connection, M::Error>>>,
+    slot: Option<WaitSlot<M>>,
 }
 
 impl<M: Manager> Drop for Queued<'_, M> {

@@ -15,12 +15,11 @@ use std::task::{Context, Poll, Waker};
 use async_channel::Receiver;
 
 use crate::error::CreateFailure;
-use crate::pool::Idle;
 
 /// What a waiter ends up with.
 pub(crate) enum Outcome<C, E> {
     /// A connection; `true` when it comes straight from `create` (it needs no health check).
-    Got(Idle<C>, bool),
+    Got(C, bool),
     Failed(CreateFailure<E>),
     Closed,
 }
@@ -92,7 +91,7 @@ pub(crate) struct Waitlist<C, E> {
 /// What joining the list gave.
 pub(crate) enum Join<C, E> {
     /// Nobody was ahead and an idle connection was there.
-    Idle(Idle<C>),
+    Idle(C),
     /// Queued: wait on the slot.
     Queued(Arc<Slot<C, E>>),
     /// The pool is closing.
@@ -126,7 +125,7 @@ impl<C, E> Waitlist<C, E> {
     }
 
     /// Joins the back of the queue, unless nobody is ahead and `idle` has a connection.
-    pub(crate) fn join(&self, idle: &Receiver<Idle<C>>) -> Join<C, E> {
+    pub(crate) fn join(&self, idle: &Receiver<C>) -> Join<C, E> {
         let mut list = self.lock();
         if list.closed {
             return Join::Closed;
@@ -152,7 +151,7 @@ impl<C, E> Waitlist<C, E> {
 
     /// Hands `entry` to the longest waiter, or gives it back when nobody waits. `fresh`: it
     /// comes straight from `create`.
-    pub(crate) fn offer(&self, entry: Idle<C>, fresh: bool) -> Option<Idle<C>> {
+    pub(crate) fn offer(&self, entry: C, fresh: bool) -> Option<C> {
         if self.waiting() == 0 {
             return Some(entry);
         }
@@ -168,7 +167,7 @@ impl<C, E> Waitlist<C, E> {
 
     /// Moves idle connections to queued waiters. Called after a connection went idle while a
     /// caller may have been joining: between the two, one of them sees the other.
-    pub(crate) fn serve_idle(&self, idle: &Receiver<Idle<C>>) {
+    pub(crate) fn serve_idle(&self, idle: &Receiver<C>) {
         if self.waiting() == 0 {
             return;
         }
@@ -176,7 +175,7 @@ impl<C, E> Waitlist<C, E> {
         self.serve_from(&mut list, idle);
     }
 
-    fn serve_from(&self, list: &mut List<C, E>, idle: &Receiver<Idle<C>>) {
+    fn serve_from(&self, list: &mut List<C, E>, idle: &Receiver<C>) {
         while !list.queue.is_empty() {
             let Ok(entry) = idle.try_recv() else { break };
             let slot = self.pop_front(list).expect("checked non-empty");
