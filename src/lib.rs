@@ -101,6 +101,7 @@ macro_rules! event {
 mod actor;
 mod close;
 mod config;
+mod deadline;
 mod error;
 mod guard;
 mod ledger;

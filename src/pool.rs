@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use futures_lite::FutureExt;
 
 use crate::actor::PoolActor;
 use crate::config::{Config, PREALLOCATED_IDLE_LIMIT};
+use crate::deadline::{self, Expire};
 use crate::error::Error;
 use crate::guard::Pooled;
 use crate::ledger::Ledger;
@@ -20,7 +21,7 @@ use crate::manager::Manager;
 use crate::runtime::{timed_with, BoxFuture, Runtime};
 use crate::shared::{CloseState, Idle, Msg, Shared};
 use crate::status::{CloseCause, CloseReport, PoolState, Status};
-use crate::waitlist::{Join, Outcome, Slot, Waitlist};
+use crate::waitlist::{Join, Outcome, Ticket, Waitlist};
 
 /// A handle to a connection pool. Cheap to clone, `Send + Sync`.
 ///
@@ -239,57 +240,79 @@ impl<M: Manager> Pool<M> {
 
     async fn wait_for_connection(&self, mut budget: Budget) -> Result<Pooled<M>, Error<M::Error>> {
         let shared = &self.shared;
-        budget.start();
+        let started = budget.start();
+        let deadline = budget.timeout.and_then(|t| started.checked_add(t));
+        // The deadline thread keeps every waiter's deadline (see `deadline`); a waiter arms a
+        // timer of its own only if that thread could not be started.
+        let kept = deadline.is_some() && deadline::available();
         let _waiting = WaiterMark::new(&shared.ledger);
         let mut timer: Option<BoxFuture> = None;
         loop {
             if budget.spent() {
                 return Err(self.timed_out(&budget));
             }
-            let slot = match shared.waitlist.join(&shared.idle_rx) {
-                Join::Idle(entry) => match self.checkout(entry, false, &mut budget).await? {
-                    Attempt::Got(guard) => return Ok(guard),
-                    Attempt::Expired | Attempt::Unhealthy => continue,
-                },
-                Join::Closed => return Err(shared.closed_error()),
-                Join::Queued(slot) => slot,
-            };
-            // Owned at once: whatever happens next (a panicking runtime timer, this future
-            // dropped), the place is given up and a connection handed to it goes back.
+            // Owned at once: if this future is dropped (cancelled, or its task dropped by a
+            // runtime teardown), the place is given up and a connection handed to it goes back.
             let mut queued = Queued {
                 shared,
-                slot: Some(slot),
+                ticket: None,
             };
-            // Queued before slots are read, and the actor frees a slot before it reads the
-            // queue length: one of the two sees the other, so no waiter is forgotten.
-            self.ask_to_grow();
-            if timer.is_none() {
-                timer = budget.remaining().map(|d| shared.runtime.sleep(d));
-            }
             let outcome = poll_fn(|cx| {
-                let slot = queued.slot.as_ref().expect("taken only after this poll");
-                if let Poll::Ready(outcome) = slot.poll(cx) {
-                    return Poll::Ready(Some(outcome));
-                }
-                match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-                    Some(Poll::Ready(())) => Poll::Ready(None),
-                    _ => Poll::Pending,
+                let Some(ticket) = &queued.ticket else {
+                    let (joined, woken) = shared.waitlist.join(
+                        &shared.idle_rx,
+                        deadline.filter(|_| kept),
+                        cx.waker(),
+                    );
+                    let (ticket, arm) = match joined {
+                        Join::Idle(entry) => return Poll::Ready(Outcome::Got(entry, false)),
+                        Join::Closed => return Poll::Ready(Outcome::Closed),
+                        Join::Queued { ticket, arm } => (ticket, arm),
+                    };
+                    queued.ticket = Some(ticket);
+                    if let Some(waker) = woken {
+                        waker.wake();
+                    }
+                    if let Some(at) = arm {
+                        let owner: Weak<dyn Expire> = Arc::downgrade(shared) as Weak<dyn Expire>;
+                        deadline::register(at, owner);
+                    }
+                    // Queued before slots are read, and the actor frees a slot before it reads
+                    // the queue length: one of the two sees the other, so no waiter is
+                    // forgotten.
+                    self.ask_to_grow();
+                    if !kept && timer.is_none() {
+                        timer = budget.remaining().map(|d| shared.runtime.sleep(d));
+                    }
+                    return poll_timer(&mut timer, cx);
+                };
+                match shared.waitlist.poll(ticket, cx) {
+                    Poll::Ready(outcome) => {
+                        queued.ticket = None;
+                        Poll::Ready(outcome)
+                    }
+                    Poll::Pending => poll_timer(&mut timer, cx),
                 }
             })
             .await;
-            let slot = queued.slot.take().expect("taken once");
-            // On a timeout the waiter leaves the queue; it may have been served meanwhile.
-            let outcome = outcome.or_else(|| shared.waitlist.cancel(&slot));
+            // A timer of our own ran out: leave the queue; we may have been served meanwhile.
+            let outcome = match outcome {
+                Outcome::TimedOut => match queued.ticket.take() {
+                    Some(ticket) => shared.waitlist.cancel(ticket).unwrap_or(Outcome::TimedOut),
+                    None => Outcome::TimedOut,
+                },
+                outcome => outcome,
+            };
+            drop(queued);
             match outcome {
-                Some(Outcome::Got(entry, fresh)) => {
-                    match self.checkout(entry, fresh, &mut budget).await? {
-                        Attempt::Got(guard) => return Ok(guard),
-                        Attempt::Expired | Attempt::Unhealthy => continue,
-                    }
-                }
-                Some(Outcome::Failed(f)) => return Err(f.into()),
-                Some(Outcome::Closed) => return Err(shared.closed_error()),
-                None => return Err(self.timed_out(&budget)),
+                Outcome::Got(entry, fresh) => match self.checkout(entry, fresh, &mut budget).await?
+                {
+                    Attempt::Got(guard) => return Ok(guard),
+                    Attempt::Expired | Attempt::Unhealthy => continue,
+                },
+                Outcome::Failed(f) => return Err(f.into()),
+                Outcome::Closed => return Err(shared.closed_error()),
+                Outcome::TimedOut => return Err(self.timed_out(&budget)),
             }
         }
     }
@@ -361,23 +384,31 @@ impl<M: Manager> Pool<M> {
     }
 }
 
-/// A caller's slot in the waitlist.
-type WaitSlot<M> = Arc<Slot<Idle<<M as Manager>::Connection>, <M as Manager>::Error>>;
+/// Polls a waiter's own timer, if it has one: ready means its wait timed out.
+fn poll_timer<T, E>(
+    timer: &mut Option<BoxFuture>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Outcome<T, E>> {
+    match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+        Some(Poll::Ready(())) => Poll::Ready(Outcome::TimedOut),
+        _ => Poll::Pending,
+    }
+}
 
 /// A place in the waitlist. If the waiting future is dropped (cancelled, or its task dropped
 /// by a runtime teardown), the place is given up and a connection handed to it meanwhile goes
 /// back to the pool.
 struct Queued<'a, M: Manager> {
     shared: &'a Shared<M>,
-    slot: Option<WaitSlot<M>>,
+    ticket: Option<Ticket>,
 }
 
 impl<M: Manager> Drop for Queued<'_, M> {
     fn drop(&mut self) {
-        let Some(slot) = self.slot.take() else {
+        let Some(ticket) = self.ticket.take() else {
             return;
         };
-        if let Some(Outcome::Got(entry, _)) = self.shared.waitlist.cancel(&slot) {
+        if let Some(Outcome::Got(entry, _)) = self.shared.waitlist.cancel(ticket) {
             if let Err(entry) = self.shared.put_idle(entry, false) {
                 self.shared.retire(entry.conn, false);
             }

@@ -11,6 +11,7 @@ use async_channel::{Receiver, Sender};
 use event_listener::Event;
 
 use crate::config::Config;
+use crate::deadline::Expire;
 use crate::error::Error;
 use crate::ledger::{Ending, Ledger};
 use crate::manager::Manager;
@@ -180,5 +181,11 @@ impl<M: Manager> Shared<M> {
             actor_alive: self.ledger.actor_alive(),
             counters: self.ledger.counters(),
         }
+    }
+}
+
+impl<M: Manager> Expire for Shared<M> {
+    fn expire(&self, at: Instant, now: Instant) -> Option<Instant> {
+        self.waitlist.expire(at, now)
     }
 }
