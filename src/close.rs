@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use event_listener::Listener;
 
+use crate::ledger::Ending;
 use crate::manager::Manager;
 use crate::shared::{Msg, Shared};
 use crate::status::{CloseCause, CloseReport};
@@ -71,17 +72,26 @@ impl<M: Manager> Shared<M> {
         self.idle_tx.close();
         self.mailbox_tx.close();
         self.waitlist.close();
+        // Counted once at the end, not per connection: nothing reads the counts before the
+        // report, which is written after.
+        let (mut sync, mut failed) = (0, 0);
+        let mut count = |ending| match ending {
+            Ending::Failed => failed += 1,
+            _ => sync += 1,
+        };
         while let Ok(entry) = self.idle_rx.try_recv() {
-            self.close_sync(entry.conn);
+            count(self.close_uncounted(entry.conn));
         }
         while let Ok(msg) = self.mailbox_rx.try_recv() {
             if let Msg::Retire { conn, from_guard } = msg {
                 if from_guard {
                     self.ledger.check_in();
                 }
-                self.close_sync(conn);
+                count(self.close_uncounted(conn));
             }
         }
+        self.ledger.record_ends(Ending::Sync, sync);
+        self.ledger.record_ends(Ending::Failed, failed);
         self.finish_close(fallback);
     }
 

@@ -109,10 +109,8 @@ impl<M: Manager> Drop for Pooled<M> {
             shared.retire(entry.conn, true);
             return;
         }
-        // The real time, not the actor's coarse clock, which can be a maintenance interval
-        // old: the idle timeout counts from here.
-        entry.returned_ms = shared.ledger.real_now_ms();
-        match shared.put_idle(entry, false) {
+        // Stamped with the real time if it goes idle: the idle timeout counts from here.
+        match shared.put_returned(entry) {
             Ok(()) => shared.ledger.check_in(),
             // A closed queue hands the connection back: close started after the check above.
             Err(entry) => shared.retire(entry.conn, true),

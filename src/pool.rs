@@ -247,10 +247,19 @@ impl<M: Manager> Pool<M> {
         let kept = deadline.is_some() && deadline::available();
         let _waiting = WaiterMark::new(&shared.ledger);
         let mut timer: Option<BoxFuture> = None;
+        let mut again = false;
         loop {
-            if budget.spent() {
+            // The clock was read just above on the first round; a later round follows a
+            // connection that failed its check, which may have taken time.
+            let spent = if again {
+                budget.spent()
+            } else {
+                budget.timeout == Some(Duration::ZERO)
+            };
+            if spent {
                 return Err(self.timed_out(&budget));
             }
+            again = true;
             // Owned at once: if this future is dropped (cancelled, or its task dropped by a
             // runtime teardown), the place is given up and a connection handed to it goes back.
             let mut queued = Queued {

@@ -125,7 +125,14 @@ impl<M: Manager> Shared<M> {
     /// Closes a connection with the manager's synchronous `close`, containing any panic.
     /// Needs no runtime; safe in `Drop`.
     pub(crate) fn close_sync(&self, conn: M::Connection) {
-        let ending = match std::panic::catch_unwind(AssertUnwindSafe(|| self.manager.close(conn))) {
+        let ending = self.close_uncounted(conn);
+        self.ledger.record_end(ending);
+    }
+
+    /// Like [`close_sync`](Shared::close_sync), leaving the count to the caller: a drain
+    /// counts what it closed once, at its end.
+    pub(crate) fn close_uncounted(&self, conn: M::Connection) -> Ending {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.manager.close(conn))) {
             Ok(Ok(())) => Ending::Sync,
             Ok(Err(_error)) => {
                 event!(warn, error = %_error, "the manager's close failed");
@@ -137,8 +144,7 @@ impl<M: Manager> Shared<M> {
                 let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
                 Ending::Failed
             }
-        };
-        self.ledger.record_end(ending);
+        }
     }
 
     /// Makes a connection available: to the longest waiter if any, else to the idle queue.
@@ -149,9 +155,35 @@ impl<M: Manager> Shared<M> {
         entry: Idle<M::Connection>,
         fresh: bool,
     ) -> Result<(), Idle<M::Connection>> {
-        let Some(entry) = self.waitlist.offer(entry, fresh) else {
+        self.put(entry, fresh, false)
+    }
+
+    /// Like [`put_idle`](Shared::put_idle) for a connection a guard gives back. Handed
+    /// straight to a waiter it was never idle, so it is stamped with the coarse clock (no
+    /// clock read); one that goes to the idle queue is stamped with the real time, from
+    /// which its idle timeout counts.
+    #[inline]
+    pub(crate) fn put_returned(
+        &self,
+        mut entry: Idle<M::Connection>,
+    ) -> Result<(), Idle<M::Connection>> {
+        entry.returned_ms = self.ledger.now_ms();
+        self.put(entry, false, true)
+    }
+
+    #[inline]
+    fn put(
+        &self,
+        entry: Idle<M::Connection>,
+        fresh: bool,
+        stamp: bool,
+    ) -> Result<(), Idle<M::Connection>> {
+        let Some(mut entry) = self.waitlist.offer(entry, fresh) else {
             return Ok(());
         };
+        if stamp {
+            entry.returned_ms = self.ledger.real_now_ms();
+        }
         self.idle_tx.try_send(entry).map_err(|e| e.into_inner())?;
         // A caller may have joined the waitlist between the offer and the send. It counted
         // itself before looking at the idle queue, and we look at the count after the send:

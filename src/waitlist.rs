@@ -225,6 +225,7 @@ impl<T, E> Waitlist<T, E> {
 
     /// Hands `entry` to the longest waiter, or gives it back when nobody waits. `fresh`: it
     /// comes straight from `create`.
+    #[inline]
     pub(crate) fn offer(&self, entry: T, fresh: bool) -> Option<T> {
         if self.waiting() == 0 {
             return Some(entry);
