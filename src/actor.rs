@@ -293,7 +293,7 @@ impl<M: Manager> PoolActor<M> {
         }
         let growth = plan_growth(
             shared.waitlist.waiting(),
-            shared.idle_rx.len(),
+            shared.waitlist.idle(),
             self.creating.len(),
             shared.ledger.slots(),
             shared.config.max_size,
@@ -388,16 +388,8 @@ impl<M: Manager> PoolActor<M> {
             return;
         }
         if shared.config.idle_timeout.is_some() || shared.config.max_lifetime.is_some() {
-            // Take each idle connection once and put the fresh ones back at the tail.
-            for _ in 0..shared.idle_rx.len() {
-                let Ok(entry) = shared.idle_rx.try_recv() else {
-                    break;
-                };
-                if shared.expired(&entry) {
-                    self.retire(entry.conn);
-                } else if let Err(entry) = shared.put_idle(entry, false) {
-                    self.retire(entry.conn);
-                }
+            for entry in shared.waitlist.reap(|entry| shared.expired(entry)) {
+                self.retire(entry.conn);
             }
         }
         self.grow();
@@ -410,7 +402,7 @@ impl<M: Manager> PoolActor<M> {
             shared.ledger.abandon_slot();
         }
         // The idle queue is closed already: what it holds is all it will ever hold.
-        while let Ok(entry) = shared.idle_rx.try_recv() {
+        for entry in shared.waitlist.take_idle() {
             self.retire(entry.conn);
         }
         let started = shared.lock_close().started.map(|(at, _)| at);

@@ -37,9 +37,8 @@ impl<M: Manager> Shared<M> {
         }
         self.lock_close().started = Some((Instant::now(), cause));
         event!(debug, ?cause, "close requested");
-        // Closing the idle queue wakes every waiter with `Closed`, and makes every later
+        // Closing the waitlist wakes every waiter with `Closed`, and makes every later
         // return fail, so returning guards close their connections instead.
-        self.idle_tx.close();
         self.waitlist.close();
         let reached = self.ledger.actor_alive()
             && match self.mailbox_tx.try_send(Msg::Close) {
@@ -69,9 +68,8 @@ impl<M: Manager> Shared<M> {
         }
         // Close first, then drain: after `close`, no send can succeed, so the drain sees
         // everything that will ever be queued.
-        self.idle_tx.close();
-        self.mailbox_tx.close();
         self.waitlist.close();
+        self.mailbox_tx.close();
         // Counted once at the end, not per connection: nothing reads the counts before the
         // report, which is written after.
         let (mut sync, mut failed) = (0, 0);
@@ -79,7 +77,7 @@ impl<M: Manager> Shared<M> {
             Ending::Failed => failed += 1,
             _ => sync += 1,
         };
-        while let Ok(entry) = self.idle_rx.try_recv() {
+        for entry in self.waitlist.take_idle() {
             count(self.close_uncounted(entry.conn));
         }
         while let Ok(msg) = self.mailbox_rx.try_recv() {

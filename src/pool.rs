@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use async_channel::TryRecvError;
 use event_listener::Event;
 use futures_lite::FutureExt;
 
@@ -21,7 +20,7 @@ use crate::manager::Manager;
 use crate::runtime::{timed_with, BoxFuture, Runtime};
 use crate::shared::{CloseState, Idle, Msg, Shared};
 use crate::status::{CloseCause, CloseReport, PoolState, Status};
-use crate::waitlist::{Join, Outcome, Ticket, Waitlist};
+use crate::waitlist::{Closed, Join, Outcome, Ticket, Waitlist};
 
 /// A handle to a connection pool. Cheap to clone, `Send + Sync`.
 ///
@@ -185,17 +184,17 @@ impl<M: Manager> Pool<M> {
         let shared = &self.shared;
         let mut budget = Budget::new(timeout);
         // Hot path: an idle connection is there and nobody is queued ahead of us.
-        while shared.waitlist.waiting() == 0 && budget.trusts_idle() {
-            match shared.idle_rx.try_recv() {
-                Ok(entry) => {
+        while budget.trusts_idle() {
+            match shared.waitlist.pop_idle() {
+                Ok(Some(entry)) => {
                     self.keep_min_idle();
                     match self.checkout(entry, false, &mut budget).await? {
                         Attempt::Got(guard) => return Ok(guard),
                         Attempt::Expired | Attempt::Unhealthy => continue,
                     }
                 }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Closed) => return Err(shared.closed_error()),
+                Ok(None) => break,
+                Err(Closed) => return Err(shared.closed_error()),
             }
         }
         if !shared.ledger.is_running() {
@@ -215,7 +214,7 @@ impl<M: Manager> Pool<M> {
     /// now rather than at its next maintenance tick.
     fn keep_min_idle(&self) {
         let min_idle = self.shared.config.min_idle;
-        if min_idle > 0 && self.shared.idle_rx.len() < min_idle {
+        if min_idle > 0 && self.shared.waitlist.idle() < min_idle {
             self.ask_to_grow();
         }
     }
@@ -268,20 +267,13 @@ impl<M: Manager> Pool<M> {
             };
             let outcome = poll_fn(|cx| {
                 let Some(ticket) = &queued.ticket else {
-                    let (joined, woken) = shared.waitlist.join(
-                        &shared.idle_rx,
-                        deadline.filter(|_| kept),
-                        cx.waker(),
-                    );
+                    let joined = shared.waitlist.join(deadline.filter(|_| kept), cx.waker());
                     let (ticket, arm) = match joined {
                         Join::Idle(entry) => return Poll::Ready(Outcome::Got(entry, false)),
                         Join::Closed => return Poll::Ready(Outcome::Closed),
                         Join::Queued { ticket, arm } => (ticket, arm),
                     };
                     queued.ticket = Some(ticket);
-                    if let Some(waker) = woken {
-                        waker.wake();
-                    }
                     if let Some(at) = arm {
                         let owner: Weak<dyn Expire> = Arc::downgrade(shared) as Weak<dyn Expire>;
                         deadline::register(at, owner);
@@ -579,23 +571,16 @@ impl<M: Manager> Builder<M> {
         let runtime = self
             .runtime
             .expect("validate() checked that a runtime is set");
-        // Bounded by max_size: no more connections exist than that, so a send never finds it
-        // full, and an array queue costs no allocation per checkout. A very large max_size
-        // would allocate all of it up front (or overflow): such a queue grows as it fills.
-        let (idle_tx, idle_rx) = if self.config.max_size <= PREALLOCATED_IDLE_LIMIT {
-            async_channel::bounded(self.config.max_size)
-        } else {
-            async_channel::unbounded()
-        };
+        // Room for max_size idle connections up front (no more exist), so that a return
+        // never allocates; a very large max_size grows the queue as it fills instead.
+        let capacity = self.config.max_size.min(PREALLOCATED_IDLE_LIMIT);
         let (mailbox_tx, mailbox_rx) = async_channel::unbounded();
         let shared = Arc::new(Shared {
             manager: self.manager,
             config: self.config,
             runtime,
             ledger: Ledger::new(),
-            idle_tx,
-            idle_rx,
-            waitlist: Waitlist::new(),
+            waitlist: Waitlist::new(capacity),
             mailbox_tx,
             mailbox_rx,
             last_create_error: Mutex::new(None),

@@ -3,7 +3,6 @@
 //! imports none of them.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{fence, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,9 +43,7 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) config: Config,
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) ledger: Ledger,
-    pub(crate) idle_tx: Sender<Idle<M::Connection>>,
-    pub(crate) idle_rx: Receiver<Idle<M::Connection>>,
-    /// Callers waiting for a connection, oldest first.
+    /// Idle connections and the callers waiting for one.
     pub(crate) waitlist: Waitlist<Idle<M::Connection>, M::Error>,
     pub(crate) mailbox_tx: Sender<Msg<M::Connection>>,
     /// Kept here too, so that a closer can drain the mailbox when the actor cannot.
@@ -155,42 +152,31 @@ impl<M: Manager> Shared<M> {
         entry: Idle<M::Connection>,
         fresh: bool,
     ) -> Result<(), Idle<M::Connection>> {
-        self.put(entry, fresh, false)
+        self.waitlist.put(entry, fresh, |_| {})
     }
 
-    /// Like [`put_idle`](Shared::put_idle) for a connection a guard gives back. Handed
-    /// straight to a waiter it was never idle, so it is stamped with the coarse clock (no
-    /// clock read); one that goes to the idle queue is stamped with the real time, from
-    /// which its idle timeout counts.
+    /// Like [`put_idle`](Shared::put_idle) for a connection a guard gives back, stamped with
+    /// the real time if it goes idle: its idle timeout counts from there. Handed straight to
+    /// a waiter it was never idle, and keeps the actor's coarse clock (no clock read).
     #[inline]
     pub(crate) fn put_returned(
         &self,
         mut entry: Idle<M::Connection>,
     ) -> Result<(), Idle<M::Connection>> {
-        entry.returned_ms = self.ledger.now_ms();
-        self.put(entry, false, true)
-    }
-
-    #[inline]
-    fn put(
-        &self,
-        entry: Idle<M::Connection>,
-        fresh: bool,
-        stamp: bool,
-    ) -> Result<(), Idle<M::Connection>> {
-        let Some(mut entry) = self.waitlist.offer(entry, fresh) else {
-            return Ok(());
+        // Read outside the lock when nobody seems to wait; re-read under it in the rare
+        // case a waiter left meanwhile.
+        let coarse = self.ledger.now_ms();
+        entry.returned_ms = if self.waitlist.waiting() == 0 {
+            self.ledger.real_now_ms()
+        } else {
+            coarse
         };
-        if stamp {
-            entry.returned_ms = self.ledger.real_now_ms();
-        }
-        self.idle_tx.try_send(entry).map_err(|e| e.into_inner())?;
-        // A caller may have joined the waitlist between the offer and the send. It counted
-        // itself before looking at the idle queue, and we look at the count after the send:
-        // one of the two sees the other.
-        fence(SeqCst);
-        self.waitlist.serve_idle(&self.idle_rx);
-        Ok(())
+        let ledger = &self.ledger;
+        self.waitlist.put(entry, false, |entry| {
+            if entry.returned_ms == coarse {
+                entry.returned_ms = ledger.real_now_ms();
+            }
+        })
     }
 
     pub(crate) fn expired(&self, entry: &Idle<M::Connection>) -> bool {
@@ -206,7 +192,7 @@ impl<M: Manager> Shared<M> {
         Status {
             max_size: self.config.max_size,
             size: self.ledger.slots(),
-            idle: self.idle_rx.len(),
+            idle: self.waitlist.idle(),
             in_use: self.ledger.in_use(),
             waiters: self.ledger.waiters(),
             state: self.ledger.state(),

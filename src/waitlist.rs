@@ -1,14 +1,19 @@
-//! The queue of callers waiting for a connection: served first come, first served.
+//! Idle connections and the callers waiting for one, under one lock: served first come,
+//! first served.
 //!
 //! A connection that comes back (or is newly created) while callers wait is handed straight to
 //! the one that has waited longest; a caller never takes an idle connection while others queue
 //! ahead of it. That is what makes waiting fair: a task that returns a connection and asks again
-//! at once joins the back of the queue instead of taking its own connection back.
+//! at once joins the back of the queue instead of taking its own connection back. Because both
+//! queues are under the same lock, at most one of them is ever non-empty: a connection goes
+//! idle only when nobody waits, and a caller queues only when nothing is idle.
 //!
-//! One lock guards everything. A waiter's place is an index into a table of places that is
-//! reused, so waiting allocates nothing once the table has grown to the pool's largest crowd:
-//! joining, being served and taking the outcome are one short critical section each. Wakers
-//! are woken after the lock is released.
+//! Every operation is one short critical section: taking an idle connection, giving one back
+//! (to a waiter or to the idle queue), joining, taking one's outcome. A waiter's place is an
+//! index into a table of places that is reused, so waiting allocates nothing once the table
+//! has grown to the pool's largest crowd. Wakers are woken after the lock is released. Once
+//! closed, nothing more goes in: what is idle stays for whoever drains it, and a connection
+//! given back is handed back to its giver, who closes it.
 //!
 //! Deadlines: each waiter may carry one, and the list remembers the earliest deadline it has
 //! asked to be told about (`armed`). Joining reports a deadline to register only when it is
@@ -16,12 +21,10 @@
 //! [`Waitlist::expire`] on each one that falls due times every waiter out on time.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{fence, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
-
-use async_channel::Receiver;
 
 use crate::error::CreateFailure;
 
@@ -46,6 +49,8 @@ enum Place<T, E> {
 }
 
 struct List<T, E> {
+    /// Idle connections, the longest idle first.
+    idle: VecDeque<T>,
     places: Vec<Place<T, E>>,
     free: Vec<usize>,
     /// Indices of waiting places, oldest first.
@@ -58,14 +63,20 @@ struct List<T, E> {
 /// The waiting callers, oldest first.
 pub(crate) struct Waitlist<T, E> {
     list: Mutex<List<T, E>>,
-    /// How many are queued; read without the lock on the hot path.
+    /// How many are queued; read without the lock by the actor's growth plan.
     waiting: AtomicUsize,
+    /// How many are idle; read without the lock by status and the growth plan.
+    idle: AtomicUsize,
 }
 
 /// A waiter's place in the list. Given back through [`Waitlist::poll`] (once it is ready) or
 /// [`Waitlist::cancel`].
 #[derive(Debug)]
 pub(crate) struct Ticket(usize);
+
+/// The list is closed.
+#[derive(Debug)]
+pub(crate) struct Closed;
 
 /// What joining the list gave.
 pub(crate) enum Join<T> {
@@ -81,9 +92,11 @@ pub(crate) enum Join<T> {
 }
 
 impl<T, E> Waitlist<T, E> {
-    pub(crate) fn new() -> Self {
+    /// `capacity`: idle connections room is made for up front.
+    pub(crate) fn new(capacity: usize) -> Self {
         Waitlist {
             list: Mutex::new(List {
+                idle: VecDeque::with_capacity(capacity),
                 places: Vec::new(),
                 free: Vec::new(),
                 queue: VecDeque::new(),
@@ -91,6 +104,7 @@ impl<T, E> Waitlist<T, E> {
                 armed: None,
             }),
             waiting: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
         }
     }
 
@@ -104,27 +118,70 @@ impl<T, E> Waitlist<T, E> {
         self.waiting.store(list.queue.len(), SeqCst);
     }
 
+    fn publish_idle(&self, list: &List<T, E>) {
+        self.idle.store(list.idle.len(), Relaxed);
+    }
+
     /// How many callers are queued.
     pub(crate) fn waiting(&self) -> usize {
         self.waiting.load(SeqCst)
     }
 
-    /// Joins the back of the queue, unless nobody is ahead and `idle` has something. `waker`
-    /// is woken once the outcome is there.
-    pub(crate) fn join(
-        &self,
-        idle: &Receiver<T>,
-        deadline: Option<Instant>,
-        waker: &Waker,
-    ) -> (Join<T>, Option<Waker>) {
+    /// How many connections are idle.
+    pub(crate) fn idle(&self) -> usize {
+        self.idle.load(Relaxed)
+    }
+
+    /// Takes the longest idle connection, if there is one (while callers are queued there
+    /// is none). `Err` once closed.
+    #[inline]
+    pub(crate) fn pop_idle(&self) -> Result<Option<T>, Closed> {
         let mut list = self.lock();
         if list.closed {
-            return (Join::Closed, None);
+            return Err(Closed);
         }
-        if list.queue.is_empty() {
-            if let Ok(entry) = idle.try_recv() {
-                return (Join::Idle(entry), None);
+        let entry = list.idle.pop_front();
+        if entry.is_some() {
+            self.publish_idle(&list);
+        }
+        Ok(entry)
+    }
+
+    /// Takes every idle connection that `expired` says is past its time, keeping the order
+    /// of the rest.
+    pub(crate) fn reap(&self, mut expired: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut list = self.lock();
+        let mut gone = Vec::new();
+        let mut i = 0;
+        while i < list.idle.len() {
+            if expired(&list.idle[i]) {
+                gone.extend(list.idle.remove(i));
+            } else {
+                i += 1;
             }
+        }
+        self.publish_idle(&list);
+        gone
+    }
+
+    /// Takes everything idle (used once closed: nothing more can go in).
+    pub(crate) fn take_idle(&self) -> VecDeque<T> {
+        let mut list = self.lock();
+        let idle = std::mem::take(&mut list.idle);
+        self.publish_idle(&list);
+        idle
+    }
+
+    /// Joins the back of the queue, unless something is idle (then nobody is queued: it is
+    /// taken). `waker` is woken once the outcome is there.
+    pub(crate) fn join(&self, deadline: Option<Instant>, waker: &Waker) -> Join<T> {
+        let mut list = self.lock();
+        if list.closed {
+            return Join::Closed;
+        }
+        if let Some(entry) = list.idle.pop_front() {
+            self.publish_idle(&list);
+            return Join::Idle(entry);
         }
         let place = Place::Waiting {
             waker: waker.clone(),
@@ -146,21 +203,10 @@ impl<T, E> Waitlist<T, E> {
         if arm.is_some() {
             list.armed = arm;
         }
-        // The other half of `Shared::put_idle`'s handshake: the count is published before the
-        // idle queue is looked at again, so a connection sent there meanwhile is seen either
-        // here or by the putter's `serve_idle`. A connection may also have gone idle while
-        // others were queued ahead: they are served first.
-        fence(SeqCst);
-        let woken = Self::serve_from(&mut list, idle);
-        self.publish(&list);
-        drop(list);
-        (
-            Join::Queued {
-                ticket: Ticket(index),
-                arm,
-            },
-            woken,
-        )
+        Join::Queued {
+            ticket: Ticket(index),
+            arm,
+        }
     }
 
     /// The outcome, once there is one; the ticket is spent when this is ready.
@@ -223,48 +269,35 @@ impl<T, E> Waitlist<T, E> {
         }
     }
 
-    /// Hands `entry` to the longest waiter, or gives it back when nobody waits. `fresh`: it
-    /// comes straight from `create`.
+    /// Hands `entry` to the longest waiter, else makes it idle; gives it back once closed.
+    /// `fresh`: it comes straight from `create`. `going_idle` is called on an entry about to
+    /// go idle (to stamp it), under the lock.
     #[inline]
-    pub(crate) fn offer(&self, entry: T, fresh: bool) -> Option<T> {
-        if self.waiting() == 0 {
-            return Some(entry);
-        }
-        match self.settle_first(Outcome::Got(entry, fresh)) {
-            Ok(()) => None,
-            Err(Outcome::Got(entry, _)) => Some(entry),
-            Err(_) => unreachable!("given back as it was given"),
-        }
-    }
-
-    /// Moves idle connections to queued waiters. Called after a connection went idle while a
-    /// caller may have been joining: between the two, one of them sees the other.
-    pub(crate) fn serve_idle(&self, idle: &Receiver<T>) {
-        if self.waiting() == 0 {
-            return;
-        }
+    pub(crate) fn put(
+        &self,
+        entry: T,
+        fresh: bool,
+        going_idle: impl FnOnce(&mut T),
+    ) -> Result<(), T> {
         let mut list = self.lock();
-        let woken = Self::serve_from(&mut list, idle);
-        self.publish(&list);
-        drop(list);
-        if let Some(waker) = woken {
-            waker.wake();
+        if list.closed {
+            return Err(entry);
         }
-    }
-
-    /// Serves queued waiters from `idle`. Returns the last waker to wake once the lock is
-    /// released; any earlier ones (more than one connection was idle) are woken here.
-    fn serve_from(list: &mut List<T, E>, idle: &Receiver<T>) -> Option<Waker> {
-        let mut woken: Option<Waker> = None;
-        while !list.queue.is_empty() {
-            let Ok(entry) = idle.try_recv() else { break };
-            let index = list.queue.pop_front().expect("checked non-empty");
-            let waker = Self::settle(list, index, Outcome::Got(entry, false));
-            if let Some(earlier) = woken.replace(waker) {
-                earlier.wake();
+        match list.queue.pop_front() {
+            Some(index) => {
+                self.publish(&list);
+                let waker = Self::settle(&mut list, index, Outcome::Got(entry, fresh));
+                drop(list);
+                waker.wake();
+            }
+            None => {
+                let mut entry = entry;
+                going_idle(&mut entry);
+                list.idle.push_back(entry);
+                self.publish_idle(&list);
             }
         }
-        woken
+        Ok(())
     }
 
     /// Gives a creation failure to the longest waiter; gives it back when nobody waits.
@@ -276,7 +309,8 @@ impl<T, E> Waitlist<T, E> {
         }
     }
 
-    /// Wakes every waiter with `Closed`, and turns away every later one.
+    /// Wakes every waiter with `Closed`, and turns away every later one and every later
+    /// connection given back. What is idle stays, for the closer to drain.
     pub(crate) fn close(&self) {
         let mut list = self.lock();
         list.closed = true;
