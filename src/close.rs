@@ -1,18 +1,20 @@
 //! The close protocol.
 //!
-//! `Running → Closing → Closed`. The first close request closes the idle queue and the
-//! waitlist (waking every waiter) and asks the actor to close gracefully. The actor closes idle connections with
-//! `shutdown` + `close`, waits up to the close deadline for checked-out ones, then finishes.
+//! `Running → Closing → Closed`. The first close request closes the waitlist, which holds the
+//! idle queue too (waking every waiter, turning away every later return), and asks the actor to
+//! close gracefully. The actor closes idle connections with `shutdown` + `close`, waits up to
+//! the close deadline for checked-out ones, then finishes.
 //!
 //! The sync fallback ([`Shared::shutdown_sync`]) finishes the close whenever the actor cannot:
 //! it is gone (its task was dropped: its `Drop` runs the fallback), or it did not finish in
 //! time (a runtime that is not being polled). A closed mailbox means such a drain is already
 //! under way, so a closer that finds it closed waits for that drain's report. The fallback
 //! closes both queues *first*, so every later send fails and hands its connection back to the
-//! sender, who closes it; then it drains both with `try_recv`, closing each connection with the
-//! manager's synchronous `close`. Nothing can slip in behind the drain, and each connection is
-//! taken by exactly one party. It uses only channel operations, atomics, a mutex and the
-//! manager's `close`: no spawn, no timer, no runtime.
+//! sender, who closes it; then it drains both (the idle queue taken whole, the mailbox with
+//! `try_recv`), closing each connection with the manager's synchronous `close`. Nothing can
+//! slip in behind the drain, and each connection is taken by exactly one party. It uses only
+//! channel operations, atomics, short-held mutexes and the manager's `close`: no spawn, no
+//! timer, no runtime.
 
 use std::future::{poll_fn, Future};
 use std::task::Poll;
