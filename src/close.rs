@@ -83,11 +83,19 @@ impl<M: Manager> Shared<M> {
             count(self.close_uncounted(entry.conn));
         }
         while let Ok(msg) = self.mailbox_rx.try_recv() {
-            if let Msg::Retire { conn, from_guard } = msg {
-                if from_guard {
-                    self.ledger.check_in();
+            match msg {
+                Msg::Retire { conn, from_guard } => {
+                    if from_guard {
+                        self.ledger.check_in();
+                    }
+                    count(self.close_uncounted(conn));
                 }
-                count(self.close_uncounted(conn));
+                Msg::Farewells(entries) => {
+                    for entry in entries {
+                        count(self.close_uncounted(entry.conn));
+                    }
+                }
+                Msg::Grow | Msg::Freed | Msg::Close => {}
             }
         }
         self.ledger.record_ends(Ending::Sync, sync);

@@ -28,6 +28,9 @@ pub(crate) enum Msg<C> {
     Retire { conn: C, from_guard: bool },
     /// Close the pool.
     Close,
+    /// Idle connections taken at close whose goodbyes are still to be said: the rest of a
+    /// batch whose farewell did not finish at once.
+    Farewells(std::collections::VecDeque<Idle<C>>),
 }
 
 /// A connection waiting in the idle queue, with the coarse times the reaper needs.
