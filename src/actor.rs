@@ -2,6 +2,7 @@
 //! them. A thin driver: it turns messages, finished jobs and timer ticks into calls on the
 //! shared bookkeeping.
 
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
@@ -13,21 +14,9 @@ use futures_lite::FutureExt;
 use crate::error::CreateFailure;
 use crate::ledger::{plan_growth, Ending};
 use crate::manager::{Goodbye, Manager};
-use crate::pool::{Idle, Shared};
 use crate::runtime::{timed, BoxFuture};
+use crate::shared::{Idle, Msg, Shared};
 use crate::status::CloseCause;
-
-/// Messages to the actor.
-pub(crate) enum Msg<C> {
-    /// A caller is waiting and the pool has room: create.
-    Grow,
-    /// A slot was freed outside the actor (a detach): serve waiters, or finish a close.
-    Freed,
-    /// A connection that must not be reused: close it gracefully.
-    Retire { conn: C, from_guard: bool },
-    /// Close the pool.
-    Close,
-}
 
 type Creation<C, E> = Pin<Box<dyn Future<Output = Result<C, CreateFailure<E>>> + Send>>;
 
@@ -85,22 +74,117 @@ fn shut_down<M: Manager>(
             }
             Err(payload) => Some(Err(payload)),
         };
-        let ending = match said {
-            Some(Ok(Goodbye::Said)) => Ending::Graceful,
-            Some(Ok(Goodbye::Unsaid)) => Ending::Sync,
-            Some(Ok(Goodbye::Failed(_error))) => {
-                event!(warn, error = %_error, "the manager's shutdown failed");
-                Ending::Failed
-            }
-            Some(Err(payload)) => {
-                event!(warn, "the manager's shutdown panicked");
-                let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
-                Ending::Failed
-            }
-            // Timed out: the future, and the connection inside it, were dropped.
-            None => Ending::Sync,
+        closing.finish(ending_of(said));
+    }
+}
+
+/// How a farewell ended (`None`: it timed out, and its future, with the connection inside,
+/// was dropped).
+fn ending_of<E: std::fmt::Display>(
+    said: Option<Result<Goodbye<E>, Box<dyn std::any::Any + Send>>>,
+) -> Ending {
+    match said {
+        Some(Ok(Goodbye::Said)) => Ending::Graceful,
+        Some(Ok(Goodbye::Unsaid)) => Ending::Sync,
+        Some(Ok(Goodbye::Failed(_error))) => {
+            event!(warn, error = %_error, "the manager's shutdown failed");
+            Ending::Failed
+        }
+        Some(Err(payload)) => {
+            event!(warn, "the manager's shutdown panicked");
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            Ending::Failed
+        }
+        None => Ending::Sync,
+    }
+}
+
+/// Goodbyes said one after another, for a close: the idle connections it takes. Owns the
+/// connections not yet started and counts every end once, when it is dropped (done, or cut
+/// short by a runtime teardown or the close deadline): the ones not started are closed
+/// synchronously then, and one whose farewell was under way counts as `closed_sync`, its
+/// connection dropped inside the farewell.
+struct Batch<M: Manager> {
+    shared: Arc<Shared<M>>,
+    conns: VecDeque<Idle<M::Connection>>,
+    in_flight: bool,
+    ends: [usize; 3],
+}
+
+impl<M: Manager> Batch<M> {
+    fn count(&mut self, ending: Ending) {
+        let at = match ending {
+            Ending::Graceful => 0,
+            Ending::Sync | Ending::Detached => 1,
+            Ending::Failed => 2,
         };
-        closing.finish(ending);
+        self.ends[at] += 1;
+    }
+}
+
+impl<M: Manager> Drop for Batch<M> {
+    fn drop(&mut self) {
+        if std::mem::take(&mut self.in_flight) {
+            self.count(Ending::Sync);
+        }
+        let shared = self.shared.clone();
+        while let Some(entry) = self.conns.pop_front() {
+            let ending = shared.close_uncounted(entry.conn);
+            self.count(ending);
+        }
+        let ledger = &shared.ledger;
+        ledger.record_ends(Ending::Graceful, self.ends[0]);
+        ledger.record_ends(Ending::Sync, self.ends[1]);
+        ledger.record_ends(Ending::Failed, self.ends[2]);
+    }
+}
+
+/// Says goodbye to each connection of `conns` in turn. Most farewells finish on their first
+/// poll (the default `shutdown` has nothing to say) and cost no allocation and no atomic here;
+/// when one does not, the connections after it go back to the actor as a new batch, so that a
+/// slow goodbye holds up no other.
+fn farewells<M: Manager>(
+    shared: Arc<Shared<M>>,
+    conns: VecDeque<Idle<M::Connection>>,
+) -> impl Future<Output = ()> + Send {
+    let mut batch = Batch {
+        shared,
+        conns,
+        in_flight: false,
+        ends: [0; 3],
+    };
+    async move {
+        let shared = batch.shared.clone();
+        while let Some(entry) = batch.conns.pop_front() {
+            batch.in_flight = true;
+            // The call itself may panic (a default `shutdown` runs `close` right there).
+            let farewell =
+                std::panic::catch_unwind(AssertUnwindSafe(|| shared.manager.shutdown(entry.conn)));
+            let said = match farewell {
+                Ok(farewell) => {
+                    let mut farewell = pin!(AssertUnwindSafe(farewell).catch_unwind());
+                    match poll_fn(|cx| Poll::Ready(farewell.as_mut().poll(cx))).await {
+                        Poll::Ready(out) => Some(out),
+                        Poll::Pending => {
+                            if !batch.conns.is_empty() {
+                                let rest = std::mem::take(&mut batch.conns);
+                                // A closed mailbox means a drain is under way: the rest stays
+                                // here and is closed synchronously when the batch is dropped.
+                                if let Err(e) = shared.mailbox_tx.try_send(Msg::Farewells(rest)) {
+                                    if let Msg::Farewells(rest) = e.into_inner() {
+                                        batch.conns = rest;
+                                    }
+                                }
+                            }
+                            timed(&*shared.runtime, shared.config.shutdown_timeout, farewell).await
+                        }
+                    }
+                }
+                Err(payload) => Some(Err(payload)),
+            };
+            batch.in_flight = false;
+            batch.count(ending_of(said));
+        }
     }
 }
 
@@ -274,6 +358,7 @@ impl<M: Manager> PoolActor<M> {
                     }
                 }
                 Event::Msg(Msg::Close) => self.start_closing(),
+                Event::Msg(Msg::Farewells(conns)) => self.say_farewells(conns),
                 Event::Tick => {
                     self.maintain();
                     tick = shared.runtime.sleep(interval);
@@ -305,7 +390,7 @@ impl<M: Manager> PoolActor<M> {
         }
         let growth = plan_growth(
             shared.waitlist.waiting(),
-            shared.idle_rx.len(),
+            shared.waitlist.idle(),
             self.creating.len(),
             shared.ledger.slots(),
             shared.config.max_size,
@@ -393,6 +478,19 @@ impl<M: Manager> PoolActor<M> {
         false
     }
 
+    /// Closes idle connections gracefully, as one job rather than one each; finished on the
+    /// spot when every farewell is done on its first poll, as in `retire`.
+    fn say_farewells(&mut self, conns: VecDeque<Idle<M::Connection>>) {
+        let mut job: BoxFuture = Box::pin(farewells(self.shared.clone(), conns));
+        if job
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_pending()
+        {
+            self.closing.push(job);
+        }
+    }
+
     /// Reaps idle connections past their idle timeout or lifetime, then tops up.
     fn maintain(&mut self) {
         let shared = self.shared.clone();
@@ -400,16 +498,8 @@ impl<M: Manager> PoolActor<M> {
             return;
         }
         if shared.config.idle_timeout.is_some() || shared.config.max_lifetime.is_some() {
-            // Take each idle connection once and put the fresh ones back at the tail.
-            for _ in 0..shared.idle_rx.len() {
-                let Ok(entry) = shared.idle_rx.try_recv() else {
-                    break;
-                };
-                if shared.expired(&entry) {
-                    self.retire(entry.conn);
-                } else if let Err(entry) = shared.put_idle(entry, false) {
-                    self.retire(entry.conn);
-                }
+            for entry in shared.waitlist.reap(|entry| shared.expired(entry)) {
+                self.retire(entry.conn);
             }
         }
         self.grow();
@@ -422,8 +512,9 @@ impl<M: Manager> PoolActor<M> {
             shared.ledger.abandon_slot();
         }
         // The idle queue is closed already: what it holds is all it will ever hold.
-        while let Ok(entry) = shared.idle_rx.try_recv() {
-            self.retire(entry.conn);
+        let idle = shared.waitlist.take_idle();
+        if !idle.is_empty() {
+            self.say_farewells(idle);
         }
         let started = shared.lock_close().started.map(|(at, _)| at);
         let left = started.map_or(shared.config.close_deadline, |at| {

@@ -1,18 +1,20 @@
 //! The close protocol.
 //!
-//! `Running → Closing → Closed`. The first close request closes the idle queue and the
-//! waitlist (waking every waiter) and asks the actor to close gracefully. The actor closes idle connections with
-//! `shutdown` + `close`, waits up to the close deadline for checked-out ones, then finishes.
+//! `Running → Closing → Closed`. The first close request closes the waitlist, which holds the
+//! idle queue too (waking every waiter, turning away every later return), and asks the actor to
+//! close gracefully. The actor closes idle connections with `shutdown` + `close`, waits up to
+//! the close deadline for checked-out ones, then finishes.
 //!
 //! The sync fallback ([`Shared::shutdown_sync`]) finishes the close whenever the actor cannot:
 //! it is gone (its task was dropped: its `Drop` runs the fallback), or it did not finish in
 //! time (a runtime that is not being polled). A closed mailbox means such a drain is already
 //! under way, so a closer that finds it closed waits for that drain's report. The fallback
 //! closes both queues *first*, so every later send fails and hands its connection back to the
-//! sender, who closes it; then it drains both with `try_recv`, closing each connection with the
-//! manager's synchronous `close`. Nothing can slip in behind the drain, and each connection is
-//! taken by exactly one party. It uses only channel operations, atomics, a mutex and the
-//! manager's `close`: no spawn, no timer, no runtime.
+//! sender, who closes it; then it drains both (the idle queue taken whole, the mailbox with
+//! `try_recv`), closing each connection with the manager's synchronous `close`. Nothing can
+//! slip in behind the drain, and each connection is taken by exactly one party. It uses only
+//! channel operations, atomics, short-held mutexes and the manager's `close`: no spawn, no
+//! timer, no runtime.
 
 use std::future::{poll_fn, Future};
 use std::task::Poll;
@@ -20,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use event_listener::Listener;
 
-use crate::actor::Msg;
+use crate::ledger::Ending;
 use crate::manager::Manager;
-use crate::pool::{Pool, Shared};
+use crate::shared::{Msg, Shared};
 use crate::status::{CloseCause, CloseReport};
 
 /// How long a closer waits beyond the close deadline for the actor before it falls back.
@@ -37,9 +39,8 @@ impl<M: Manager> Shared<M> {
         }
         self.lock_close().started = Some((Instant::now(), cause));
         event!(debug, ?cause, "close requested");
-        // Closing the idle queue wakes every waiter with `Closed`, and makes every later
+        // Closing the waitlist wakes every waiter with `Closed`, and makes every later
         // return fail, so returning guards close their connections instead.
-        self.idle_tx.close();
         self.waitlist.close();
         let reached = self.ledger.actor_alive()
             && match self.mailbox_tx.try_send(Msg::Close) {
@@ -69,20 +70,36 @@ impl<M: Manager> Shared<M> {
         }
         // Close first, then drain: after `close`, no send can succeed, so the drain sees
         // everything that will ever be queued.
-        self.idle_tx.close();
-        self.mailbox_tx.close();
         self.waitlist.close();
-        while let Ok(entry) = self.idle_rx.try_recv() {
-            self.close_sync(entry.conn);
+        self.mailbox_tx.close();
+        // Counted once at the end, not per connection: nothing reads the counts before the
+        // report, which is written after.
+        let (mut sync, mut failed) = (0, 0);
+        let mut count = |ending| match ending {
+            Ending::Failed => failed += 1,
+            _ => sync += 1,
+        };
+        for entry in self.waitlist.take_idle() {
+            count(self.close_uncounted(entry.conn));
         }
         while let Ok(msg) = self.mailbox_rx.try_recv() {
-            if let Msg::Retire { conn, from_guard } = msg {
-                if from_guard {
-                    self.ledger.check_in();
+            match msg {
+                Msg::Retire { conn, from_guard } => {
+                    if from_guard {
+                        self.ledger.check_in();
+                    }
+                    count(self.close_uncounted(conn));
                 }
-                self.close_sync(conn);
+                Msg::Farewells(entries) => {
+                    for entry in entries {
+                        count(self.close_uncounted(entry.conn));
+                    }
+                }
+                Msg::Grow | Msg::Freed | Msg::Close => {}
             }
         }
+        self.ledger.record_ends(Ending::Sync, sync);
+        self.ledger.record_ends(Ending::Failed, failed);
         self.finish_close(fallback);
     }
 
@@ -131,19 +148,11 @@ impl<M: Manager> Shared<M> {
     }
 }
 
-impl<M: Manager> Pool<M> {
-    /// Closes the pool and waits until it is closed. Idempotent: every caller gets the same
-    /// report.
-    ///
-    /// At once: `get()` starts failing with [`Error::Closed`](crate::Error::Closed), every
-    /// waiter is woken with it, and idle connections are closed. Checked-out connections are
-    /// closed as their guards drop, for up to the close deadline; those still out then are
-    /// closed when their guards drop, and the report counts them in `checked_out`.
-    ///
-    /// Never hangs: if the actor is gone or does not finish by the deadline (a runtime that is
-    /// not being polled), the close finishes here with the synchronous fallback.
-    pub async fn close(&self) -> CloseReport {
-        let shared = &self.shared;
+impl<M: Manager> Shared<M> {
+    /// `Pool::close`: requests the close, then waits for its report, falling back when the
+    /// actor does not finish in time.
+    pub(crate) async fn close(&self) -> CloseReport {
+        let shared = self;
         shared.begin_close(CloseCause::Requested);
         if let Some(report) = shared.report() {
             return report;
@@ -168,14 +177,9 @@ impl<M: Manager> Pool<M> {
             .expect("a close that finished or fell back has written its report")
     }
 
-    /// Closes the pool from synchronous code, blocking the thread for at most `patience`.
-    ///
-    /// Needs no runtime and never calls any runtime's `block_on`: it parks the thread until
-    /// the actor finishes the close, and finishes it with the synchronous fallback when the
-    /// actor is gone or `patience` runs out (as it will when called on the very thread that
-    /// should be polling the actor). Idempotent.
-    pub fn close_blocking(&self, patience: Duration) -> CloseReport {
-        let shared = &self.shared;
+    /// `Pool::close_blocking`: the same, parking the thread instead of awaiting.
+    pub(crate) fn close_blocking(&self, patience: Duration) -> CloseReport {
+        let shared = self;
         shared.begin_close(CloseCause::Requested);
         if let Some(report) = shared.report() {
             return report;
@@ -190,16 +194,10 @@ impl<M: Manager> Pool<M> {
     }
 }
 
-impl<M: Manager> Pool<M> {
-    /// Starts the close [`close`](Pool::close) does and returns at once, without waiting for it
-    /// to finish: for synchronous code that must not block (an actix actor's `stopped`, a
-    /// `Drop`) but wants the graceful path. Idempotent.
-    ///
-    /// While the pool's actor is alive, it closes every connection gracefully, as for
-    /// `close()`; [`close`](Pool::close) or [`close_blocking`](Pool::close_blocking) later
-    /// returns the report. When the actor is gone, the close finishes here and now with the
-    /// synchronous fallback. Never blocks, spawns or panics.
-    pub fn begin_close(&self) {
-        self.shared.begin_close(CloseCause::Requested);
+impl<M: Manager> Drop for Shared<M> {
+    fn drop(&mut self) {
+        // The last reference: the actor, every handle and every guard are gone. Whatever is
+        // still queued is closed here, synchronously.
+        self.shutdown_sync(CloseCause::LastHandleDropped);
     }
 }

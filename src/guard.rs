@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::ledger::Ending;
 use crate::manager::Manager;
-use crate::pool::{Idle, Shared};
+use crate::shared::{Idle, Msg, Shared};
 
 /// A connection checked out of a [`Pool`](crate::Pool). Derefs to the connection.
 ///
@@ -56,7 +56,7 @@ impl<M: Manager> Pooled<M> {
         shared.ledger.record_end(Ending::Detached);
         // A slot is free: the actor may serve a waiter, or finish a close.
         if shared.ledger.actor_alive() {
-            let _ = shared.mailbox_tx.try_send(crate::actor::Msg::Freed);
+            let _ = shared.mailbox_tx.try_send(Msg::Freed);
         }
         entry.conn
     }
@@ -109,10 +109,8 @@ impl<M: Manager> Drop for Pooled<M> {
             shared.retire(entry.conn, true);
             return;
         }
-        // The real time, not the actor's coarse clock, which can be a maintenance interval
-        // old: the idle timeout counts from here.
-        entry.returned_ms = shared.ledger.real_now_ms();
-        match shared.put_idle(entry, false) {
+        // Stamped with the real time if it goes idle: the idle timeout counts from here.
+        match shared.put_returned(entry) {
             Ok(()) => shared.ledger.check_in(),
             // A closed queue hands the connection back: close started after the check above.
             Err(entry) => shared.retire(entry.conn, true),

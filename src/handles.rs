@@ -4,7 +4,8 @@ use std::fmt;
 use std::sync::{Arc, Weak};
 
 use crate::manager::Manager;
-use crate::pool::{Pool, Shared};
+use crate::pool::Pool;
+use crate::shared::Shared;
 use crate::status::Status;
 
 impl<M: Manager> Pool<M> {

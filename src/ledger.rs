@@ -153,6 +153,21 @@ impl Ledger {
         self.slots.fetch_sub(1, SeqCst);
     }
 
+    /// `n` connections ended the same way.
+    pub(crate) fn record_ends(&self, ending: Ending, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let counter = match ending {
+            Ending::Graceful => &self.closed_graceful,
+            Ending::Sync => &self.closed_sync,
+            Ending::Failed => &self.close_failed,
+            Ending::Detached => &self.detached,
+        };
+        counter.fetch_add(n as u64, Relaxed);
+        self.slots.fetch_sub(n, SeqCst);
+    }
+
     pub(crate) fn record_check_failed(&self) {
         self.check_failed.fetch_add(1, Relaxed);
     }

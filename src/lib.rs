@@ -104,6 +104,7 @@ macro_rules! event {
 mod actor;
 mod close;
 mod config;
+mod deadline;
 mod error;
 #[cfg(feature = "serde")]
 mod file_config;
@@ -114,6 +115,7 @@ mod manager;
 mod pool;
 mod ready;
 mod runtime;
+mod shared;
 mod status;
 mod waitlist;
 

@@ -3,202 +3,24 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use async_channel::{Receiver, Sender, TryRecvError};
 use event_listener::Event;
 use futures_lite::FutureExt;
-use std::sync::atomic::{fence, Ordering::SeqCst};
 
-use crate::actor::{Msg, PoolActor};
+use crate::actor::PoolActor;
 use crate::config::{Config, PREALLOCATED_IDLE_LIMIT};
+use crate::deadline::{self, Expire};
 use crate::error::Error;
 use crate::guard::Pooled;
-use crate::ledger::{Ending, Ledger};
+use crate::ledger::Ledger;
 use crate::manager::Manager;
 use crate::runtime::{timed_with, BoxFuture, Runtime};
+use crate::shared::{CloseState, Idle, Msg, Shared};
 use crate::status::{CloseCause, CloseReport, PoolState, Status};
-use crate::waitlist::{Join, Outcome, Slot, Waitlist};
-
-/// A connection waiting in the idle queue, with the coarse times the reaper needs.
-pub(crate) struct Idle<C> {
-    pub(crate) conn: C,
-    pub(crate) created_ms: u64,
-    pub(crate) returned_ms: u64,
-}
-
-/// The part every handle, guard and the actor share.
-pub(crate) struct Shared<M: Manager> {
-    pub(crate) manager: M,
-    pub(crate) config: Config,
-    pub(crate) runtime: Arc<dyn Runtime>,
-    pub(crate) ledger: Ledger,
-    pub(crate) idle_tx: Sender<Idle<M::Connection>>,
-    pub(crate) idle_rx: Receiver<Idle<M::Connection>>,
-    /// Callers waiting for a connection, oldest first.
-    pub(crate) waitlist: Waitlist<M::Connection, M::Error>,
-    pub(crate) mailbox_tx: Sender<Msg<M::Connection>>,
-    /// Kept here too, so that a closer can drain the mailbox when the actor cannot.
-    pub(crate) mailbox_rx: Receiver<Msg<M::Connection>>,
-    /// The last creation failure, while creations keep failing: the source of a waiter's
-    /// timeout. Cold path: written by the actor when a creation ends, read on a timeout.
-    pub(crate) last_create_error: Mutex<Option<Arc<Error<M::Error>>>>,
-    /// Notified when the close finishes.
-    pub(crate) closed: Event,
-    pub(crate) close: Mutex<CloseState>,
-}
-
-/// What the close protocol records under its lock.
-#[derive(Default)]
-pub(crate) struct CloseState {
-    pub(crate) started: Option<(Instant, CloseCause)>,
-    pub(crate) report: Option<CloseReport>,
-}
-
-impl<M: Manager> Shared<M> {
-    /// The error a caller gets once close has started.
-    pub(crate) fn closed_error(&self) -> Error<M::Error> {
-        match self.lock_close().started {
-            Some((_, CloseCause::RuntimeGone)) => Error::RuntimeGone,
-            _ => Error::Closed,
-        }
-    }
-
-    /// The last creation failure, if the last creation failed.
-    pub(crate) fn last_create_error(&self) -> Option<Arc<Error<M::Error>>> {
-        self.last_create_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Takes the last creation failure out, if the last creation failed and nobody else
-    /// holds it: the error itself.
-    pub(crate) fn take_create_error(&self) -> Option<Error<M::Error>> {
-        let mut last = self
-            .last_create_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let error = last.take()?;
-        match Arc::try_unwrap(error) {
-            Ok(error) => Some(error),
-            Err(shared) => {
-                *last = Some(shared);
-                None
-            }
-        }
-    }
-
-    /// Records how the last creation ended (`None`: it succeeded).
-    pub(crate) fn set_last_create_error(&self, error: Option<Error<M::Error>>) {
-        let mut last = self
-            .last_create_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if error.is_some() || last.is_some() {
-            *last = error.map(Arc::new);
-        }
-    }
-
-    pub(crate) fn lock_close(&self) -> std::sync::MutexGuard<'_, CloseState> {
-        // A panic while the lock was held cannot leave CloseState half-written in a way that
-        // matters: every field is set in one assignment.
-        self.close
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Ends a connection that must not be reused: gracefully through the actor when it is
-    /// alive, else synchronously here. `from_guard` says it was checked out.
-    pub(crate) fn retire(&self, conn: M::Connection, from_guard: bool) {
-        let conn = if self.ledger.actor_alive() {
-            match self.mailbox_tx.try_send(Msg::Retire { conn, from_guard }) {
-                Ok(()) => return,
-                Err(e) => match e.into_inner() {
-                    Msg::Retire { conn, .. } => conn,
-                    _ => unreachable!("try_send hands back the message it was given"),
-                },
-            }
-        } else {
-            conn
-        };
-        if from_guard {
-            self.ledger.check_in();
-        }
-        self.close_sync(conn);
-    }
-
-    /// Closes a connection with the manager's synchronous `close`, containing any panic.
-    /// Needs no runtime; safe in `Drop`.
-    pub(crate) fn close_sync(&self, conn: M::Connection) {
-        let ending = match std::panic::catch_unwind(AssertUnwindSafe(|| self.manager.close(conn))) {
-            Ok(Ok(())) => Ending::Sync,
-            Ok(Err(_error)) => {
-                event!(warn, error = %_error, "the manager's close failed");
-                Ending::Failed
-            }
-            Err(payload) => {
-                event!(warn, "the manager's close panicked");
-                // Dropping a panic payload can itself panic; keep it from unwinding out of here.
-                let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
-                Ending::Failed
-            }
-        };
-        self.ledger.record_end(ending);
-    }
-
-    /// Makes a connection available: to the longest waiter if any, else to the idle queue.
-    /// Gives it back when the pool is closing (the caller retires it). `fresh`: it comes
-    /// straight from `create`, so a waiter handed it skips the health check.
-    pub(crate) fn put_idle(
-        &self,
-        entry: Idle<M::Connection>,
-        fresh: bool,
-    ) -> Result<(), Idle<M::Connection>> {
-        let Some(entry) = self.waitlist.offer(entry, fresh) else {
-            return Ok(());
-        };
-        self.idle_tx.try_send(entry).map_err(|e| e.into_inner())?;
-        // A caller may have joined the waitlist between the offer and the send. It counted
-        // itself before looking at the idle queue, and we look at the count after the send:
-        // one of the two sees the other.
-        fence(SeqCst);
-        self.waitlist.serve_idle(&self.idle_rx);
-        Ok(())
-    }
-
-    pub(crate) fn expired(&self, entry: &Idle<M::Connection>) -> bool {
-        let now = self.ledger.now_ms();
-        let over = |since: u64, limit: Option<Duration>| {
-            limit.is_some_and(|l| now.saturating_sub(since) >= l.as_millis() as u64)
-        };
-        over(entry.created_ms, self.config.max_lifetime)
-            || over(entry.returned_ms, self.config.idle_timeout)
-    }
-
-    pub(crate) fn status(&self) -> Status {
-        Status {
-            max_size: self.config.max_size,
-            size: self.ledger.slots(),
-            idle: self.idle_rx.len(),
-            in_use: self.ledger.in_use(),
-            waiters: self.ledger.waiters(),
-            state: self.ledger.state(),
-            actor_alive: self.ledger.actor_alive(),
-            counters: self.ledger.counters(),
-        }
-    }
-}
-
-impl<M: Manager> Drop for Shared<M> {
-    fn drop(&mut self) {
-        // The last reference: the actor, every handle and every guard are gone. Whatever is
-        // still queued is closed here, synchronously.
-        self.shutdown_sync(CloseCause::LastHandleDropped);
-    }
-}
+use crate::waitlist::{Closed, Join, Outcome, Ticket, Waitlist};
 
 /// A handle to a connection pool. Cheap to clone, `Send + Sync`.
 ///
@@ -320,6 +142,42 @@ impl<M: Manager> Pool<M> {
         self.get_inner(None, false).await
     }
 
+    /// Closes the pool and waits until it is closed. Idempotent: every caller gets the same
+    /// report.
+    ///
+    /// At once: `get()` starts failing with [`Error::Closed`](crate::Error::Closed), every
+    /// waiter is woken with it, and idle connections are closed. Checked-out connections are
+    /// closed as their guards drop, for up to the close deadline; those still out then are
+    /// closed when their guards drop, and the report counts them in `checked_out`.
+    ///
+    /// Never hangs: if the actor is gone or does not finish by the deadline (a runtime that is
+    /// not being polled), the close finishes here with the synchronous fallback.
+    pub async fn close(&self) -> CloseReport {
+        self.shared.close().await
+    }
+
+    /// Closes the pool from synchronous code, blocking the thread for at most `patience`.
+    ///
+    /// Needs no runtime and never calls any runtime's `block_on`: it parks the thread until
+    /// the actor finishes the close, and finishes it with the synchronous fallback when the
+    /// actor is gone or `patience` runs out (as it will when called on the very thread that
+    /// should be polling the actor). Idempotent.
+    pub fn close_blocking(&self, patience: Duration) -> CloseReport {
+        self.shared.close_blocking(patience)
+    }
+
+    /// Starts the close [`close`](Pool::close) does and returns at once, without waiting for it
+    /// to finish: for synchronous code that must not block (an actix actor's `stopped`, a
+    /// `Drop`) but wants the graceful path. Idempotent.
+    ///
+    /// While the pool's actor is alive, it closes every connection gracefully, as for
+    /// `close()`; [`close`](Pool::close) or [`close_blocking`](Pool::close_blocking) later
+    /// returns the report. When the actor is gone, the close finishes here and now with the
+    /// synchronous fallback. Never blocks, spawns or panics.
+    pub fn begin_close(&self) {
+        self.shared.begin_close(CloseCause::Requested);
+    }
+
     /// A snapshot of sizes, waiters, state and counters. Needs no actor round trip.
     pub fn status(&self) -> Status {
         self.shared.status()
@@ -338,17 +196,17 @@ impl<M: Manager> Pool<M> {
         let shared = &self.shared;
         let mut budget = Budget::new(timeout);
         // Hot path: an idle connection is there and nobody is queued ahead of us.
-        while shared.waitlist.waiting() == 0 && budget.trusts_idle() {
-            match shared.idle_rx.try_recv() {
-                Ok(entry) => {
+        while budget.trusts_idle() {
+            match shared.waitlist.pop_idle() {
+                Ok(Some(entry)) => {
                     self.keep_min_idle();
                     match self.checkout(entry, false, &mut budget).await? {
                         Attempt::Got(guard) => return Ok(guard),
                         Attempt::Expired | Attempt::Unhealthy => continue,
                     }
                 }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Closed) => return Err(shared.closed_error()),
+                Ok(None) => break,
+                Err(Closed) => return Err(shared.closed_error()),
             }
         }
         if !shared.ledger.is_running() {
@@ -368,7 +226,7 @@ impl<M: Manager> Pool<M> {
     /// now rather than at its next maintenance tick.
     fn keep_min_idle(&self) {
         let min_idle = self.shared.config.min_idle;
-        if min_idle > 0 && self.shared.idle_rx.len() < min_idle {
+        if min_idle > 0 && self.shared.waitlist.idle() < min_idle {
             self.ask_to_grow();
         }
     }
@@ -393,57 +251,81 @@ impl<M: Manager> Pool<M> {
 
     async fn wait_for_connection(&self, mut budget: Budget) -> Result<Pooled<M>, Error<M::Error>> {
         let shared = &self.shared;
-        budget.start();
+        let started = budget.start();
+        let deadline = budget.timeout.and_then(|t| started.checked_add(t));
+        // The deadline thread keeps every waiter's deadline (see `deadline`); a waiter arms a
+        // timer of its own only if that thread could not be started.
+        let kept = deadline.is_some() && deadline::available();
         let _waiting = WaiterMark::new(&shared.ledger);
         let mut timer: Option<BoxFuture> = None;
+        let mut again = false;
         loop {
-            if budget.spent() {
+            // The clock was read just above on the first round; a later round follows a
+            // connection that failed its check, which may have taken time.
+            let spent = if again {
+                budget.spent()
+            } else {
+                budget.timeout == Some(Duration::ZERO)
+            };
+            if spent {
                 return Err(self.timed_out(&budget));
             }
-            let slot = match shared.waitlist.join(&shared.idle_rx) {
-                Join::Idle(entry) => match self.checkout(entry, false, &mut budget).await? {
-                    Attempt::Got(guard) => return Ok(guard),
-                    Attempt::Expired | Attempt::Unhealthy => continue,
-                },
-                Join::Closed => return Err(shared.closed_error()),
-                Join::Queued(slot) => slot,
-            };
-            // Owned at once: whatever happens next (a panicking runtime timer, this future
-            // dropped), the place is given up and a connection handed to it goes back.
+            again = true;
+            // Owned at once: if this future is dropped (cancelled, or its task dropped by a
+            // runtime teardown), the place is given up and a connection handed to it goes back.
             let mut queued = Queued {
                 shared,
-                slot: Some(slot),
+                ticket: None,
             };
-            // Queued before slots are read, and the actor frees a slot before it reads the
-            // queue length: one of the two sees the other, so no waiter is forgotten.
-            self.ask_to_grow();
-            if timer.is_none() {
-                timer = budget.remaining().map(|d| shared.runtime.sleep(d));
-            }
             let outcome = poll_fn(|cx| {
-                let slot = queued.slot.as_ref().expect("taken only after this poll");
-                if let Poll::Ready(outcome) = slot.poll(cx) {
-                    return Poll::Ready(Some(outcome));
-                }
-                match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-                    Some(Poll::Ready(())) => Poll::Ready(None),
-                    _ => Poll::Pending,
+                let Some(ticket) = &queued.ticket else {
+                    let joined = shared.waitlist.join(deadline.filter(|_| kept), cx.waker());
+                    let (ticket, arm) = match joined {
+                        Join::Idle(entry) => return Poll::Ready(Outcome::Got(entry, false)),
+                        Join::Closed => return Poll::Ready(Outcome::Closed),
+                        Join::Queued { ticket, arm } => (ticket, arm),
+                    };
+                    queued.ticket = Some(ticket);
+                    if let Some(at) = arm {
+                        let owner: Weak<dyn Expire> = Arc::downgrade(shared) as Weak<dyn Expire>;
+                        deadline::register(at, owner);
+                    }
+                    // Queued before slots are read, and the actor frees a slot before it reads
+                    // the queue length: one of the two sees the other, so no waiter is
+                    // forgotten.
+                    self.ask_to_grow();
+                    if !kept && timer.is_none() {
+                        timer = budget.remaining().map(|d| shared.runtime.sleep(d));
+                    }
+                    return poll_timer(&mut timer, cx);
+                };
+                match shared.waitlist.poll(ticket, cx) {
+                    Poll::Ready(outcome) => {
+                        queued.ticket = None;
+                        Poll::Ready(outcome)
+                    }
+                    Poll::Pending => poll_timer(&mut timer, cx),
                 }
             })
             .await;
-            let slot = queued.slot.take().expect("taken once");
-            // On a timeout the waiter leaves the queue; it may have been served meanwhile.
-            let outcome = outcome.or_else(|| shared.waitlist.cancel(&slot));
+            // A timer of our own ran out: leave the queue; we may have been served meanwhile.
+            let outcome = match outcome {
+                Outcome::TimedOut => match queued.ticket.take() {
+                    Some(ticket) => shared.waitlist.cancel(ticket).unwrap_or(Outcome::TimedOut),
+                    None => Outcome::TimedOut,
+                },
+                outcome => outcome,
+            };
+            drop(queued);
             match outcome {
-                Some(Outcome::Got(entry, fresh)) => {
-                    match self.checkout(entry, fresh, &mut budget).await? {
-                        Attempt::Got(guard) => return Ok(guard),
-                        Attempt::Expired | Attempt::Unhealthy => continue,
-                    }
-                }
-                Some(Outcome::Failed(f)) => return Err(f.into()),
-                Some(Outcome::Closed) => return Err(shared.closed_error()),
-                None => return Err(self.timed_out(&budget)),
+                Outcome::Got(entry, fresh) => match self.checkout(entry, fresh, &mut budget).await?
+                {
+                    Attempt::Got(guard) => return Ok(guard),
+                    Attempt::Expired | Attempt::Unhealthy => continue,
+                },
+                Outcome::Failed(f) => return Err(f.into()),
+                Outcome::Closed => return Err(shared.closed_error()),
+                Outcome::TimedOut => return Err(self.timed_out(&budget)),
             }
         }
     }
@@ -515,20 +397,31 @@ impl<M: Manager> Pool<M> {
     }
 }
 
+/// Polls a waiter's own timer, if it has one: ready means its wait timed out.
+fn poll_timer<T, E>(
+    timer: &mut Option<BoxFuture>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Outcome<T, E>> {
+    match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+        Some(Poll::Ready(())) => Poll::Ready(Outcome::TimedOut),
+        _ => Poll::Pending,
+    }
+}
+
 /// A place in the waitlist. If the waiting future is dropped (cancelled, or its task dropped
 /// by a runtime teardown), the place is given up and a connection handed to it meanwhile goes
 /// back to the pool.
 struct Queued<'a, M: Manager> {
     shared: &'a Shared<M>,
-    slot: Option<Arc<Slot<M::Connection, M::Error>>>,
+    ticket: Option<Ticket>,
 }
 
 impl<M: Manager> Drop for Queued<'_, M> {
     fn drop(&mut self) {
-        let Some(slot) = self.slot.take() else {
+        let Some(ticket) = self.ticket.take() else {
             return;
         };
-        if let Some(Outcome::Got(entry, _)) = self.shared.waitlist.cancel(&slot) {
+        if let Some(Outcome::Got(entry, _)) = self.shared.waitlist.cancel(ticket) {
             if let Err(entry) = self.shared.put_idle(entry, false) {
                 self.shared.retire(entry.conn, false);
             }
@@ -697,23 +590,16 @@ impl<M: Manager> Builder<M> {
         let runtime = self
             .runtime
             .expect("validate() checked that a runtime is set");
-        // Bounded by max_size: no more connections exist than that, so a send never finds it
-        // full, and an array queue costs no allocation per checkout. A very large max_size
-        // would allocate all of it up front (or overflow): such a queue grows as it fills.
-        let (idle_tx, idle_rx) = if self.config.max_size <= PREALLOCATED_IDLE_LIMIT {
-            async_channel::bounded(self.config.max_size)
-        } else {
-            async_channel::unbounded()
-        };
+        // Room for max_size idle connections up front (no more exist), so that a return
+        // never allocates; a very large max_size grows the queue as it fills instead.
+        let capacity = self.config.max_size.min(PREALLOCATED_IDLE_LIMIT);
         let (mailbox_tx, mailbox_rx) = async_channel::unbounded();
         let shared = Arc::new(Shared {
             manager: self.manager,
             config: self.config,
             runtime,
             ledger: Ledger::new(),
-            idle_tx,
-            idle_rx,
-            waitlist: Waitlist::new(),
+            waitlist: Waitlist::new(capacity),
             mailbox_tx,
             mailbox_rx,
             last_create_error: Mutex::new(None),

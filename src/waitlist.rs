@@ -1,123 +1,125 @@
-//! The queue of callers waiting for a connection: served first come, first served.
+//! Idle connections and the callers waiting for one, under one lock: served first come,
+//! first served.
 //!
 //! A connection that comes back (or is newly created) while callers wait is handed straight to
 //! the one that has waited longest; a caller never takes an idle connection while others queue
 //! ahead of it. That is what makes waiting fair: a task that returns a connection and asks again
-//! at once joins the back of the queue instead of taking its own connection back.
+//! at once joins the back of the queue instead of taking its own connection back. Because both
+//! queues are under the same lock, at most one of them is ever non-empty: a connection goes
+//! idle only when nobody waits, and a caller queues only when nothing is idle.
 //!
-//! Lock order: the list, then a slot.
+//! Every operation is one short critical section: taking an idle connection, giving one back
+//! (to a waiter or to the idle queue), joining, taking one's outcome. A waiter's place is an
+//! index into a table of places that is reused, so waiting allocates nothing once the table
+//! has grown to the pool's largest crowd. Wakers are woken after the lock is released. Once
+//! closed, nothing more goes in: what is idle stays for whoever drains it, and a connection
+//! given back is handed back to its giver, who closes it.
+//!
+//! Deadlines: each waiter may carry one, and the list remembers the earliest deadline it has
+//! asked to be told about (`armed`). Joining reports a deadline to register only when it is
+//! earlier than that; every waiter's deadline is then at or after some registration, so
+//! [`Waitlist::expire`] on each one that falls due times every waiter out on time.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{fence, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
-
-use async_channel::Receiver;
+use std::time::Instant;
 
 use crate::error::CreateFailure;
-use crate::pool::Idle;
 
 /// What a waiter ends up with.
-pub(crate) enum Outcome<C, E> {
+pub(crate) enum Outcome<T, E> {
     /// A connection; `true` when it comes straight from `create` (it needs no health check).
-    Got(Idle<C>, bool),
+    Got(T, bool),
     Failed(CreateFailure<E>),
     Closed,
+    /// Its deadline passed while it waited.
+    TimedOut,
 }
 
-enum SlotState<C, E> {
-    Waiting(Option<Waker>),
-    Done(Outcome<C, E>),
-    /// The outcome was taken, or the waiter gave up.
-    Taken,
+enum Place<T, E> {
+    Waiting {
+        waker: Waker,
+        deadline: Option<Instant>,
+    },
+    Done(Outcome<T, E>),
+    /// Not in use: on the free list.
+    Free,
 }
 
-/// One waiting caller.
-pub(crate) struct Slot<C, E> {
-    state: Mutex<SlotState<C, E>>,
-}
-
-impl<C, E> Slot<C, E> {
-    fn lock(&self) -> MutexGuard<'_, SlotState<C, E>> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Settles a waiting slot (called with the list locked, so the slot is still queued and
-    /// cannot have been cancelled).
-    fn settle(&self, outcome: Outcome<C, E>) {
-        let waker = {
-            let mut state = self.lock();
-            match std::mem::replace(&mut *state, SlotState::Done(outcome)) {
-                SlotState::Waiting(waker) => waker,
-                _ => None,
-            }
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-    }
-
-    /// The outcome, once there is one.
-    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<Outcome<C, E>> {
-        let mut state = self.lock();
-        match &mut *state {
-            SlotState::Waiting(waker) => {
-                match waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => *waker = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-            SlotState::Done(_) => match std::mem::replace(&mut *state, SlotState::Taken) {
-                SlotState::Done(outcome) => Poll::Ready(outcome),
-                _ => unreachable!("matched Done just above"),
-            },
-            SlotState::Taken => Poll::Ready(Outcome::Closed),
-        }
-    }
-}
-
-struct List<C, E> {
-    queue: VecDeque<Arc<Slot<C, E>>>,
+struct List<T, E> {
+    /// Idle connections, the longest idle first.
+    idle: VecDeque<T>,
+    places: Vec<Place<T, E>>,
+    free: Vec<usize>,
+    /// Indices of waiting places, oldest first.
+    queue: VecDeque<usize>,
     closed: bool,
+    /// The earliest deadline registered and not yet fallen due.
+    armed: Option<Instant>,
 }
 
 /// The waiting callers, oldest first.
-pub(crate) struct Waitlist<C, E> {
-    list: Mutex<List<C, E>>,
-    /// How many are queued; read without the lock on the hot path.
+pub(crate) struct Waitlist<T, E> {
+    list: Mutex<List<T, E>>,
+    /// How many are queued; read without the lock by the actor's growth plan.
     waiting: AtomicUsize,
+    /// How many are idle; read without the lock by status and the growth plan.
+    idle: AtomicUsize,
 }
 
+/// A waiter's place in the list. Given back through [`Waitlist::poll`] (once it is ready) or
+/// [`Waitlist::cancel`].
+#[derive(Debug)]
+pub(crate) struct Ticket(usize);
+
+/// The list is closed.
+#[derive(Debug)]
+pub(crate) struct Closed;
+
 /// What joining the list gave.
-pub(crate) enum Join<C, E> {
+pub(crate) enum Join<T> {
     /// Nobody was ahead and an idle connection was there.
-    Idle(Idle<C>),
-    /// Queued: wait on the slot.
-    Queued(Arc<Slot<C, E>>),
+    Idle(T),
+    /// Queued. `arm`: a deadline the caller must have registered (see the module docs).
+    Queued {
+        ticket: Ticket,
+        arm: Option<Instant>,
+    },
     /// The pool is closing.
     Closed,
 }
 
-impl<C, E> Waitlist<C, E> {
-    pub(crate) fn new() -> Self {
+impl<T, E> Waitlist<T, E> {
+    /// `capacity`: idle connections room is made for up front.
+    pub(crate) fn new(capacity: usize) -> Self {
         Waitlist {
             list: Mutex::new(List {
+                idle: VecDeque::with_capacity(capacity),
+                places: Vec::new(),
+                free: Vec::new(),
                 queue: VecDeque::new(),
                 closed: false,
+                armed: None,
             }),
             waiting: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, List<C, E>> {
+    fn lock(&self) -> MutexGuard<'_, List<T, E>> {
+        // Every change under this lock is one assignment or one push/pop: a panic elsewhere
+        // while it was held leaves it consistent.
         self.list.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn pop_front(&self, list: &mut List<C, E>) -> Option<Arc<Slot<C, E>>> {
-        let slot = list.queue.pop_front();
+    fn publish(&self, list: &List<T, E>) {
         self.waiting.store(list.queue.len(), SeqCst);
-        slot
+    }
+
+    fn publish_idle(&self, list: &List<T, E>) {
+        self.idle.store(list.idle.len(), Relaxed);
     }
 
     /// How many callers are queued.
@@ -125,99 +127,244 @@ impl<C, E> Waitlist<C, E> {
         self.waiting.load(SeqCst)
     }
 
-    /// Joins the back of the queue, unless nobody is ahead and `idle` has a connection.
-    pub(crate) fn join(&self, idle: &Receiver<Idle<C>>) -> Join<C, E> {
+    /// How many connections are idle.
+    pub(crate) fn idle(&self) -> usize {
+        self.idle.load(Relaxed)
+    }
+
+    /// Takes the longest idle connection, if there is one (while callers are queued there
+    /// is none). `Err` once closed.
+    #[inline]
+    pub(crate) fn pop_idle(&self) -> Result<Option<T>, Closed> {
+        let mut list = self.lock();
+        if list.closed {
+            return Err(Closed);
+        }
+        let entry = list.idle.pop_front();
+        if entry.is_some() {
+            self.publish_idle(&list);
+        }
+        Ok(entry)
+    }
+
+    /// Takes every idle connection that `expired` says is past its time, keeping the order
+    /// of the rest.
+    pub(crate) fn reap(&self, mut expired: impl FnMut(&T) -> bool) -> Vec<T> {
+        let mut list = self.lock();
+        let mut gone = Vec::new();
+        let mut i = 0;
+        while i < list.idle.len() {
+            if expired(&list.idle[i]) {
+                gone.extend(list.idle.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        self.publish_idle(&list);
+        gone
+    }
+
+    /// Takes everything idle (used once closed: nothing more can go in).
+    pub(crate) fn take_idle(&self) -> VecDeque<T> {
+        let mut list = self.lock();
+        let idle = std::mem::take(&mut list.idle);
+        self.publish_idle(&list);
+        idle
+    }
+
+    /// Joins the back of the queue, unless something is idle (then nobody is queued: it is
+    /// taken). `waker` is woken once the outcome is there.
+    pub(crate) fn join(&self, deadline: Option<Instant>, waker: &Waker) -> Join<T> {
         let mut list = self.lock();
         if list.closed {
             return Join::Closed;
         }
-        if list.queue.is_empty() {
-            if let Ok(entry) = idle.try_recv() {
-                return Join::Idle(entry);
+        if let Some(entry) = list.idle.pop_front() {
+            self.publish_idle(&list);
+            return Join::Idle(entry);
+        }
+        let place = Place::Waiting {
+            waker: waker.clone(),
+            deadline,
+        };
+        let index = match list.free.pop() {
+            Some(index) => {
+                list.places[index] = place;
+                index
             }
-        }
-        let slot = Arc::new(Slot {
-            state: Mutex::new(SlotState::Waiting(None)),
-        });
-        list.queue.push_back(slot.clone());
-        self.waiting.store(list.queue.len(), SeqCst);
-        // The other half of `Shared::put_idle`'s handshake: the count is published before the
-        // idle queue is looked at again, so a connection sent there meanwhile is seen either
-        // here or by the putter's `serve_idle`.
-        fence(SeqCst);
-        // A connection may have gone idle while others were queued ahead: serve them first.
-        self.serve_from(&mut list, idle);
-        Join::Queued(slot)
-    }
-
-    /// Hands `entry` to the longest waiter, or gives it back when nobody waits. `fresh`: it
-    /// comes straight from `create`.
-    pub(crate) fn offer(&self, entry: Idle<C>, fresh: bool) -> Option<Idle<C>> {
-        if self.waiting() == 0 {
-            return Some(entry);
-        }
-        let mut list = self.lock();
-        match self.pop_front(&mut list) {
-            Some(slot) => {
-                slot.settle(Outcome::Got(entry, fresh));
-                None
+            None => {
+                list.places.push(place);
+                list.places.len() - 1
             }
-            None => Some(entry),
+        };
+        list.queue.push_back(index);
+        self.publish(&list);
+        let arm = deadline.filter(|&at| list.armed.is_none_or(|armed| at < armed));
+        if arm.is_some() {
+            list.armed = arm;
+        }
+        Join::Queued {
+            ticket: Ticket(index),
+            arm,
         }
     }
 
-    /// Moves idle connections to queued waiters. Called after a connection went idle while a
-    /// caller may have been joining: between the two, one of them sees the other.
-    pub(crate) fn serve_idle(&self, idle: &Receiver<Idle<C>>) {
-        if self.waiting() == 0 {
-            return;
-        }
+    /// The outcome, once there is one; the ticket is spent when this is ready.
+    pub(crate) fn poll(&self, ticket: &Ticket, cx: &mut Context<'_>) -> Poll<Outcome<T, E>> {
         let mut list = self.lock();
-        self.serve_from(&mut list, idle);
-    }
-
-    fn serve_from(&self, list: &mut List<C, E>, idle: &Receiver<Idle<C>>) {
-        while !list.queue.is_empty() {
-            let Ok(entry) = idle.try_recv() else { break };
-            let slot = self.pop_front(list).expect("checked non-empty");
-            slot.settle(Outcome::Got(entry, false));
-        }
-    }
-
-    /// Gives a creation failure to the longest waiter; gives it back when nobody waits.
-    pub(crate) fn fail_first(&self, failure: CreateFailure<E>) -> Option<CreateFailure<E>> {
-        let mut list = self.lock();
-        match self.pop_front(&mut list) {
-            Some(slot) => {
-                slot.settle(Outcome::Failed(failure));
-                None
+        let list = &mut *list;
+        match &mut list.places[ticket.0] {
+            Place::Waiting { waker, .. } => {
+                if !waker.will_wake(cx.waker()) {
+                    *waker = cx.waker().clone();
+                }
+                Poll::Pending
             }
-            None => Some(failure),
-        }
-    }
-
-    /// Wakes every waiter with `Closed`, and turns away every later one.
-    pub(crate) fn close(&self) {
-        let mut list = self.lock();
-        list.closed = true;
-        while let Some(slot) = self.pop_front(&mut list) {
-            slot.settle(Outcome::Closed);
+            place => match std::mem::replace(place, Place::Free) {
+                Place::Done(outcome) => {
+                    list.free.push(ticket.0);
+                    Poll::Ready(outcome)
+                }
+                _ => unreachable!("a ticket's place is free only once the ticket is spent"),
+            },
         }
     }
 
     /// The waiter gives up: leaves the queue. Returns what it had been given meanwhile (a
     /// connection to put back, or a failure to drop).
-    pub(crate) fn cancel(&self, slot: &Arc<Slot<C, E>>) -> Option<Outcome<C, E>> {
+    pub(crate) fn cancel(&self, ticket: Ticket) -> Option<Outcome<T, E>> {
         let mut list = self.lock();
-        if let Some(at) = list.queue.iter().position(|s| Arc::ptr_eq(s, slot)) {
-            list.queue.remove(at);
-            self.waiting.store(list.queue.len(), SeqCst);
+        let was = std::mem::replace(&mut list.places[ticket.0], Place::Free);
+        list.free.push(ticket.0);
+        match was {
+            Place::Waiting { .. } => {
+                if let Some(at) = list.queue.iter().position(|&i| i == ticket.0) {
+                    list.queue.remove(at);
+                }
+                self.publish(&list);
+                None
+            }
+            Place::Done(outcome) => Some(outcome),
+            Place::Free => None,
+        }
+    }
+
+    /// Settles the oldest waiter with `outcome`; gives it back when nobody waits.
+    fn settle_first(&self, outcome: Outcome<T, E>) -> Result<(), Outcome<T, E>> {
+        let mut list = self.lock();
+        let Some(index) = list.queue.pop_front() else {
+            return Err(outcome);
+        };
+        self.publish(&list);
+        let waker = Self::settle(&mut list, index, outcome);
+        drop(list);
+        waker.wake();
+        Ok(())
+    }
+
+    fn settle(list: &mut List<T, E>, index: usize, outcome: Outcome<T, E>) -> Waker {
+        match std::mem::replace(&mut list.places[index], Place::Done(outcome)) {
+            Place::Waiting { waker, .. } => waker,
+            _ => unreachable!("queued places are waiting"),
+        }
+    }
+
+    /// Hands `entry` to the longest waiter, else makes it idle; gives it back once closed.
+    /// `fresh`: it comes straight from `create`. `going_idle` is called on an entry about to
+    /// go idle (to stamp it), under the lock.
+    #[inline]
+    pub(crate) fn put(
+        &self,
+        entry: T,
+        fresh: bool,
+        going_idle: impl FnOnce(&mut T),
+    ) -> Result<(), T> {
+        let mut list = self.lock();
+        if list.closed {
+            return Err(entry);
+        }
+        match list.queue.pop_front() {
+            Some(index) => {
+                self.publish(&list);
+                let waker = Self::settle(&mut list, index, Outcome::Got(entry, fresh));
+                drop(list);
+                waker.wake();
+            }
+            None => {
+                let mut entry = entry;
+                going_idle(&mut entry);
+                list.idle.push_back(entry);
+                self.publish_idle(&list);
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives a creation failure to the longest waiter; gives it back when nobody waits.
+    pub(crate) fn fail_first(&self, failure: CreateFailure<E>) -> Option<CreateFailure<E>> {
+        match self.settle_first(Outcome::Failed(failure)) {
+            Ok(()) => None,
+            Err(Outcome::Failed(failure)) => Some(failure),
+            Err(_) => unreachable!("given back as it was given"),
+        }
+    }
+
+    /// Wakes every waiter with `Closed`, and turns away every later one and every later
+    /// connection given back. What is idle stays, for the closer to drain.
+    pub(crate) fn close(&self) {
+        let mut list = self.lock();
+        list.closed = true;
+        let mut wakers = Vec::with_capacity(list.queue.len());
+        while let Some(index) = list.queue.pop_front() {
+            wakers.push(Self::settle(&mut list, index, Outcome::Closed));
+        }
+        self.publish(&list);
+        drop(list);
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// The registration for `at` fell due at `now`: times out every waiter whose deadline is
+    /// past. Returns the next deadline to register when `at` was the one the list relied on.
+    pub(crate) fn expire(&self, at: Instant, now: Instant) -> Option<Instant> {
+        let mut list = self.lock();
+        let mut wakers = Vec::new();
+        let mut next: Option<Instant> = None;
+        let mut i = 0;
+        while i < list.queue.len() {
+            let index = list.queue[i];
+            let due = match &list.places[index] {
+                Place::Waiting {
+                    deadline: Some(d), ..
+                } => {
+                    if *d <= now {
+                        true
+                    } else {
+                        next = Some(next.map_or(*d, |n| n.min(*d)));
+                        false
+                    }
+                }
+                _ => false,
+            };
+            if due {
+                list.queue.remove(i);
+                wakers.push(Self::settle(&mut list, index, Outcome::TimedOut));
+            } else {
+                i += 1;
+            }
+        }
+        self.publish(&list);
+        // Only the registration the list relied on is replaced; a later one still stands
+        // and covers every waiter, as the earliest registration did.
+        let renew = list.armed == Some(at);
+        if renew {
+            list.armed = next;
         }
         drop(list);
-        let mut state = slot.lock();
-        match std::mem::replace(&mut *state, SlotState::Taken) {
-            SlotState::Done(outcome) => Some(outcome),
-            _ => None,
+        wakers.into_iter().for_each(Waker::wake);
+        if renew {
+            next
+        } else {
+            None
         }
     }
 }

@@ -643,6 +643,37 @@ fn stalled_shutdown_still_ends_in_close() {
 }
 
 #[test]
+fn slow_goodbyes_at_close_run_side_by_side() {
+    // Eight idle connections whose goodbyes never finish: each is cut at the shutdown
+    // timeout. Said one after another they would take eight timeouts; the close must not
+    // wait for them in turn.
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    m.set_shutdown(Fault::Stall);
+    let limit = Duration::from_millis(200);
+    let pool = builder(&m, &rt)
+        .max_size(8)
+        .shutdown_timeout(limit)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(pool.get().await.unwrap());
+        }
+        drop(held);
+        assert_eq!(pool.status().idle, 8);
+        let start = Instant::now();
+        let report = pool.close().await;
+        let took = start.elapsed();
+        assert_eq!(report.counters.closed_sync, 8, "{report:?}");
+        assert!(report.is_complete());
+        assert!(took >= limit, "{took:?}");
+        assert!(took < limit * 6, "the goodbyes were said in turn: {took:?}");
+    });
+    assert_all_closed(&pool, &m);
+}
+
+#[test]
 fn status_tracks_the_pool() {
     let (m, rt) = (Counting::new(), ExecRuntime::new());
     let pool = builder(&m, &rt).max_size(5).build().unwrap();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkGroup, Criterion, SamplingMode};
 use gracepool_bench::manager::Trivial;
 use gracepool_bench::pools::{
-    Bb8, BenchPool, ChannelFloor, Dead, Grace, GraceUntimed, Mobc, MutexFloor,
+    Bb8, BenchPool, ChannelFloor, Dead, DeadTimed, Grace, GraceUntimed, Mobc, MutexFloor,
 };
 use gracepool_bench::scenarios::{self, Contended};
 use gracepool_bench::{write_extra, Args};
@@ -279,6 +279,9 @@ fn contended_all(args: &Args) {
         }
         if want(Dead::NAME) {
             subjects.push(Subject::new::<Dead>(tasks, max, warm));
+        }
+        if want(DeadTimed::NAME) {
+            subjects.push(Subject::new::<DeadTimed>(tasks, max, warm));
         }
         if want(Bb8::NAME) {
             subjects.push(Subject::new::<Bb8>(tasks, max, warm));

@@ -124,6 +124,43 @@ impl BenchPool for Dead {
     }
 }
 
+/// deadpool given gracepool's default wait timeout (30 s), so that both pools pay for
+/// bounding a wait; deadpool needs its tokio runtime feature for that.
+pub struct DeadTimed(pub deadpool::managed::Pool<Trivial>);
+
+/// gracepool's default wait timeout, which [`DeadTimed`] gets too.
+pub const GRACE_DEFAULT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl BenchPool for DeadTimed {
+    const NAME: &'static str = "deadpool-timeout";
+    type Guard<'a> = deadpool::managed::Object<Trivial>;
+
+    async fn build(manager: Trivial, max_size: usize) -> Self {
+        let pool = deadpool::managed::Pool::builder(manager)
+            .max_size(max_size)
+            .wait_timeout(Some(GRACE_DEFAULT_WAIT))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .expect("a valid configuration");
+        DeadTimed(pool)
+    }
+
+    async fn checkout(&self) -> Self::Guard<'_> {
+        match self.0.get().await {
+            Ok(obj) => obj,
+            Err(e) => panic!("deadpool get failed: {e:?}"),
+        }
+    }
+
+    async fn idle(&self) -> usize {
+        self.0.status().available
+    }
+
+    async fn close(self) {
+        self.0.close();
+    }
+}
+
 /// bb8.
 pub struct Bb8(pub bb8::Pool<Trivial>);
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use gracepool_bench::manager::Trivial;
 use gracepool_bench::pools::{
-    Bb8, BenchPool, ChannelFloor, Dead, Grace, GraceUntimed, Mobc, MutexFloor,
+    Bb8, BenchPool, ChannelFloor, Dead, DeadTimed, Grace, GraceUntimed, Mobc, MutexFloor,
 };
 use gracepool_bench::scenarios;
 
@@ -96,6 +96,7 @@ fn contended_every_pool() {
         contended::<Grace>(tasks, max);
         contended::<GraceUntimed>(tasks, max);
         contended::<Dead>(tasks, max);
+        contended::<DeadTimed>(tasks, max);
         contended::<Bb8>(tasks, max);
         contended::<Mobc>(tasks, max);
         contended::<ChannelFloor>(tasks, max);

@@ -207,3 +207,71 @@ fn sleep_outside_any_runtime_uses_a_timer_that_works() {
     futures_lite::future::block_on(tr.sleep(Duration::from_millis(5)));
     assert!(t.elapsed() >= Duration::from_millis(10));
 }
+
+/// Runs `f` on a plain thread; fails the test if it has not finished within `limit`, rather
+/// than hang it.
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .expect("the call did not finish in time: a wait timeout did not fire")
+}
+
+#[test]
+fn a_wait_times_out_on_a_plain_thread_while_the_pools_runtime_is_not_driven() {
+    // The pool lives on a current_thread runtime that nobody drives once its `block_on`
+    // returns. A task on it queued first, with the same wait timeout; then a caller on a plain
+    // thread queues behind it. Neither the runtime's timers nor its tasks run any more, and
+    // the plain caller must still get its `Timeout`, on time.
+    let m = Counting::new();
+    let rt = current_thread();
+    let (pool, held, _queued) = rt.block_on(async {
+        let pool = Pool::builder(m.clone())
+            .max_size(1)
+            .wait_timeout(Duration::from_millis(200))
+            .runtime(TokioRuntime::current())
+            .build()
+            .unwrap();
+        let held = pool.get().await.unwrap();
+        let first = pool.clone();
+        let queued = tokio::spawn(async move { first.get().await.map(drop) });
+        while pool.status().waiters == 0 {
+            tokio::task::yield_now().await;
+        }
+        (pool, held, queued)
+    });
+    let plain = pool.clone();
+    let (result, took) = within(Duration::from_secs(20), move || {
+        let start = std::time::Instant::now();
+        let r = futures_lite::future::block_on(plain.get()).map(drop);
+        (r, start.elapsed())
+    });
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+    assert!(took >= Duration::from_millis(200), "{took:?}");
+    // A shorter per-call limit is kept too, behind a waiter with a longer one.
+    // (The task on the undriven runtime still counts as waiting: its future is not dropped.)
+    let before = pool.status().waiters;
+    let long = pool.clone();
+    let first = std::thread::spawn(move || {
+        futures_lite::future::block_on(long.get_timeout(Duration::from_secs(60))).map(drop)
+    });
+    while pool.status().waiters == before {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let plain = pool.clone();
+    let (result, took) = within(Duration::from_secs(20), move || {
+        let start = std::time::Instant::now();
+        let r = futures_lite::future::block_on(plain.get_timeout(Duration::from_millis(50)));
+        (r.map(drop), start.elapsed())
+    });
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+    assert!(took >= Duration::from_millis(50), "{took:?}");
+    // The longer waiter is served by the returning connection.
+    drop(held);
+    assert!(first.join().unwrap().is_ok());
+    drop(rt);
+    drop(pool);
+    m.assert_balanced();
+}

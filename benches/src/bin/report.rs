@@ -356,21 +356,29 @@ fn main() {
     let p1_peer = vs(&p1, p1.best_peer());
     target(
         "P1 vs fastest peer",
-        "≤ 1×",
+        "≤ 0.6×",
         show(p1_peer),
-        p1_peer.map(|r| r <= 1.0),
+        p1_peer.map(|r| r <= 0.6),
     );
     let p1_floor = vs(&p1, p1.floor());
     target(
         "P1 vs floor",
-        "≤ 3×",
+        "≤ 2.5×",
         show(p1_floor),
-        p1_floor.map(|r| r <= 3.0),
+        p1_floor.map(|r| r <= 2.5),
     );
     for (t, name) in [(&p2, "P2"), (&p3, "P3")] {
         let r = vs(t, t.best_peer());
         target(
             &format!("{name} throughput vs best peer"),
+            "≥ 1.2×",
+            show(r),
+            r.map(|r| r >= 1.2),
+        );
+        // The same comparison with deadpool given gracepool's default wait timeout.
+        let r = vs(t, t.value("deadpool-timeout").map(|v| (String::new(), v)));
+        target(
+            &format!("{name} throughput vs deadpool with the same wait timeout"),
             "≥ 1.2×",
             show(r),
             r.map(|r| r >= 1.2),
@@ -385,13 +393,20 @@ fn main() {
         .map(|m| m["fairness"].as_f64());
     target(
         "P3 fairness (most / fewest pairs per task)",
-        "≤ 1.5",
+        "≤ 1.05",
         match fairness {
             Some(Some(f)) => format!("{f:.2}"),
             Some(None) => "∞".into(),
             None => "—".into(),
         },
-        fairness.map(|f| f.is_some_and(|f| f <= 1.5)),
+        fairness.map(|f| f.is_some_and(|f| f <= 1.05)),
+    );
+    let p4_dead = vs(&p4, p4.value("deadpool").map(|v| (String::new(), v)));
+    target(
+        "P4 cold start vs deadpool",
+        "≤ 1×",
+        show(p4_dead),
+        p4_dead.map(|r| r <= 1.0),
     );
     let p5_floor = vs(&p5, p5.floor());
     target(
@@ -399,6 +414,16 @@ fn main() {
         "≤ 2×",
         show(p5_floor),
         p5_floor.map(|r| r <= 2.0),
+    );
+    let p5_sync = match (p5.value("gracepool-close_blocking"), p5.floor()) {
+        (Some(v), Some((_, f))) if f != 0.0 => Some(v / f),
+        _ => None,
+    };
+    target(
+        "P5 close_blocking vs drop-loop floor",
+        "≤ 1.5×",
+        show(p5_sync),
+        p5_sync.map(|r| r <= 1.5),
     );
     let p6_peer = match (g(&p6), p6.best_peer()) {
         (Some(v), Some((_, b))) => Some((v, b)),

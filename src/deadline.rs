@@ -1,0 +1,138 @@
+//! Wait deadlines, kept by one thread per process instead of a timer per waiting caller.
+//!
+//! A waitlist registers the earliest deadline among its waiters, and registers again only when
+//! a waiter comes with an earlier one (a shorter `get_timeout`). With one wait timeout for the
+//! whole pool the oldest waiter's deadline is the earliest, so a busy pool registers about once
+//! per wait timeout, not once per wait. When a registration falls due, the thread asks its
+//! owner to time out every waiter that is due and to name the next deadline.
+//!
+//! A thread, not a runtime timer: a timer belongs to whichever runtime polled it first, and a
+//! caller waiting on another executor, or on a plain `block_on` thread, must get its timeout
+//! even when that runtime is no longer driven. The thread needs no runtime, never polls a
+//! future, and sleeps on a condition variable until the earliest deadline of every pool in the
+//! process. If it cannot be started, [`register`] says so and callers arm their own timers.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::sync::{Condvar, Mutex, OnceLock, Weak};
+use std::time::Instant;
+
+/// What owns deadlines: a waitlist, seen through the state that holds it.
+pub(crate) trait Expire: Send + Sync {
+    /// The registration for `at` fell due at `now`: time out every waiter due by `now`.
+    /// Returns a deadline to register next, if one is needed.
+    fn expire(&self, at: Instant, now: Instant) -> Option<Instant>;
+}
+
+struct Due {
+    at: Instant,
+    owner: Weak<dyn Expire>,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    /// Reversed: the heap's greatest is the earliest deadline.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.at.cmp(&self.at)
+    }
+}
+
+struct Service {
+    heap: Mutex<BinaryHeap<Due>>,
+    changed: Condvar,
+}
+
+fn service() -> Option<&'static Service> {
+    static SERVICE: OnceLock<Option<&'static Service>> = OnceLock::new();
+    *SERVICE.get_or_init(|| {
+        let service: &'static Service = Box::leak(Box::new(Service {
+            heap: Mutex::new(BinaryHeap::new()),
+            changed: Condvar::new(),
+        }));
+        std::thread::Builder::new()
+            .name("gracepool-deadlines".into())
+            .spawn(move || service.run())
+            .ok()
+            .map(|_| service)
+    })
+}
+
+/// Whether deadlines are kept here (false: the thread could not be started).
+pub(crate) fn available() -> bool {
+    service().is_some()
+}
+
+/// Asks for `owner.expire(at, now)` once `at` has passed. False when the thread could not be
+/// started: the caller must keep its deadline some other way.
+pub(crate) fn register(at: Instant, owner: Weak<dyn Expire>) -> bool {
+    let Some(service) = service() else {
+        return false;
+    };
+    let mut heap = service.heap.lock().unwrap_or_else(|p| p.into_inner());
+    let earliest = heap.peek().is_none_or(|first| at < first.at);
+    heap.push(Due { at, owner });
+    drop(heap);
+    if earliest {
+        service.changed.notify_one();
+    }
+    true
+}
+
+impl Service {
+    fn run(&self) {
+        let mut heap = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let now = Instant::now();
+            let wait = match heap.peek() {
+                None => None,
+                Some(first) if first.at <= now => {
+                    let due = heap.pop().expect("peeked just above");
+                    drop(heap);
+                    self.fire(due, now);
+                    heap = self.heap.lock().unwrap_or_else(|p| p.into_inner());
+                    continue;
+                }
+                Some(first) => Some(first.at - now),
+            };
+            heap = match wait {
+                None => self.changed.wait(heap).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    self.changed
+                        .wait_timeout(heap, d)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Runs one due registration, outside the lock. An owner that is gone is skipped.
+    fn fire(&self, due: Due, now: Instant) {
+        let Some(owner) = due.owner.upgrade() else {
+            return;
+        };
+        // The owner's expire only settles waiters and wakes them; a panic there must not end
+        // the thread every pool in the process relies on.
+        let next =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| owner.expire(due.at, now)));
+        if let Ok(Some(next)) = next {
+            register(next, due.owner);
+        }
+        // `owner` may be the last reference to a pool: its Drop runs here, which only closes
+        // queued connections synchronously.
+        drop(owner);
+    }
+}

@@ -1,0 +1,229 @@
+//! The state every handle, guard and the actor share: configuration, counters, the queues,
+//! the waitlist, and the messages to the actor. Below the actor, the guard and the handle;
+//! imports none of them.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_channel::{Receiver, Sender};
+use event_listener::Event;
+
+use crate::config::Config;
+use crate::deadline::Expire;
+use crate::error::Error;
+use crate::ledger::{Ending, Ledger};
+use crate::manager::Manager;
+use crate::runtime::Runtime;
+use crate::status::{CloseCause, CloseReport, Status};
+use crate::waitlist::Waitlist;
+
+/// Messages to the actor.
+pub(crate) enum Msg<C> {
+    /// A caller is waiting and the pool has room: create.
+    Grow,
+    /// A slot was freed outside the actor (a detach): serve waiters, or finish a close.
+    Freed,
+    /// A connection that must not be reused: close it gracefully.
+    Retire { conn: C, from_guard: bool },
+    /// Close the pool.
+    Close,
+    /// Idle connections taken at close whose goodbyes are still to be said: the rest of a
+    /// batch whose farewell did not finish at once.
+    Farewells(std::collections::VecDeque<Idle<C>>),
+}
+
+/// A connection waiting in the idle queue, with the coarse times the reaper needs.
+pub(crate) struct Idle<C> {
+    pub(crate) conn: C,
+    pub(crate) created_ms: u64,
+    pub(crate) returned_ms: u64,
+}
+
+/// The part every handle, guard and the actor share.
+pub(crate) struct Shared<M: Manager> {
+    pub(crate) manager: M,
+    pub(crate) config: Config,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) ledger: Ledger,
+    /// Idle connections and the callers waiting for one.
+    pub(crate) waitlist: Waitlist<Idle<M::Connection>, M::Error>,
+    pub(crate) mailbox_tx: Sender<Msg<M::Connection>>,
+    /// Kept here too, so that a closer can drain the mailbox when the actor cannot.
+    pub(crate) mailbox_rx: Receiver<Msg<M::Connection>>,
+    /// The last creation failure, while creations keep failing: the source of a waiter's
+    /// timeout. Cold path: written by the actor when a creation ends, read on a timeout.
+    pub(crate) last_create_error: Mutex<Option<Arc<Error<M::Error>>>>,
+    /// Notified when the close finishes.
+    pub(crate) closed: Event,
+    pub(crate) close: Mutex<CloseState>,
+}
+
+/// What the close protocol records under its lock.
+#[derive(Default)]
+pub(crate) struct CloseState {
+    pub(crate) started: Option<(Instant, CloseCause)>,
+    pub(crate) report: Option<CloseReport>,
+}
+
+impl<M: Manager> Shared<M> {
+    /// The error a caller gets once close has started.
+    pub(crate) fn closed_error(&self) -> Error<M::Error> {
+        match self.lock_close().started {
+            Some((_, CloseCause::RuntimeGone)) => Error::RuntimeGone,
+            _ => Error::Closed,
+        }
+    }
+
+    /// The last creation failure, if the last creation failed.
+    pub(crate) fn last_create_error(&self) -> Option<Arc<Error<M::Error>>> {
+        self.last_create_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes the last creation failure out, if the last creation failed and nobody else
+    /// holds it: the error itself.
+    pub(crate) fn take_create_error(&self) -> Option<Error<M::Error>> {
+        let mut last = self
+            .last_create_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let error = last.take()?;
+        match Arc::try_unwrap(error) {
+            Ok(error) => Some(error),
+            Err(shared) => {
+                *last = Some(shared);
+                None
+            }
+        }
+    }
+
+    /// Records how the last creation ended (`None`: it succeeded).
+    pub(crate) fn set_last_create_error(&self, error: Option<Error<M::Error>>) {
+        let mut last = self
+            .last_create_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if error.is_some() || last.is_some() {
+            *last = error.map(Arc::new);
+        }
+    }
+
+    pub(crate) fn lock_close(&self) -> std::sync::MutexGuard<'_, CloseState> {
+        // A panic while the lock was held cannot leave CloseState half-written in a way that
+        // matters: every field is set in one assignment.
+        self.close
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Ends a connection that must not be reused: gracefully through the actor when it is
+    /// alive, else synchronously here. `from_guard` says it was checked out.
+    pub(crate) fn retire(&self, conn: M::Connection, from_guard: bool) {
+        let conn = if self.ledger.actor_alive() {
+            match self.mailbox_tx.try_send(Msg::Retire { conn, from_guard }) {
+                Ok(()) => return,
+                Err(e) => match e.into_inner() {
+                    Msg::Retire { conn, .. } => conn,
+                    _ => unreachable!("try_send hands back the message it was given"),
+                },
+            }
+        } else {
+            conn
+        };
+        if from_guard {
+            self.ledger.check_in();
+        }
+        self.close_sync(conn);
+    }
+
+    /// Closes a connection with the manager's synchronous `close`, containing any panic.
+    /// Needs no runtime; safe in `Drop`.
+    pub(crate) fn close_sync(&self, conn: M::Connection) {
+        let ending = self.close_uncounted(conn);
+        self.ledger.record_end(ending);
+    }
+
+    /// Like [`close_sync`](Shared::close_sync), leaving the count to the caller: a drain
+    /// counts what it closed once, at its end.
+    pub(crate) fn close_uncounted(&self, conn: M::Connection) -> Ending {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.manager.close(conn))) {
+            Ok(Ok(())) => Ending::Sync,
+            Ok(Err(_error)) => {
+                event!(warn, error = %_error, "the manager's close failed");
+                Ending::Failed
+            }
+            Err(payload) => {
+                event!(warn, "the manager's close panicked");
+                // Dropping a panic payload can itself panic; keep it from unwinding out of here.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+                Ending::Failed
+            }
+        }
+    }
+
+    /// Makes a connection available: to the longest waiter if any, else to the idle queue.
+    /// Gives it back when the pool is closing (the caller retires it). `fresh`: it comes
+    /// straight from `create`, so a waiter handed it skips the health check.
+    pub(crate) fn put_idle(
+        &self,
+        entry: Idle<M::Connection>,
+        fresh: bool,
+    ) -> Result<(), Idle<M::Connection>> {
+        self.waitlist.put(entry, fresh, |_| {})
+    }
+
+    /// Like [`put_idle`](Shared::put_idle) for a connection a guard gives back, stamped with
+    /// the real time if it goes idle: its idle timeout counts from there. Handed straight to
+    /// a waiter it was never idle, and keeps the actor's coarse clock (no clock read).
+    #[inline]
+    pub(crate) fn put_returned(
+        &self,
+        mut entry: Idle<M::Connection>,
+    ) -> Result<(), Idle<M::Connection>> {
+        // Read outside the lock when nobody seems to wait; re-read under it in the rare
+        // case a waiter left meanwhile.
+        let coarse = self.ledger.now_ms();
+        entry.returned_ms = if self.waitlist.waiting() == 0 {
+            self.ledger.real_now_ms()
+        } else {
+            coarse
+        };
+        let ledger = &self.ledger;
+        self.waitlist.put(entry, false, |entry| {
+            if entry.returned_ms == coarse {
+                entry.returned_ms = ledger.real_now_ms();
+            }
+        })
+    }
+
+    pub(crate) fn expired(&self, entry: &Idle<M::Connection>) -> bool {
+        let now = self.ledger.now_ms();
+        let over = |since: u64, limit: Option<Duration>| {
+            limit.is_some_and(|l| now.saturating_sub(since) >= l.as_millis() as u64)
+        };
+        over(entry.created_ms, self.config.max_lifetime)
+            || over(entry.returned_ms, self.config.idle_timeout)
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        Status {
+            max_size: self.config.max_size,
+            size: self.ledger.slots(),
+            idle: self.waitlist.idle(),
+            in_use: self.ledger.in_use(),
+            waiters: self.ledger.waiters(),
+            state: self.ledger.state(),
+            actor_alive: self.ledger.actor_alive(),
+            counters: self.ledger.counters(),
+        }
+    }
+}
+
+impl<M: Manager> Expire for Shared<M> {
+    fn expire(&self, at: Instant, now: Instant) -> Option<Instant> {
+        self.waitlist.expire(at, now)
+    }
+}
