@@ -27,6 +27,22 @@ pub(crate) struct Config {
     /// Hand a creation failure to the longest waiter at once, instead of retrying within the
     /// waiters' wait timeouts.
     pub fail_fast: bool,
+    pub queue_order: QueueOrder,
+}
+
+/// Which idle connection a checkout takes. Waiting callers are served first come, first
+/// served either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+pub enum QueueOrder {
+    /// The one idle longest: connections take turns and all stay warm (none is ever idle long
+    /// enough for `idle_timeout` under steady load).
+    #[default]
+    Fifo,
+    /// The one returned last: the same few connections do the work, the others stay idle and
+    /// `idle_timeout` closes them, so the pool shrinks to what the load needs.
+    Lifo,
 }
 
 /// Above this `max_size`, the idle queue grows as it fills instead of being allocated up front.
@@ -51,6 +67,7 @@ impl Default for Config {
             backoff_first: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
             fail_fast: false,
+            queue_order: QueueOrder::Fifo,
         }
     }
 }

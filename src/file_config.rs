@@ -69,6 +69,8 @@ pub struct PoolConfig {
     pub backoff_longest: Option<Duration>,
     /// [`Builder::fail_fast`].
     pub fail_fast: Option<bool>,
+    /// [`Builder::queue_order`]: `"fifo"` or `"lifo"`.
+    pub queue_order: Option<crate::QueueOrder>,
 }
 
 /// A limit that can be switched off: what the builder's `Option<Duration>` knobs take.
@@ -148,6 +150,7 @@ impl PoolConfig {
         set!(backoff_first, parse_duration);
         set!(backoff_longest, parse_duration);
         set!(fail_fast, parse_bool);
+        set!(queue_order, parse_order);
         Ok(c)
     }
 }
@@ -195,7 +198,18 @@ impl<M: Manager> Builder<M> {
         if let Some(b) = c.fail_fast {
             self = self.fail_fast(b);
         }
+        if let Some(order) = c.queue_order {
+            self = self.queue_order(order);
+        }
         self
+    }
+}
+
+fn parse_order(s: &str) -> Result<crate::QueueOrder, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "fifo" => Ok(crate::QueueOrder::Fifo),
+        "lifo" => Ok(crate::QueueOrder::Lifo),
+        _ => Err(format!("{s:?} is not fifo or lifo")),
     }
 }
 

@@ -119,7 +119,7 @@ mod shared;
 mod status;
 mod waitlist;
 
-pub use config::ConfigError;
+pub use config::{ConfigError, QueueOrder};
 pub use error::{Error, Stage};
 #[cfg(feature = "serde")]
 pub use file_config::{ConfigReadError, Limit, PoolConfig};

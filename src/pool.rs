@@ -11,7 +11,7 @@ use event_listener::Event;
 use futures_lite::FutureExt;
 
 use crate::actor::PoolActor;
-use crate::config::{Config, PREALLOCATED_IDLE_LIMIT};
+use crate::config::{Config, QueueOrder, PREALLOCATED_IDLE_LIMIT};
 use crate::deadline::{self, Expire};
 use crate::error::Error;
 use crate::guard::Pooled;
@@ -549,6 +549,16 @@ impl<M: Manager> Builder<M> {
         self
     }
 
+    /// Which idle connection a checkout takes: the one idle longest ([`QueueOrder::Fifo`], the
+    /// default: connections take turns, so all stay warm) or the one returned last
+    /// ([`QueueOrder::Lifo`]: the same few do the work, and the rest sit idle until
+    /// `idle_timeout` closes them, so a pool under steady light load shrinks). Callers who
+    /// wait are served first come, first served either way.
+    pub fn queue_order(mut self, order: QueueOrder) -> Self {
+        self.config.queue_order = order;
+        self
+    }
+
     /// The configured backoff pair (first, longest).
     #[cfg_attr(not(feature = "serde"), allow(dead_code))]
     pub(crate) fn backoff(&self) -> (Duration, Duration) {
@@ -593,13 +603,14 @@ impl<M: Manager> Builder<M> {
         // Room for max_size idle connections up front (no more exist), so that a return
         // never allocates; a very large max_size grows the queue as it fills instead.
         let capacity = self.config.max_size.min(PREALLOCATED_IDLE_LIMIT);
+        let lifo = self.config.queue_order == QueueOrder::Lifo;
         let (mailbox_tx, mailbox_rx) = async_channel::unbounded();
         let shared = Arc::new(Shared {
             manager: self.manager,
             config: self.config,
             runtime,
             ledger: Ledger::new(),
-            waitlist: Waitlist::new(capacity),
+            waitlist: Waitlist::new(capacity, lifo),
             mailbox_tx,
             mailbox_rx,
             last_create_error: Mutex::new(None),

@@ -49,8 +49,10 @@ enum Place<T, E> {
 }
 
 struct List<T, E> {
-    /// Idle connections, the longest idle first.
+    /// Idle connections, the longest idle first. Taken from the front (FIFO) or the back
+    /// (LIFO).
     idle: VecDeque<T>,
+    lifo: bool,
     places: Vec<Place<T, E>>,
     free: Vec<usize>,
     /// Indices of waiting places, oldest first.
@@ -58,6 +60,18 @@ struct List<T, E> {
     closed: bool,
     /// The earliest deadline registered and not yet fallen due.
     armed: Option<Instant>,
+}
+
+impl<T, E> List<T, E> {
+    /// The idle connection to hand out next, in the pool's queue order.
+    #[inline]
+    fn take_one(&mut self) -> Option<T> {
+        if self.lifo {
+            self.idle.pop_back()
+        } else {
+            self.idle.pop_front()
+        }
+    }
 }
 
 /// The waiting callers, oldest first.
@@ -92,11 +106,13 @@ pub(crate) enum Join<T> {
 }
 
 impl<T, E> Waitlist<T, E> {
-    /// `capacity`: idle connections room is made for up front.
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// `capacity`: idle connections room is made for up front. `lifo`: the most recently
+    /// returned idle connection is taken first.
+    pub(crate) fn new(capacity: usize, lifo: bool) -> Self {
         Waitlist {
             list: Mutex::new(List {
                 idle: VecDeque::with_capacity(capacity),
+                lifo,
                 places: Vec::new(),
                 free: Vec::new(),
                 queue: VecDeque::new(),
@@ -140,7 +156,7 @@ impl<T, E> Waitlist<T, E> {
         if list.closed {
             return Err(Closed);
         }
-        let entry = list.idle.pop_front();
+        let entry = list.take_one();
         if entry.is_some() {
             self.publish_idle(&list);
         }
@@ -179,7 +195,7 @@ impl<T, E> Waitlist<T, E> {
         if list.closed {
             return Join::Closed;
         }
-        if let Some(entry) = list.idle.pop_front() {
+        if let Some(entry) = list.take_one() {
             self.publish_idle(&list);
             return Join::Idle(entry);
         }
