@@ -420,6 +420,7 @@ impl<M: Manager> PoolActor<M> {
                     conn,
                     created_ms: now,
                     returned_ms: now,
+                    checkouts: 0,
                 };
                 if let Err(entry) = shared.put_idle(entry, true) {
                     self.retire(entry.conn);

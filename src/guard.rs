@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::ledger::Ending;
 use crate::manager::Manager;
 use crate::shared::{Idle, Msg, Shared};
+use crate::status::Metrics;
 
 /// A connection checked out of a [`Pool`](crate::Pool). Derefs to the connection.
 ///
@@ -23,7 +24,8 @@ pub struct Pooled<M: Manager> {
 }
 
 impl<M: Manager> Pooled<M> {
-    pub(crate) fn checking(shared: Arc<Shared<M>>, entry: Idle<M::Connection>) -> Self {
+    pub(crate) fn checking(shared: Arc<Shared<M>>, mut entry: Idle<M::Connection>) -> Self {
+        entry.checkouts = entry.checkouts.saturating_add(1);
         Pooled {
             entry: Some(entry),
             shared,
@@ -33,6 +35,18 @@ impl<M: Manager> Pooled<M> {
 
     pub(crate) fn checked(&mut self) {
         self.checking = false;
+    }
+
+    /// What the pool knows of this connection: when it was created, when it was last given
+    /// back (before this checkout), how many times it was checked out (this time included).
+    /// An associated function (`Pooled::metrics(&conn)`), so it never hides a method of the
+    /// connection itself.
+    pub fn metrics(this: &Self) -> Metrics {
+        this.shared.metrics_of(
+            this.entry
+                .as_ref()
+                .expect("a guard holds its connection until it is dropped or detached"),
+        )
     }
 
     pub(crate) fn conn_mut(&mut self) -> &mut M::Connection {

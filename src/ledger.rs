@@ -202,6 +202,11 @@ impl Ledger {
         self.clock_ms.load(Relaxed)
     }
 
+    /// The instant `ms` milliseconds after `epoch`.
+    pub(crate) fn instant_at(&self, ms: u64) -> Instant {
+        self.epoch + std::time::Duration::from_millis(ms)
+    }
+
     /// Milliseconds since `epoch`, read from the system clock now.
     pub(crate) fn real_now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64

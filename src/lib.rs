@@ -128,4 +128,4 @@ pub use handles::WeakPool;
 pub use manager::{Goodbye, Manager, Unhealthy};
 pub use pool::{Builder, Pool};
 pub use runtime::{BoxFuture, Runtime, SpawnError};
-pub use status::{CloseCause, CloseReport, Counters, PoolState, Status};
+pub use status::{CloseCause, CloseReport, Counters, Metrics, PoolState, Status};

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::future::Future;
 
+use crate::status::Metrics;
+
 /// Makes, checks and ends the connections of one pool.
 ///
 /// The pool actor is the only caller of [`create`](Manager::create) and, while the runtime is
@@ -64,12 +66,15 @@ pub trait Manager: Send + Sync + 'static {
     /// timeout. Default: always healthy.
     ///
     /// `?` turns a manager error into [`Unhealthy::Failed`]; a cheap check that has no error to
-    /// give returns [`Unhealthy::Closed`].
+    /// give returns [`Unhealthy::Closed`]. `metrics` says how old the connection is, how long it
+    /// was idle and how often it was used, so a check can, for example, ping only a connection
+    /// idle for more than 30 s.
     fn check(
         &self,
         conn: &mut Self::Connection,
+        metrics: &Metrics,
     ) -> impl Future<Output = Result<(), Unhealthy<Self::Error>>> + Send {
-        let _ = conn;
+        let _ = (conn, metrics);
         std::future::ready(Ok(()))
     }
 

@@ -19,7 +19,7 @@ use crate::ledger::Ledger;
 use crate::manager::Manager;
 use crate::runtime::{timed_with, BoxFuture, Runtime};
 use crate::shared::{CloseState, Idle, Msg, Shared};
-use crate::status::{CloseCause, CloseReport, PoolState, Status};
+use crate::status::{CloseCause, CloseReport, Metrics, PoolState, Status};
 use crate::waitlist::{Closed, Join, Outcome, Ticket, Waitlist};
 
 /// A handle to a connection pool. Cheap to clone, `Send + Sync`.
@@ -176,6 +176,23 @@ impl<M: Manager> Pool<M> {
     /// synchronous fallback. Never blocks, spawns or panics.
     pub fn begin_close(&self) {
         self.shared.begin_close(CloseCause::Requested);
+    }
+
+    /// Closes every idle connection for which `keep` returns false — "older than ten minutes",
+    /// "created before the fail-over" — and returns how many it closed. Each is closed
+    /// gracefully (its goodbye through the pool's actor; synchronously once the actor is
+    /// gone), and its place is free for a new one. Checked-out connections are not looked at.
+    /// Safe to call at any time, during a close too: each connection still ends exactly once.
+    pub fn retain(&self, mut keep: impl FnMut(&M::Connection, &Metrics) -> bool) -> usize {
+        let shared = &self.shared;
+        let gone = shared
+            .waitlist
+            .reap(|entry| !keep(&entry.conn, &shared.metrics_of(entry)));
+        let closed = gone.len();
+        for entry in gone {
+            shared.retire(entry.conn, false);
+        }
+        closed
     }
 
     /// A snapshot of sizes, waiters, state and counters. Needs no actor round trip.
@@ -359,7 +376,9 @@ impl<M: Manager> Pool<M> {
         // guard retires the connection rather than return it half-checked.
         let mut guard = Pooled::checking(shared.clone(), entry);
         if shared.config.check_on_checkout && !fresh {
-            let check = AssertUnwindSafe(shared.manager.check(guard.conn_mut())).catch_unwind();
+            let metrics = Pooled::metrics(&guard);
+            let check =
+                AssertUnwindSafe(shared.manager.check(guard.conn_mut(), &metrics)).catch_unwind();
             // The clock is read only if the check does not finish on its first poll.
             let check_timeout = shared.config.check_timeout;
             let limit = || match (check_timeout, budget.remaining()) {

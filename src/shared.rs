@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::ledger::{Ending, Ledger};
 use crate::manager::Manager;
 use crate::runtime::Runtime;
-use crate::status::{CloseCause, CloseReport, Status};
+use crate::status::{CloseCause, CloseReport, Metrics, Status};
 use crate::waitlist::Waitlist;
 
 /// Messages to the actor.
@@ -38,6 +38,8 @@ pub(crate) struct Idle<C> {
     pub(crate) conn: C,
     pub(crate) created_ms: u64,
     pub(crate) returned_ms: u64,
+    /// Times checked out so far.
+    pub(crate) checkouts: u32,
 }
 
 /// The part every handle, guard and the actor share.
@@ -197,6 +199,15 @@ impl<M: Manager> Shared<M> {
                 entry.returned_ms = ledger.real_now_ms();
             }
         })
+    }
+
+    /// What the pool knows of the connection in `entry`.
+    pub(crate) fn metrics_of(&self, entry: &Idle<M::Connection>) -> Metrics {
+        Metrics {
+            created: self.ledger.instant_at(entry.created_ms),
+            last_returned: self.ledger.instant_at(entry.returned_ms),
+            checkouts: u64::from(entry.checkouts),
+        }
     }
 
     pub(crate) fn expired(&self, entry: &Idle<M::Connection>) -> bool {

@@ -108,3 +108,47 @@ impl CloseReport {
         self.still_open() == 0
     }
 }
+
+/// What the pool knows of one connection. Handed to [`Manager::check`](crate::Manager::check)
+/// and to [`Pool::retain`](crate::Pool::retain)'s predicate, and readable from a guard with
+/// [`Pooled::metrics`](crate::Pooled::metrics).
+///
+/// Times are the pool's: `created` as the actor made it, `last_returned` as its guard dropped
+/// (within a maintenance interval when the pool was busy enough that the return needed no
+/// clock read of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// When the connection was created.
+    pub created: std::time::Instant,
+    /// When it was last given back to the pool; its creation, if it never was.
+    pub last_returned: std::time::Instant,
+    /// How many times it was checked out, the current checkout included.
+    pub checkouts: u64,
+}
+
+impl Metrics {
+    /// Metrics as given: for calling a manager's `check` yourself (in its tests, say).
+    pub fn new(
+        created: std::time::Instant,
+        last_returned: std::time::Instant,
+        checkouts: u64,
+    ) -> Self {
+        Metrics {
+            created,
+            last_returned,
+            checkouts,
+        }
+    }
+
+    /// How long ago the connection was created.
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+
+    /// How long the connection has been idle since it was last given back (for a checked-out
+    /// connection: how long it waited before this checkout, plus the time since).
+    pub fn idle_for(&self) -> Duration {
+        self.last_returned.elapsed()
+    }
+}

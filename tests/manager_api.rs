@@ -47,7 +47,11 @@ impl Manager for Boxed {
         })
     }
 
-    async fn check(&self, _conn: &mut Conn) -> Result<(), Unhealthy<BoxError>> {
+    async fn check(
+        &self,
+        _conn: &mut Conn,
+        _metrics: &gracepool::Metrics,
+    ) -> Result<(), Unhealthy<BoxError>> {
         if self.closed_flag.load(SeqCst) {
             return Err(Unhealthy::Closed);
         }

@@ -35,7 +35,11 @@ impl Manager for FirstIsBad {
         Ok(self.created.fetch_add(1, SeqCst) + 1)
     }
 
-    async fn check(&self, conn: &mut u64) -> Result<(), Unhealthy<Bad>> {
+    async fn check(
+        &self,
+        conn: &mut u64,
+        _metrics: &gracepool::Metrics,
+    ) -> Result<(), Unhealthy<Bad>> {
         if *conn == 1 {
             Err(Bad)?
         } else {

@@ -98,7 +98,11 @@ impl gracepool::Manager for Trivial {
         Ok(self.make())
     }
 
-    async fn check(&self, _conn: &mut Conn) -> Result<(), gracepool::Unhealthy<Never>> {
+    async fn check(
+        &self,
+        _conn: &mut Conn,
+        _metrics: &gracepool::Metrics,
+    ) -> Result<(), gracepool::Unhealthy<Never>> {
         Ok(())
     }
 }

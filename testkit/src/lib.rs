@@ -248,6 +248,7 @@ impl Manager for Counting {
     fn check(
         &self,
         conn: &mut Conn,
+        _metrics: &gracepool::Metrics,
     ) -> impl Future<Output = Result<(), Unhealthy<TestError>>> + Send {
         let _ = conn;
         self.stats.checked.fetch_add(1, SeqCst);

@@ -346,6 +346,7 @@ where
     fn check(
         &self,
         conn: &mut PgConnection,
+        _metrics: &gracepool::Metrics,
     ) -> impl Future<Output = Result<(), Unhealthy<tokio_postgres::Error>>> + Send {
         let check = self.check;
         let conn = &*conn;

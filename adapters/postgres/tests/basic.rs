@@ -149,7 +149,12 @@ fn checks_reject_a_connection_the_server_ended() {
         for method in [CheckMethod::Fast, CheckMethod::Verified] {
             let m = common::manager(&pg, "checks").check_method(method);
             let mut conn = m.create().await.unwrap();
-            m.check(&mut conn).await.expect("a live connection passes");
+            m.check(
+                &mut conn,
+                &gracepool::Metrics::new(std::time::Instant::now(), std::time::Instant::now(), 1),
+            )
+            .await
+            .expect("a live connection passes");
             assert!(!m.is_broken(&mut conn));
             // The previous round's backend may still be on its way out.
             tokio::task::block_in_place(|| {
@@ -162,7 +167,19 @@ fn checks_reject_a_connection_the_server_ended() {
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             assert!(m.is_broken(&mut conn), "{method:?}");
-            assert!(m.check(&mut conn).await.is_err(), "{method:?}");
+            assert!(
+                m.check(
+                    &mut conn,
+                    &gracepool::Metrics::new(
+                        std::time::Instant::now(),
+                        std::time::Instant::now(),
+                        1
+                    )
+                )
+                .await
+                .is_err(),
+                "{method:?}"
+            );
             // A connection the server ended has no goodbye to say.
             assert!(matches!(m.shutdown(conn).await, gracepool::Goodbye::Unsaid));
         }
@@ -192,16 +209,32 @@ fn a_verified_check_makes_a_round_trip() {
         };
         stop("-STOP");
         let fast = common::manager(&pg, "verified");
-        assert!(fast.check(&mut conn).await.is_ok());
-        let verified = tokio::time::timeout(Duration::from_millis(300), m.check(&mut conn)).await;
+        assert!(fast
+            .check(
+                &mut conn,
+                &gracepool::Metrics::new(std::time::Instant::now(), std::time::Instant::now(), 1)
+            )
+            .await
+            .is_ok());
+        let verified = tokio::time::timeout(
+            Duration::from_millis(300),
+            m.check(
+                &mut conn,
+                &gracepool::Metrics::new(std::time::Instant::now(), std::time::Instant::now(), 1),
+            ),
+        )
+        .await;
         stop("-CONT");
         assert!(
             verified.is_err(),
             "the round trip waited for the stopped backend"
         );
-        m.check(&mut conn)
-            .await
-            .expect("answers once the backend runs again");
+        m.check(
+            &mut conn,
+            &gracepool::Metrics::new(std::time::Instant::now(), std::time::Instant::now(), 1),
+        )
+        .await
+        .expect("answers once the backend runs again");
         assert!(matches!(m.shutdown(conn).await, gracepool::Goodbye::Said));
     });
 }

@@ -237,7 +237,11 @@ impl gracepool::Manager for Manager {
 
     /// A connection that saw an I/O error is [`Unhealthy::Closed`] at once; any other is
     /// asked `PING` and must answer `PONG`.
-    async fn check(&self, conn: &mut Connection) -> Result<(), Unhealthy<RedisError>> {
+    async fn check(
+        &self,
+        conn: &mut Connection,
+        _metrics: &gracepool::Metrics,
+    ) -> Result<(), Unhealthy<RedisError>> {
         if conn.broken {
             return Err(Unhealthy::Closed);
         }

@@ -156,7 +156,11 @@ impl Manager for TcpManager {
         Ok(conn)
     }
 
-    async fn check(&self, conn: &mut TcpConn) -> Result<(), Unhealthy<io::Error>> {
+    async fn check(
+        &self,
+        conn: &mut TcpConn,
+        _metrics: &gracepool::Metrics,
+    ) -> Result<(), Unhealthy<io::Error>> {
         match conn.request("PING").await?.as_str() {
             "PONG" => Ok(()),
             other => Err(io::Error::new(
@@ -232,7 +236,11 @@ mod tests {
         // async-io drives its own reactor: a plain block_on is enough, no runtime.
         let mut a = block_on(m.create()).expect("connects");
         let b = block_on(m.create()).expect("connects");
-        block_on(m.check(&mut a)).expect("healthy");
+        block_on(m.check(
+            &mut a,
+            &gracepool::Metrics::new(std::time::Instant::now(), std::time::Instant::now(), 1),
+        ))
+        .expect("healthy");
         assert!(matches!(block_on(m.shutdown(a)), Goodbye::Said));
         // The other one is closed from a thread that never saw an async runtime.
         let m2 = m.clone();
@@ -270,7 +278,11 @@ mod tests {
         assert!(gave_up);
         assert!(!conn.is_in_sync());
         // Its reply is still on the way: the next caller must not get it.
-        assert!(block_on(m.check(&mut conn)).is_err());
+        assert!(block_on(m.check(
+            &mut conn,
+            &gracepool::Metrics::new(std::time::Instant::now(), std::time::Instant::now(), 1)
+        ))
+        .is_err());
         m.close(conn).expect("closes");
         let seen = backend.settle(PATIENCE);
         assert_eq!((seen.accepted, seen.abrupt, seen.open()), (1, 1, 0));
