@@ -43,7 +43,9 @@ impl Default for Config {
             shutdown_timeout: Some(Duration::from_secs(5)),
             idle_timeout: Some(Duration::from_secs(600)),
             max_lifetime: Some(Duration::from_secs(1800)),
-            close_deadline: Duration::from_secs(30),
+            // Inside Kubernetes' default grace period (30 s) with room for the HTTP server's
+            // own drain before it.
+            close_deadline: Duration::from_secs(10),
             maintenance_interval: Duration::from_secs(1),
             check_on_checkout: true,
             backoff_first: Duration::from_millis(10),

@@ -117,3 +117,19 @@ impl<M: Manager> Drop for Pooled<M> {
         }
     }
 }
+
+impl<M: Manager> Pooled<M> {
+    /// Closes this connection instead of returning it: for a handler that knows it is broken
+    /// (a protocol error, a session left in a state the next caller must not see). It ends as
+    /// any retired connection does — the manager's goodbye and end through the pool's actor
+    /// while it runs, the synchronous [`Manager::close`] otherwise — and is counted, and its
+    /// place is free for a new connection. Never blocks.
+    ///
+    /// An associated function (`Pooled::close(conn)`), so it never hides a method of the
+    /// connection itself.
+    pub fn close(mut this: Self) {
+        if let Some(entry) = this.entry.take() {
+            this.shared.retire(entry.conn, true);
+        }
+    }
+}

@@ -108,6 +108,13 @@ impl Ledger {
         self.handles.fetch_sub(1, AcqRel) == 1
     }
 
+    /// Adds a handle unless the last one already went (a weak handle upgrading).
+    pub(crate) fn try_add_handle(&self) -> bool {
+        self.handles
+            .fetch_update(AcqRel, Acquire, |n| (n > 0).then_some(n + 1))
+            .is_ok()
+    }
+
     // --- sizes -------------------------------------------------------------------------
 
     pub(crate) fn slots(&self) -> usize {

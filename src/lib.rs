@@ -84,6 +84,9 @@
 //!   counts and whether the fallback finished it), when the actor is dropped by a runtime
 //!   teardown; `warn` when the manager's `create`, `check` or `close` fails or panics. Where
 //!   they go is the subscriber's business: the pool itself never prints.
+//! - `serde` (off by default): [`PoolConfig`], the builder's settings as data, read from any
+//!   `serde` format or from the environment ([`PoolConfig::from_env`]) and applied with
+//!   `Builder::config`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
@@ -103,10 +106,14 @@ mod close;
 mod config;
 mod deadline;
 mod error;
+#[cfg(feature = "serde")]
+mod file_config;
 mod guard;
+mod handles;
 mod ledger;
 mod manager;
 mod pool;
+mod ready;
 mod runtime;
 mod shared;
 mod status;
@@ -114,7 +121,10 @@ mod waitlist;
 
 pub use config::ConfigError;
 pub use error::{Error, Stage};
+#[cfg(feature = "serde")]
+pub use file_config::{ConfigReadError, Limit, PoolConfig};
 pub use guard::Pooled;
+pub use handles::WeakPool;
 pub use manager::{Goodbye, Manager, Unhealthy};
 pub use pool::{Builder, Pool};
 pub use runtime::{BoxFuture, Runtime, SpawnError};

@@ -166,6 +166,18 @@ impl<M: Manager> Pool<M> {
         self.shared.close_blocking(patience)
     }
 
+    /// Starts the close [`close`](Pool::close) does and returns at once, without waiting for it
+    /// to finish: for synchronous code that must not block (an actix actor's `stopped`, a
+    /// `Drop`) but wants the graceful path. Idempotent.
+    ///
+    /// While the pool's actor is alive, it closes every connection gracefully, as for
+    /// `close()`; [`close`](Pool::close) or [`close_blocking`](Pool::close_blocking) later
+    /// returns the report. When the actor is gone, the close finishes here and now with the
+    /// synchronous fallback. Never blocks, spawns or panics.
+    pub fn begin_close(&self) {
+        self.shared.begin_close(CloseCause::Requested);
+    }
+
     /// A snapshot of sizes, waiters, state and counters. Needs no actor round trip.
     pub fn status(&self) -> Status {
         self.shared.status()
@@ -437,7 +449,7 @@ impl Drop for WaiterMark<'_> {
 ///
 /// Defaults: `max_size` 10, `min_idle` 0, wait timeout 30 s, create timeout 30 s, check
 /// timeout 5 s, shutdown timeout 5 s, idle timeout 10 min, max lifetime 30 min, close deadline
-/// 30 s, maintenance every 1 s, check on checkout, creation retried with backoff from 10 ms to
+/// 10 s, maintenance every 1 s, check on checkout, creation retried with backoff from 10 ms to
 /// 1 s while callers keep waiting (not fail-fast). A runtime must be given.
 pub struct Builder<M: Manager> {
     manager: M,
@@ -505,8 +517,9 @@ impl<M: Manager> Builder<M> {
         self
     }
 
-    /// How long a close waits for checked-out connections to come back. Zero closes the idle
-    /// ones and finishes at once; the rest close when their guards drop.
+    /// How long a close waits for checked-out connections to come back (default 10 s: inside
+    /// Kubernetes' default 30 s grace period, after the HTTP server's own drain). Zero closes
+    /// the idle ones and finishes at once; the rest close when their guards drop.
     pub fn close_deadline(mut self, deadline: Duration) -> Self {
         self.config.close_deadline = deadline;
         self
@@ -534,6 +547,12 @@ impl<M: Manager> Builder<M> {
         self.config.backoff_first = first;
         self.config.backoff_max = longest;
         self
+    }
+
+    /// The configured backoff pair (first, longest).
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn backoff(&self) -> (Duration, Duration) {
+        (self.config.backoff_first, self.config.backoff_max)
     }
 
     /// What a waiting caller gets when a creation fails.

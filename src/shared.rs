@@ -83,6 +83,23 @@ impl<M: Manager> Shared<M> {
             .clone()
     }
 
+    /// Takes the last creation failure out, if the last creation failed and nobody else
+    /// holds it: the error itself.
+    pub(crate) fn take_create_error(&self) -> Option<Error<M::Error>> {
+        let mut last = self
+            .last_create_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let error = last.take()?;
+        match Arc::try_unwrap(error) {
+            Ok(error) => Some(error),
+            Err(shared) => {
+                *last = Some(shared);
+                None
+            }
+        }
+    }
+
     /// Records how the last creation ended (`None`: it succeeded).
     pub(crate) fn set_last_create_error(&self, error: Option<Error<M::Error>>) {
         let mut last = self

@@ -410,3 +410,40 @@ fn recovery_follows_the_length_of_the_outage() {
     });
     assert_all_closed(&pool, &m);
 }
+
+#[test]
+fn max_lifetime_is_real_time_within_one_interval() {
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    let (lifetime, interval) = (Duration::from_millis(300), Duration::from_millis(200));
+    let pool = builder(&m, &rt)
+        .max_size(1)
+        .max_lifetime(lifetime)
+        .maintenance_interval(interval)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // In use all the time: connection 1 is replaced after its lifetime, never before, and
+        // no later than one maintenance interval after (the check at checkout reads the
+        // actor's clock, which is at most one interval old).
+        let born = Instant::now();
+        let mut replaced_after = None;
+        while born.elapsed() < Duration::from_secs(2) {
+            let conn = pool.get().await.unwrap();
+            if conn.id != 1 {
+                replaced_after = Some(born.elapsed());
+                break;
+            }
+            assert!(born.elapsed() <= lifetime + interval + Duration::from_millis(150));
+            drop(conn);
+            sleep(Duration::from_millis(10)).await;
+        }
+        let after = replaced_after.expect("connection 1 was replaced");
+        assert!(after >= lifetime, "replaced after {after:?}");
+        assert!(
+            after <= lifetime + interval + Duration::from_millis(150),
+            "{after:?}"
+        );
+        pool.close().await;
+    });
+    assert_all_closed(&pool, &m);
+}

@@ -4,7 +4,6 @@
 //! parent asserts exit status 0, empty stderr, and created == closed with no leak and no
 //! double close.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -15,28 +14,8 @@ const SCENARIO: &str = "GRACEPOOL_SCENARIO";
 
 fn run_child(name: &str) {
     let started = Instant::now();
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env(SCENARIO, name)
-        .output()
-        .expect("the test binary can be started again");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{name}: exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    assert!(stderr.is_empty(), "{name}: wrote to stderr:\n{stderr}");
-    let line = stdout
-        .lines()
-        .find_map(|l| l.find("created=").map(|at| &l[at..]))
-        .unwrap_or_else(|| panic!("{name}: no counts printed:\n{stdout}"));
-    let field = |key: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-            .unwrap_or_else(|| panic!("{name}: no {key} in {line}"))
-    };
+    let child = gracepool_testkit::child::run_child(name, &[(SCENARIO, name.to_owned())]);
+    let (field, line) = (|key| child.field(key), &child.line);
     assert!(
         field("created") > 0,
         "{name}: the scenario created nothing: {line}"

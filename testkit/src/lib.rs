@@ -6,8 +6,10 @@
 //!   independent witness of the pool's accounting.
 //! - [`ExecRuntime`]: the smallest `Runtime`, around an `async-executor` executor and
 //!   `async-io` timers, for testing the core without any adapter.
+//! - [`child`]: running a shutdown scenario in a child process and reading its counts.
 //! - [`server`]: what tests against a real server share (a free port, a temporary directory,
 //!   a child process stopped by its pid, a visible skip that fails under `CI=true`).
+//! - [`postgres`]: a throwaway PostgreSQL server on that base, and what tests ask it.
 //! - [`redis`]: a throwaway `redis-server` on that base, and a runtime-free client to ask it
 //!   what it saw (clients connected, commands called, how clients left).
 #![forbid(unsafe_code)]
@@ -21,6 +23,9 @@ use std::time::Duration;
 
 use gracepool::{BoxFuture, Goodbye, Manager, Runtime, SpawnError, Unhealthy};
 
+pub mod child;
+#[cfg(unix)]
+pub mod postgres;
 pub mod redis;
 pub mod server;
 

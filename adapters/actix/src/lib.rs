@@ -1,5 +1,5 @@
 //! Run a [gracepool] pool on actix: the pool actor lives on an actix [`Arbiter`], and an actix
-//! actor, [`PoolActor`], answers [`Get`], [`Status`] and [`Close`] messages.
+//! actor, [`PoolActor`], answers [`Get`], [`GetStatus`] and [`Close`] messages.
 //!
 //! - [`ActixRuntime`] implements [`gracepool::Runtime`]: it spawns the pool's own actor through
 //!   an [`ArbiterHandle`] (a stopped arbiter is a [`gracepool::SpawnError`], never a panic).
@@ -14,7 +14,7 @@
 //! ```
 //! use actix::Actor;
 //! use gracepool::{Manager, Pool};
-//! use gracepool_actix::{ActixRuntime, Close, Get, PoolActor, Status};
+//! use gracepool_actix::{ActixRuntime, Close, Get, PoolActor, GetStatus};
 //!
 //! struct Numbers;
 //!
@@ -44,7 +44,7 @@
 //!     let conn = addr.send(Get::new()).await.expect("the actor answers").expect("a connection");
 //!     assert_eq!(*conn, 42);
 //!     drop(conn);
-//!     let status = addr.send(Status).await.expect("the actor answers");
+//!     let status = addr.send(GetStatus).await.expect("the actor answers");
 //!     assert_eq!(status.idle, 1);
 //!
 //!     // On shutdown: a graceful close, every connection accounted for.
@@ -162,7 +162,7 @@ impl Runtime for ActixRuntime {
     }
 }
 
-/// An actix actor in front of a [`Pool`]: answers [`Get`], [`Status`] and [`Close`], and closes
+/// An actix actor in front of a [`Pool`]: answers [`Get`], [`GetStatus`] and [`Close`], and closes
 /// the pool when it stops.
 ///
 /// Start it with `PoolActor::new(pool).start()` (on the current arbiter) or
@@ -189,10 +189,11 @@ impl<M: Manager> Actor for PoolActor<M> {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        // Also runs while an arbiter's runtime drops the actor, where nothing async can
-        // finish: close with the synchronous fallback at once (a zero patience never blocks).
-        // A graceful close is a `Close` message sent before the System stops.
-        let _report = self.pool.close_blocking(Duration::ZERO);
+        // Starts the close without waiting for it. When this actor stopped because its last
+        // `Addr` was dropped, the pool's own actor is alive and closes every connection
+        // gracefully, goodbyes included. When the System is stopping, the runtime drops the
+        // pool's actor next, and its `Drop` finishes the close with the synchronous fallback.
+        self.pool.begin_close();
     }
 }
 
@@ -253,18 +254,18 @@ impl<M: Manager> Handler<Get<M>> for PoolActor<M> {
     }
 }
 
-/// Asks for the pool's [`gracepool::Status`].
+/// Asks for the pool's [`gracepool::Status`] (named apart from it, so both can be imported).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Status;
+pub struct GetStatus;
 
-impl Message for Status {
+impl Message for GetStatus {
     type Result = gracepool::Status;
 }
 
-impl<M: Manager> Handler<Status> for PoolActor<M> {
-    type Result = MessageResult<Status>;
+impl<M: Manager> Handler<GetStatus> for PoolActor<M> {
+    type Result = MessageResult<GetStatus>;
 
-    fn handle(&mut self, _msg: Status, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _msg: GetStatus, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(self.pool.status())
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix::Actor;
 use actix_rt::{Arbiter, System};
 use gracepool::{CloseCause, Error, Pool, PoolState};
-use gracepool_actix::{ActixRuntime, Close, Get, PoolActor, Status};
+use gracepool_actix::{ActixRuntime, Close, Get, GetStatus, PoolActor};
 use gracepool_testkit::{assert_accounted, Counting};
 
 #[test]
@@ -26,7 +26,7 @@ fn messages_get_status_and_close() {
             .await
             .unwrap();
         assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
-        let s = addr.send(Status).await.unwrap();
+        let s = addr.send(GetStatus).await.unwrap();
         assert_eq!((s.size, s.in_use, s.idle), (1, 1, 0));
         drop(g);
         let report = addr.send(Close).await.unwrap();
@@ -153,12 +153,17 @@ fn dropping_every_addr_stops_the_actor_and_closes_the_pool() {
             .unwrap();
         let addr = PoolActor::new(pool.clone()).start();
         drop(addr.send(Get::new()).await.unwrap().unwrap());
+        // A routine actix event: the last `Addr` goes. The pool closes, gracefully: its own
+        // actor is alive and says every goodbye.
         drop(addr);
         let until = std::time::Instant::now() + Duration::from_secs(5);
         while pool.state() != PoolState::Closed && std::time::Instant::now() < until {
             actix_rt::time::sleep(Duration::from_millis(1)).await;
         }
         assert_eq!(pool.state(), PoolState::Closed);
+        let report = pool.close().await;
+        assert!(!report.fallback, "{report:?}");
+        assert_eq!(report.counters.closed_graceful, 1, "{report:?}");
     });
     m.assert_balanced();
 }

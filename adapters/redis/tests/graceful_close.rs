@@ -13,7 +13,7 @@ use gracepool_smol::SmolRuntime;
 use gracepool_testkit::redis::RedisServer;
 use gracepool_tokio::TokioRuntime;
 
-use common::{await_clients, worker, Load};
+use common::{await_clients, worker, Load, Runners};
 
 const WORKERS: usize = 16;
 const SIZE: usize = 4;
@@ -110,15 +110,7 @@ fn smol_graceful_close_under_load() {
     };
     // An executor of the test's own, run by two threads until `stop` is closed.
     let ex = Arc::new(async_executor::Executor::new());
-    let (stop, stopped) = async_channel::bounded::<()>(1);
-    let runners: Vec<_> = (0..2)
-        .map(|_| {
-            let (ex, stopped) = (ex.clone(), stopped.clone());
-            std::thread::spawn(move || {
-                let _ = futures_lite::future::block_on(ex.run(stopped.recv()));
-            })
-        })
-        .collect();
+    let runners = Runners::start(&ex);
     let pool = pool(&server, SmolRuntime::from_executor(&ex));
     let load = Load::new();
     let workers: Vec<_> = (0..WORKERS)
@@ -133,10 +125,7 @@ fn smol_graceful_close_under_load() {
         report
     });
     after_close(&server, &report, &load);
-    drop(stop);
-    for r in runners {
-        r.join().unwrap();
-    }
+    runners.stop();
 }
 
 /// Connections the server has already dropped cannot say goodbye, and are not counted as if

@@ -12,7 +12,7 @@ use gracepool_smol::SmolRuntime;
 use gracepool_testkit::redis::RedisServer;
 use gracepool_tokio::TokioRuntime;
 
-use common::{await_clients, worker, Load};
+use common::{await_clients, worker, Load, Runners};
 
 const WORKERS: usize = 16;
 /// The pool's default longest pause between creation attempts.
@@ -104,15 +104,7 @@ fn smol_server_restarted_under_load() {
         return;
     };
     let ex = Arc::new(async_executor::Executor::new());
-    let (stop, stopped) = async_channel::bounded::<()>(1);
-    let runners: Vec<_> = (0..2)
-        .map(|_| {
-            let (ex, stopped) = (ex.clone(), stopped.clone());
-            std::thread::spawn(move || {
-                let _ = futures_lite::future::block_on(ex.run(stopped.recv()));
-            })
-        })
-        .collect();
+    let runners = Runners::start(&ex);
     let pool: Pool = Pool::builder(Manager::new(server.url()).expect("a valid URL"))
         .runtime(SmolRuntime::from_executor(&ex))
         .build()
@@ -131,8 +123,5 @@ fn smol_server_restarted_under_load() {
     });
     assert!(report.is_complete(), "{report:?}");
     assert_eq!(await_clients(&server, 0), 0);
-    drop(stop);
-    for r in runners {
-        r.join().unwrap();
-    }
+    runners.stop();
 }

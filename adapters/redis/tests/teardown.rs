@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use gracepool_smol::SmolRuntime;
 use gracepool_testkit::redis::{client_list_at, RedisServer};
 use gracepool_tokio::TokioRuntime;
 
-use common::{worker, Load};
+use common::{worker, Load, Runners};
 
 const SCENARIO: &str = "GRACEPOOL_REDIS_SCENARIO";
 const URL: &str = "GRACEPOOL_REDIS_URL";
@@ -28,30 +27,15 @@ fn run_child(scenario: &str) {
     let Some(server) = RedisServer::start(scenario) else {
         return;
     };
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env(SCENARIO, scenario)
-        .env(URL, server.url())
-        .env(PORT, server.port().to_string())
-        .output()
-        .expect("the test binary can be started again");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{scenario}: exit {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
+    let child = gracepool_testkit::child::run_child(
+        scenario,
+        &[
+            (SCENARIO, scenario.to_owned()),
+            (URL, server.url()),
+            (PORT, server.port().to_string()),
+        ],
     );
-    assert!(stderr.is_empty(), "{scenario}: wrote to stderr:\n{stderr}");
-    let line = stdout
-        .lines()
-        .find_map(|l| l.find("created=").map(|at| &l[at..]))
-        .unwrap_or_else(|| panic!("{scenario}: no counts printed:\n{stdout}"));
-    let field = |key: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-            .unwrap_or_else(|| panic!("{scenario}: no {key} in {line}"))
-    };
+    let (field, line) = (|key| child.field(key), &child.line);
     assert_eq!(field("created"), SIZE as u64, "{scenario}: {line}");
     assert!(
         field("in_use") > 0,
@@ -140,15 +124,7 @@ fn tokio_teardown(url: &str, load: &Arc<Load>) -> (Pool, usize) {
 
 fn smol_teardown(url: &str, load: &Arc<Load>) -> (Pool, usize) {
     let ex = Arc::new(async_executor::Executor::new());
-    let (stop, stopped) = async_channel::bounded::<()>(1);
-    let runners: Vec<_> = (0..2)
-        .map(|_| {
-            let (ex, stopped) = (ex.clone(), stopped.clone());
-            std::thread::spawn(move || {
-                let _ = futures_lite::future::block_on(ex.run(stopped.recv()));
-            })
-        })
-        .collect();
+    let runners = Runners::start(&ex);
     let pool = build(url, SmolRuntime::from_executor(&ex));
     for _ in 0..WORKERS {
         ex.spawn(worker(pool.clone(), load.clone())).detach();
@@ -160,10 +136,7 @@ fn smol_teardown(url: &str, load: &Arc<Load>) -> (Pool, usize) {
     );
     let in_use = pool.status().in_use;
     // Stop the executor's threads mid-request, then drop it: every task goes with it.
-    drop(stop);
-    for r in runners {
-        r.join().unwrap();
-    }
+    runners.stop();
     drop(ex);
     (pool, in_use)
 }

@@ -6,6 +6,9 @@
 //! the build: the book cannot drift from the code.
 #![forbid(unsafe_code)]
 
+// The README's examples too: the first thing a user copies.
+#[doc = include_str!("../../../README.md")]
+mod readme {}
 #[doc = include_str!("../../src/ch00-introduction.md")]
 mod ch00_introduction {}
 #[doc = include_str!("../../src/ch01-why.md")]
@@ -28,3 +31,11 @@ mod ch08_comparison {}
 mod ch09_migrating {}
 #[doc = include_str!("../../src/ch10-troubleshooting.md")]
 mod ch10_troubleshooting {}
+#[doc = include_str!("../../src/ch11-postgres.md")]
+mod ch11_postgres {}
+#[doc = include_str!("../../src/ch12-redis.md")]
+mod ch12_redis {}
+#[doc = include_str!("../../src/ch13-recipes.md")]
+mod ch13_recipes {}
+#[doc = include_str!("../../src/ch14-runtime-facts.md")]
+mod ch14_runtime_facts {}

@@ -149,3 +149,33 @@ pub fn await_clients(server: &RedisServer, n: usize) -> usize {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Two threads running an executor of the test's own, until [`stop`](Runners::stop).
+pub struct Runners {
+    stop: async_channel::Sender<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Runners {
+    /// Starts two threads running `ex`.
+    pub fn start(ex: &Arc<async_executor::Executor<'static>>) -> Runners {
+        let (stop, stopped) = async_channel::bounded::<()>(1);
+        let threads = (0..2)
+            .map(|_| {
+                let (ex, stopped) = (ex.clone(), stopped.clone());
+                std::thread::spawn(move || {
+                    let _ = futures_lite::future::block_on(ex.run(stopped.recv()));
+                })
+            })
+            .collect();
+        Runners { stop, threads }
+    }
+
+    /// Stops the threads (the executor and its tasks stay) and waits for them.
+    pub fn stop(self) {
+        drop(self.stop);
+        for t in self.threads {
+            t.join().expect("a runner thread does not panic");
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! An axum service on gracepool-postgres that shuts down cleanly on SIGTERM: axum stops
+//! accepting and finishes the requests in flight, then the pool closes, and every PostgreSQL
+//! connection says goodbye (Terminate) before the process exits.
+//!
+//! ```sh
+//! DATABASE_URL="host=127.0.0.1 user=app dbname=app" cargo run -p gracepool-postgres-web --bin axum-service
+//! curl 'http://127.0.0.1:3000/add?n=41'      # 42
+//! curl 'http://127.0.0.1:3000/sleep?ms=300'  # holds a connection for 300 ms
+//! kill -TERM <pid>
+//! ```
+//!
+//! `BIND` chooses the address (default `127.0.0.1:3000`; port 0 picks a free one). The
+//! service prints `listening on ADDR` when it serves, and the pool's close report when it is
+//! done; errors go to stderr with exit status 1.
+
+use std::process::ExitCode;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use gracepool_postgres::{Manager, Pool};
+use gracepool_tokio::TokioRuntime;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Add {
+    n: i32,
+}
+
+#[derive(Deserialize)]
+struct Sleep {
+    ms: u32,
+}
+
+type Failure = (StatusCode, String);
+
+fn unavailable(e: impl std::fmt::Display) -> Failure {
+    (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+/// `n + 1`, computed by PostgreSQL with a statement prepared once per connection.
+async fn add(State(pool): State<Pool>, Query(q): Query<Add>) -> Result<String, Failure> {
+    let conn = pool.get().await.map_err(unavailable)?;
+    let stmt = conn
+        .prepare_cached("SELECT $1::int + 1")
+        .await
+        .map_err(unavailable)?;
+    let row = conn.query_one(&stmt, &[&q.n]).await.map_err(unavailable)?;
+    Ok(row.get::<_, i32>(0).to_string())
+}
+
+/// Holds a connection for `ms` milliseconds (`pg_sleep` on the server): a request in flight.
+async fn sleep(State(pool): State<Pool>, Query(q): Query<Sleep>) -> Result<String, Failure> {
+    let conn = pool.get().await.map_err(unavailable)?;
+    let seconds = f64::from(q.ms) / 1000.0;
+    conn.execute("SELECT pg_sleep($1)", &[&seconds])
+        .await
+        .map_err(unavailable)?;
+    Ok("slept".to_string())
+}
+
+/// Resolves on SIGTERM (what a deploy or an orchestrator sends) or Ctrl-C.
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let url = std::env::var("DATABASE_URL")
+        .map_err(|_| "set DATABASE_URL to a PostgreSQL connection string")?;
+    let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_string());
+    // ANCHOR: serve_then_close
+    let pool: Pool = gracepool::Pool::builder(Manager::from_conn_str(&url)?)
+        .max_size(8)
+        .runtime(TokioRuntime::current())
+        .build()?;
+    let app = Router::new()
+        .route("/add", get(add))
+        .route("/sleep", get(sleep))
+        .with_state(pool.clone());
+    let listener = tokio::net::TcpListener::bind(&bind).await?;
+    println!("listening on {}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(terminated())
+        .await?;
+    // Every request has been answered: now every connection says goodbye.
+    let report = pool.close().await;
+    // ANCHOR_END: serve_then_close
+    let c = report.counters;
+    println!(
+        "pool closed in {:?}: created={} graceful={} sync={} failed={} still_open={}",
+        report.elapsed,
+        c.created,
+        c.closed_graceful,
+        c.closed_sync,
+        c.close_failed,
+        report.still_open()
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Each service (axum, actix-web) against a real PostgreSQL server: it serves requests, takes
+//! SIGTERM with requests in flight, answers them, closes its pool, and exits 0 with nothing on
+//! stderr; the server saw every connection say goodbye.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gracepool_testkit::postgres::PgServer;
+
+/// One HTTP/1.1 GET; returns the status code and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("the service accepts");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("an answer");
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn axum_answers_in_flight_requests_on_sigterm_then_every_connection_says_goodbye() {
+    sigterm_scenario(
+        "sigterm::axum_answers_in_flight_requests_on_sigterm_then_every_connection_says_goodbye",
+        env!("CARGO_BIN_EXE_axum-service"),
+        "axum",
+    );
+}
+
+#[test]
+fn actix_web_answers_in_flight_requests_on_sigterm_then_every_connection_says_goodbye() {
+    sigterm_scenario(
+        "sigterm::actix_web_answers_in_flight_requests_on_sigterm_then_every_connection_says_goodbye",
+        env!("CARGO_BIN_EXE_actix-service"),
+        "actix_web",
+    );
+}
+
+fn sigterm_scenario(test: &str, service: &str, app: &str) {
+    let Some(pg) = PgServer::start(test) else {
+        return;
+    };
+    let mut service = Command::new(service)
+        .env("DATABASE_URL", pg.conn_str(app))
+        .env("BIND", "127.0.0.1:0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(service.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("the service did not start: {line:?}"))
+        .to_string();
+
+    // Requests from 8 clients at once, so that the pool opens several connections.
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                for n in 0..25 {
+                    let (status, body) = http_get(&addr, &format!("/add?n={}", i * 100 + n));
+                    assert_eq!((status, body), (200, (i * 100 + n + 1).to_string()));
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("every request answered");
+    }
+
+    // Four requests in flight, each holding a connection for 400 ms, when SIGTERM arrives.
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || http_get(&addr, "/sleep?ms=400"))
+        })
+        .collect();
+    let sleeping = || -> usize {
+        pg.psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = '{app}' AND wait_event = 'PgSleep'"
+        ))
+        .parse()
+        .unwrap()
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    while sleeping() < 4 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(sleeping(), 4, "four requests in flight");
+    let signalled = Instant::now();
+    Command::new("kill")
+        .args(["-TERM", &service.id().to_string()])
+        .status()
+        .unwrap();
+    for s in slow {
+        assert_eq!(
+            s.join().unwrap(),
+            (200, "slept".to_string()),
+            "in flight at SIGTERM, answered"
+        );
+    }
+    let out = service.wait_with_output().unwrap();
+    let took = signalled.elapsed();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "exit: {}\n{rest}\n{stderr}",
+        out.status
+    );
+    assert!(stderr.is_empty(), "stderr: {stderr}");
+    assert!(took < Duration::from_secs(5), "shut down in {took:?}");
+
+    // The pool's report: every connection closed with a goodbye.
+    let report = rest
+        .lines()
+        .find(|l| l.starts_with("pool closed"))
+        .unwrap_or_else(|| panic!("no close report in {rest:?}"));
+    let field = |name: &str| -> usize {
+        report
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in `{report}`"))
+    };
+    let created = field("created");
+    assert!(created >= 4, "{report}");
+    assert_eq!(field("graceful"), created, "{report}");
+    assert_eq!(field("still_open"), 0, "{report}");
+
+    // The server's side: every session ended, each with Terminate.
+    let until = Instant::now() + Duration::from_secs(5);
+    while pg.disconnections(Some(app)) < created && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(pg.disconnections(Some(app)), created);
+    assert_eq!(pg.unexpected_eofs(Some(app)), 0, "{}", pg.log_tail(30));
+    assert_eq!(pg.goodbyes(app), created);
+    assert_eq!(
+        pg.wait_for_backends_of(app, 0, std::time::Duration::from_secs(2)),
+        0
+    );
+}

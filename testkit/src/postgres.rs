@@ -1,0 +1,636 @@
+//! A throwaway PostgreSQL 15 server for tests: its own data directory in a temporary
+//! directory, a free port on 127.0.0.1, a log file the test can read, and stopped by its pid
+//! when the test ends (also when it fails).
+//!
+//! ```no_run
+//! use gracepool_testkit::postgres::PgServer;
+//!
+//! let Some(pg) = PgServer::start("my_test") else { return }; // one SKIPPED line
+//! let url = pg.conn_str("my_test");
+//! // ... connect with `url`, then ask the server what it saw:
+//! assert_eq!(pg.unexpected_eofs(Some("my_test")), 0);
+//! ```
+//!
+//! The server is the `postgres` binary itself, started as a child of the test, so the test owns
+//! its pid. `initdb` and `postgres` refuse to run as root: under root both run as the
+//! unprivileged `postgres` user (the one Debian's package creates), and the temporary directory
+//! is handed to that user.
+//!
+//! What the server is told, and why:
+//! - `log_min_messages = debug1`: PostgreSQL then logs `unexpected EOF on client connection`
+//!   for every client that went away without its Terminate message: the server's own witness
+//!   of a connection that did not say goodbye.
+//! - `log_disconnections = on` and a log line prefix carrying the application name: each
+//!   connection's end is logged under the name its client gave, so a test counts its own.
+//! - trust authentication for [`USER`], and a password for [`PASSWORD_USER`] (a test of bad
+//!   credentials needs one that can be refused).
+//!
+//! Helpers speak to the server with `psql` (from the same package), so they work from any
+//! thread and need no runtime: also after the test's runtime is gone.
+
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::server::{free_port, require_binary, under_ci, ServerProcess, TempDir};
+
+/// Where Debian's `postgresql-15` package puts the server's binaries.
+pub const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+
+/// The user every test connects as, with trust authentication.
+pub const USER: &str = "gracepool";
+
+/// A second user, who must give [`PASSWORD`].
+pub const PASSWORD_USER: &str = "gracepool_pw";
+
+/// [`PASSWORD_USER`]'s password.
+pub const PASSWORD: &str = "right-password";
+
+/// The application name the helpers' own `psql` connections use (they end cleanly, and the
+/// counts of [`PgServer::unexpected_eofs`] leave them out when asked about another name).
+pub const HELPER_APP: &str = "gracepool-testkit";
+
+/// The start of every server directory's name: `gracepool-pg-<test pid>-<n>`.
+const DIR_PREFIX: &str = "gracepool-pg";
+
+/// How long a start (or a restart) may take before the test fails.
+const START_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A PostgreSQL server owned by the test. Dropping it stops the server (fast shutdown, by
+/// pid) and removes its data directory.
+pub struct PgServer {
+    // Declared before `dir`: the server stops before its directory is removed.
+    process: Option<ServerProcess>,
+    dir: TempDir,
+    bin: PathBuf,
+    port: u16,
+    owner: Option<(u32, u32)>,
+}
+
+impl PgServer {
+    /// Starts a fresh server for `test`. Returns `None` after printing one
+    /// `SKIPPED <test>: ...` line when PostgreSQL is not installed; panics instead under
+    /// `CI=true`, and when the server cannot be started.
+    pub fn start(test: &str) -> Option<PgServer> {
+        let postgres = require_binary("postgres", &[BIN_DIR], "postgresql", test)?;
+        let bin = postgres
+            .parent()
+            .expect("a binary found in a directory has a parent")
+            .to_path_buf();
+        for tool in ["initdb", "psql"] {
+            if !bin.join(tool).is_file() {
+                assert!(
+                    !under_ci(),
+                    "{test}: `{tool}` is missing beside {}; CI=true, so this is a failure",
+                    postgres.display()
+                );
+                // Straight to stdout, past the test harness's capture, as `require_binary`
+                // does: a skip must be seen.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "SKIPPED {test}: `{tool}` not found beside {} (install the Debian package `postgresql`)",
+                    postgres.display()
+                );
+                return None;
+            }
+        }
+        let owner = if running_as_root() {
+            Some(postgres_user().unwrap_or_else(|| {
+                panic!("{test}: running as root, and there is no `postgres` user to run PostgreSQL as (the Debian package `postgresql` creates it)")
+            }))
+        } else {
+            None
+        };
+        reap_orphans();
+        let dir = TempDir::new(DIR_PREFIX);
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .expect("root can hand the temporary directory to the postgres user");
+        }
+        let mut server = PgServer {
+            process: None,
+            dir,
+            bin,
+            port: 0,
+            owner,
+        };
+        server.initdb();
+        // A port found free may be taken before the server binds it: try a few.
+        for attempt in 0..5 {
+            server.port = free_port();
+            match server.spawn() {
+                Ok(()) => break,
+                Err(log) if attempt < 4 && log.contains("could not bind") => continue,
+                Err(log) => panic!("{test}: PostgreSQL did not start; its log ends with:\n{log}"),
+            }
+        }
+        server.psql_as_helper(&format!(
+            "CREATE ROLE {PASSWORD_USER} LOGIN PASSWORD '{PASSWORD}'"
+        ));
+        Some(server)
+    }
+
+    /// The port the server listens on, on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's pid (the postmaster's).
+    pub fn pid(&self) -> u32 {
+        self.process
+            .as_ref()
+            .expect("the server is running between starts")
+            .pid()
+    }
+
+    /// A key-value connection string for [`USER`] on database `postgres`, naming the client
+    /// `app` (its connections are then counted under that name in the log).
+    pub fn conn_str(&self, app: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={USER} dbname=postgres application_name={app}",
+            self.port
+        )
+    }
+
+    /// A connection string for `user` with `password`, naming the client `app`.
+    pub fn conn_str_as(&self, user: &str, password: &str, app: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname=postgres application_name={app}",
+            self.port
+        )
+    }
+
+    /// The server's log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    /// The whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the log, for a failure message.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Log lines `unexpected EOF on client connection` (a client that left without sending
+    /// Terminate), of connections named `app`, or of all connections with `None`.
+    pub fn unexpected_eofs(&self, app: Option<&str>) -> usize {
+        self.count_lines("unexpected EOF on client connection", app)
+    }
+
+    /// Log lines `disconnection:` (every connection's end, whatever the cause), of connections
+    /// named `app`, or of all connections with `None`.
+    pub fn disconnections(&self, app: Option<&str>) -> usize {
+        self.count_lines("disconnection: session time", app)
+    }
+
+    /// Sessions of `app` (or of all with `None`) that the server ended itself: terminated by
+    /// `pg_terminate_backend` or a fast shutdown (`FATAL: terminating connection ...`).
+    pub fn ended_by_server(&self, app: Option<&str>) -> usize {
+        self.count_lines("FATAL:  terminating connection", app)
+    }
+
+    /// Ends of `app`'s connections that came with the client's Terminate message: every
+    /// logged disconnection but those without Terminate (an unexpected EOF) and those the
+    /// server ended itself.
+    pub fn goodbyes(&self, app: &str) -> usize {
+        self.disconnections(Some(app))
+            .saturating_sub(self.unexpected_eofs(Some(app)))
+            .saturating_sub(self.ended_by_server(Some(app)))
+    }
+
+    fn count_lines(&self, needle: &str, app: Option<&str>) -> usize {
+        let tag = app.map(|a| format!(" app={a} "));
+        self.log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .filter(|l| tag.as_ref().is_none_or(|t| l.contains(t.as_str())))
+            .count()
+    }
+
+    /// Client backends in `pg_stat_activity`, the helpers' own left out (also those of
+    /// earlier helper calls that are still on their way out).
+    pub fn client_backends(&self) -> usize {
+        self.psql_as_helper(&format!(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND application_name <> '{HELPER_APP}'"
+        ))
+        .parse()
+        .expect("count(*) is a number")
+    }
+
+    /// Client backends of connections named `app`.
+    pub fn client_backends_of(&self, app: &str) -> usize {
+        self.psql_as_helper(&format!(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE backend_type = 'client backend' AND application_name = '{app}'"
+        ))
+        .parse()
+        .expect("count(*) is a number")
+    }
+
+    /// Waits up to `patience` for `app`'s client backends to number `n` at most (a backend
+    /// leaves `pg_stat_activity` a moment after its session's end is logged); returns how many
+    /// there are.
+    pub fn wait_for_backends_of(&self, app: &str, n: usize, patience: Duration) -> usize {
+        let until = Instant::now() + patience;
+        loop {
+            let now = self.client_backends_of(app);
+            if now <= n || Instant::now() > until {
+                return now;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `pg_terminate_backend` on every client backend but the helpers'; returns how many
+    /// were told to end.
+    pub fn terminate_all_backends(&self) -> usize {
+        self.psql_as_helper(&format!(
+            "SELECT count(*) FROM ( \
+               SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity \
+               WHERE backend_type = 'client backend' AND application_name <> '{HELPER_APP}' \
+             ) t WHERE ok"
+        ))
+        .parse()
+        .expect("count(*) is a number")
+    }
+
+    /// Runs `sql` through `psql` as [`USER`] and returns its unaligned, tuples-only output.
+    /// Panics (with the server's log tail) when `psql` fails.
+    pub fn psql(&self, sql: &str) -> String {
+        self.psql_as_helper(sql)
+    }
+
+    /// Stops the server with a fast shutdown (`SIGINT` to its pid: clients are disconnected,
+    /// a checkpoint is written), starts it again on the same port and data directory, and
+    /// returns how long it did not accept connections: from the signal to ready again.
+    pub fn restart_fast(&mut self) -> Duration {
+        let down = Instant::now();
+        self.stop_fast();
+        if let Err(log) = self.spawn() {
+            panic!("PostgreSQL did not come back after a fast restart; its log ends with:\n{log}");
+        }
+        down.elapsed()
+    }
+
+    fn stop_fast(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            if !process.exited() {
+                process.signal("INT");
+                let until = Instant::now() + Duration::from_secs(15);
+                while !process.exited() && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            // Dropping it escalates to SIGTERM and SIGKILL if it has not exited by now.
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(self.bin.join(tool));
+        cmd.current_dir(self.dir.path()).stdin(Stdio::null());
+        if let Some((uid, gid)) = self.owner {
+            // std drops root's supplementary groups when it sets the uid.
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    fn initdb(&self) {
+        let out = self
+            .command("initdb")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args([
+                "-U",
+                USER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ])
+            .output()
+            .expect("initdb can be run");
+        assert!(
+            out.status.success(),
+            "initdb failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Trust for the test user and the helpers; a password for the second user.
+        let hba = format!(
+            "local all all trust\n\
+             host all {USER} 127.0.0.1/32 trust\n\
+             host all all 127.0.0.1/32 scram-sha-256\n"
+        );
+        std::fs::write(self.data_dir().join("pg_hba.conf"), hba)
+            .expect("pg_hba.conf is writable by its owner or root");
+    }
+
+    /// Starts `postgres` on `self.port` and waits until it accepts connections. On failure,
+    /// returns the log's tail.
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("the log file can be opened");
+        let log_err = log.try_clone().expect("a log file handle can be cloned");
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-c", &format!("port={}", self.port)])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args([
+                "-c",
+                &format!("unix_socket_directories={}", self.dir.path().display()),
+            ])
+            .args(["-c", "log_min_messages=debug1"])
+            .args(["-c", "log_disconnections=on"])
+            .args(["-c", "log_line_prefix=%m [%p] app=%a "])
+            .args(["-c", "logging_collector=off"])
+            // A throwaway server: durability is not the point, speed of start and stop is.
+            .args(["-c", "fsync=off"])
+            .args(["-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off"])
+            .args(["-c", "shared_buffers=16MB"])
+            .args(["-c", "max_connections=100"])
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .spawn()
+            .expect("postgres can be run");
+        let mut process = ServerProcess::new(child, "postgres");
+        let until = Instant::now() + START_PATIENCE;
+        loop {
+            if process.exited() {
+                return Err(self.log_tail(30));
+            }
+            if self.ready(process.pid()) {
+                break;
+            }
+            if Instant::now() > until {
+                drop(process);
+                return Err(format!(
+                    "not ready after {START_PATIENCE:?}\n{}",
+                    self.log_tail(30)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Whether the postmaster `pid` says it is ready: the status line of `postmaster.pid`
+    /// (its 8th line) reads `ready` once the server accepts connections.
+    fn ready(&self, pid: u32) -> bool {
+        let Ok(text) = std::fs::read_to_string(self.data_dir().join("postmaster.pid")) else {
+            return false;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        lines.first().map(|l| l.trim()) == Some(pid.to_string().as_str())
+            && lines.get(7).map(|l| l.trim()) == Some("ready")
+    }
+
+    fn psql_as_helper(&self, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", USER, "-d", "postgres", "-c", sql])
+            .env("PGAPPNAME", HELPER_APP)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::null())
+            .output()
+            .expect("psql can be run");
+        assert!(
+            out.status.success(),
+            "psql failed on `{sql}`: {}\nserver log ends with:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail(20)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        // A fast shutdown: PostgreSQL's default (SIGTERM, "smart") would wait for clients.
+        self.stop_fast();
+    }
+}
+
+impl std::fmt::Debug for PgServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgServer")
+            .field("port", &self.port)
+            .field("dir", &self.dir.path())
+            .finish()
+    }
+}
+
+/// Stops the servers that test processes now gone left behind (a test killed before its
+/// [`PgServer`] was dropped: a CI timeout, a `kill -9`), and removes their directories. Every
+/// [`PgServer::start`] runs it first. Returns how many servers it stopped.
+///
+/// A directory is an orphan's when the process named in it (`gracepool-pg-<pid>-<n>`) is gone;
+/// its server is stopped only if the pid in its `postmaster.pid` is a `postgres` process whose
+/// command line names that very data directory, so a reused pid is never signalled.
+pub fn reap_orphans() -> usize {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return 0;
+    };
+    let mut stopped = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|n| n.strip_prefix('-'))
+            .and_then(|n| n.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if alive(owner) {
+            continue;
+        }
+        let data = entry.path().join("data");
+        let postmaster = std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+        if let Some(pid) = postmaster.filter(|&pid| serves(pid, &data)) {
+            let _ = Command::new("kill")
+                .args(["-INT", &pid.to_string()])
+                .status();
+            let until = Instant::now() + Duration::from_secs(15);
+            while alive(pid) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if alive(pid) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            stopped += 1;
+        }
+        let _ = std::fs::remove_dir_all(entry.path());
+    }
+    stopped
+}
+
+/// Whether process `pid` exists and is not a zombie (an orphan's zombie may linger where
+/// nothing reaps it).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state follows the command name, which is in parentheses.
+            let after = &stat[stat.rfind(')')? + 1..];
+            after.split_whitespace().next().map(|state| state != "Z")
+        })
+        .unwrap_or(false)
+}
+
+/// Whether `pid` is a postgres process serving the data directory `data`.
+fn serves(pid: u32, data: &std::path::Path) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    comm.trim() == "postgres"
+        && String::from_utf8_lossy(&cmdline).contains(&*data.to_string_lossy())
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // The owner of a file this process just made is its effective uid.
+    let probe = std::env::temp_dir().join(format!("gracepool-uid-probe-{}", std::process::id()));
+    let uid = File::create(&probe)
+        .and_then(|f| f.metadata())
+        .map(|m| m.uid());
+    let _ = std::fs::remove_file(&probe);
+    uid.is_ok_and(|u| u == 0)
+}
+
+/// The uid and gid of the `postgres` user, from `/etc/passwd`.
+fn postgres_user() -> Option<(u32, u32)> {
+    parse_passwd_entry(&std::fs::read_to_string("/etc/passwd").ok()?, "postgres")
+}
+
+fn parse_passwd_entry(passwd: &str, name: &str) -> Option<(u32, u32)> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        if fields.next()? != name {
+            return None;
+        }
+        let _password = fields.next()?;
+        let uid = fields.next()?.parse().ok()?;
+        let gid = fields.next()?.parse().ok()?;
+        Some((uid, gid))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn passwd_entries_are_parsed() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\npostgres:x:101:104:PostgreSQL administrator,,,:/var/lib/postgresql:/bin/bash\n";
+        assert_eq!(parse_passwd_entry(passwd, "postgres"), Some((101, 104)));
+        assert_eq!(parse_passwd_entry(passwd, "root"), Some((0, 0)));
+        assert_eq!(parse_passwd_entry(passwd, "nobody"), None);
+    }
+
+    const ORPHAN_CHILD: &str = "GRACEPOOL_TESTKIT_PG_ORPHAN_CHILD";
+
+    /// A test process that dies without dropping its server leaves the server running; the
+    /// next start stops it and removes its directory.
+    #[test]
+    fn servers_of_dead_test_processes_are_reaped() {
+        if std::env::var_os(ORPHAN_CHILD).is_some() {
+            let pg = PgServer::start("orphan child").expect("the parent checked the binary");
+            println!("orphan {} {}", pg.pid(), pg.dir.path().display());
+            std::process::exit(0); // no Drop: the server is left behind
+        }
+        if require_binary(
+            "postgres",
+            &[BIN_DIR],
+            "postgresql",
+            "testkit::postgres::servers_of_dead_test_processes_are_reaped",
+        )
+        .is_none()
+        {
+            return;
+        }
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "postgres::tests::servers_of_dead_test_processes_are_reaped",
+                "--nocapture",
+            ])
+            .env(ORPHAN_CHILD, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split_once("orphan ").map(|(_, rest)| rest.to_string()))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the child started no server:\n{stdout}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            });
+        let (pid, dir) = line.split_once(' ').unwrap();
+        let pid: u32 = pid.parse().unwrap();
+        assert!(alive(pid), "the orphan server outlived its test process");
+        assert!(reap_orphans() >= 1);
+        assert!(!alive(pid), "the orphan server was stopped");
+        assert!(!Path::new(dir).exists(), "its directory was removed");
+    }
+
+    #[test]
+    fn a_server_starts_counts_and_stops() {
+        let Some(mut pg) = PgServer::start("testkit::postgres::a_server_starts_counts_and_stops")
+        else {
+            return;
+        };
+        assert_eq!(pg.psql("SELECT 1"), "1");
+        assert_eq!(pg.client_backends(), 0);
+        assert_eq!(pg.terminate_all_backends(), 0);
+        let pid = pg.pid();
+        let down = pg.restart_fast();
+        assert_ne!(pg.pid(), pid, "a restart starts a new postmaster");
+        assert!(down < START_PATIENCE);
+        assert_eq!(pg.psql("SELECT 2"), "2");
+        // The helpers' own connections end with a goodbye.
+        assert_eq!(pg.unexpected_eofs(None), 0, "{}", pg.log_tail(20));
+        assert!(pg.disconnections(Some(HELPER_APP)) >= 4);
+        let data = pg.data_dir();
+        assert!(data.starts_with(pg.dir.path()));
+        let pid = pg.pid();
+        drop(pg);
+        assert!(!data.exists(), "the data directory is removed");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "the server is stopped"
+        );
+    }
+}
