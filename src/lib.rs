@@ -84,8 +84,8 @@
 //!   counts and whether the fallback finished it), when the actor is dropped by a runtime
 //!   teardown; `warn` when the manager's `create`, `check` or `close` fails or panics. Where
 //!   they go is the subscriber's business: the pool itself never prints.
-//! - `serde` (off by default): [`PoolConfig`], the builder's settings as data, read from any
-//!   `serde` format or from the environment ([`PoolConfig::from_env`]) and applied with
+//! - `serde` (off by default): `PoolConfig`, the builder's settings as data, read from any
+//!   `serde` format or from the environment (`PoolConfig::from_env`) and applied with
 //!   `Builder::config`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
