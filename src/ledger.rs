@@ -202,9 +202,9 @@ impl Ledger {
         self.clock_ms.load(Relaxed)
     }
 
-    /// The instant `ms` milliseconds after `epoch`.
-    pub(crate) fn instant_at(&self, ms: u64) -> Instant {
-        self.epoch + std::time::Duration::from_millis(ms)
+    /// The instant the pool's millisecond stamps count from.
+    pub(crate) fn epoch(&self) -> Instant {
+        self.epoch
     }
 
     /// Milliseconds since `epoch`, read from the system clock now.

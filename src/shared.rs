@@ -203,11 +203,12 @@ impl<M: Manager> Shared<M> {
 
     /// What the pool knows of the connection in `entry`.
     pub(crate) fn metrics_of(&self, entry: &Idle<M::Connection>) -> Metrics {
-        Metrics {
-            created: self.ledger.instant_at(entry.created_ms),
-            last_returned: self.ledger.instant_at(entry.returned_ms),
-            checkouts: u64::from(entry.checkouts),
-        }
+        Metrics::at(
+            self.ledger.epoch(),
+            entry.created_ms,
+            entry.returned_ms,
+            u64::from(entry.checkouts),
+        )
     }
 
     pub(crate) fn expired(&self, entry: &Idle<M::Connection>) -> bool {

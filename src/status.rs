@@ -1,6 +1,6 @@
 //! What the pool can tell about itself.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where the pool is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,42 +113,62 @@ impl CloseReport {
 /// and to [`Pool::retain`](crate::Pool::retain)'s predicate, and readable from a guard with
 /// [`Pooled::metrics`](crate::Pooled::metrics).
 ///
-/// Times are the pool's: `created` as the actor made it, `last_returned` as its guard dropped
-/// (within a maintenance interval when the pool was busy enough that the return needed no
-/// clock read of its own).
+/// Times are the pool's, to the millisecond: [`created`](Metrics::created) as the actor made
+/// the connection, [`last_returned`](Metrics::last_returned) as its guard dropped (within a
+/// maintenance interval when the pool was busy enough that the return needed no clock read of
+/// its own). Cheap to make: the instants are worked out only when asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Metrics {
-    /// When the connection was created.
-    pub created: std::time::Instant,
-    /// When it was last given back to the pool; its creation, if it never was.
-    pub last_returned: std::time::Instant,
-    /// How many times it was checked out, the current checkout included.
-    pub checkouts: u64,
+    epoch: Instant,
+    created_ms: u64,
+    returned_ms: u64,
+    checkouts: u64,
 }
 
 impl Metrics {
     /// Metrics as given: for calling a manager's `check` yourself (in its tests, say).
-    pub fn new(
-        created: std::time::Instant,
-        last_returned: std::time::Instant,
-        checkouts: u64,
-    ) -> Self {
+    pub fn new(created: Instant, last_returned: Instant, checkouts: u64) -> Self {
+        let since = |at: Instant| at.saturating_duration_since(created).as_millis() as u64;
         Metrics {
-            created,
-            last_returned,
+            epoch: created,
+            created_ms: 0,
+            returned_ms: since(last_returned),
             checkouts,
         }
     }
 
+    pub(crate) fn at(epoch: Instant, created_ms: u64, returned_ms: u64, checkouts: u64) -> Self {
+        Metrics {
+            epoch,
+            created_ms,
+            returned_ms,
+            checkouts,
+        }
+    }
+
+    /// When the connection was created.
+    pub fn created(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.created_ms)
+    }
+
+    /// When it was last given back to the pool; its creation, if it never was.
+    pub fn last_returned(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.returned_ms)
+    }
+
+    /// How many times it was checked out, the current checkout included.
+    pub fn checkouts(&self) -> u64 {
+        self.checkouts
+    }
+
     /// How long ago the connection was created.
     pub fn age(&self) -> Duration {
-        self.created.elapsed()
+        self.created().elapsed()
     }
 
     /// How long the connection has been idle since it was last given back (for a checked-out
     /// connection: how long it waited before this checkout, plus the time since).
     pub fn idle_for(&self) -> Duration {
-        self.last_returned.elapsed()
+        self.last_returned().elapsed()
     }
 }

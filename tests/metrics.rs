@@ -47,22 +47,22 @@ fn metrics_reach_the_guard_and_the_check() {
     rt.block_on(async {
         let first = pool.get().await.unwrap();
         let made = Pooled::metrics(&first);
-        assert_eq!(made.checkouts, 1);
-        assert!(made.created >= before - Duration::from_millis(5));
+        assert_eq!(made.checkouts(), 1);
+        assert!(made.created() >= before - Duration::from_millis(5));
         drop(first);
         // Used again at once: the check sees checkout 2, idle for a moment; no ping.
         let again = pool.get().await.unwrap();
-        assert_eq!(Pooled::metrics(&again).checkouts, 2);
-        assert_eq!(Pooled::metrics(&again).created, made.created);
+        assert_eq!(Pooled::metrics(&again).checkouts(), 2);
+        assert_eq!(Pooled::metrics(&again).created(), made.created());
         drop(again);
         assert_eq!(*m.pings.lock().unwrap(), 0);
         // Left idle for 100 ms: the check sees it, and pings.
         async_io::Timer::after(Duration::from_millis(100)).await;
         let later = pool.get().await.unwrap();
         let seen = *m.seen.lock().unwrap().last().unwrap();
-        assert_eq!(seen.checkouts, 3);
+        assert_eq!(seen.checkouts(), 3);
         assert!(seen.idle_for() >= Duration::from_millis(100), "{seen:?}");
-        assert!(seen.last_returned >= made.created);
+        assert!(seen.last_returned() >= made.created());
         assert_eq!(*m.pings.lock().unwrap(), 1);
         drop(later);
         pool.close().await;
@@ -85,7 +85,7 @@ fn retain_closes_the_idle_connections_that_fail_the_predicate() {
         drop((a, b, c));
         // Three idle, one out: keep the even ids among the idle ones.
         let closed = pool.retain(|conn, metrics| {
-            assert_eq!(metrics.checkouts, 1);
+            assert_eq!(metrics.checkouts(), 1);
             conn.id % 2 == 0
         });
         let evens_idle = [1, 2, 3, 4]
