@@ -500,6 +500,9 @@ impl<M: Manager> PoolActor<M> {
         }
         if shared.config.idle_timeout.is_some() || shared.config.max_lifetime.is_some() {
             for entry in shared.waitlist.reap(|entry| shared.expired(entry)) {
+                if let Some(reason) = shared.expiry(&entry) {
+                    shared.ledger.record_reason(reason);
+                }
                 self.retire(entry.conn);
             }
         }
@@ -518,9 +521,8 @@ impl<M: Manager> PoolActor<M> {
             self.say_farewells(idle);
         }
         let started = shared.lock_close().started.map(|(at, _)| at);
-        let left = started.map_or(shared.config.close_deadline, |at| {
-            shared.config.close_deadline.saturating_sub(at.elapsed())
-        });
+        let deadline = shared.close_deadline();
+        let left = started.map_or(deadline, |at| deadline.saturating_sub(at.elapsed()));
         self.deadline = Some(shared.runtime.sleep(left));
     }
 

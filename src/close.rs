@@ -34,6 +34,33 @@ impl<M: Manager> Shared<M> {
     /// Requests a close without blocking. Idempotent. Falls back at once if the actor cannot
     /// be reached.
     pub(crate) fn begin_close(&self, cause: CloseCause) {
+        self.begin_close_within(cause, None);
+    }
+
+    /// The close deadline in force: the shortest a closer asked for, else the configured one.
+    pub(crate) fn close_deadline(&self) -> Duration {
+        let asked = self.lock_close().deadline;
+        asked.map_or(self.config.close_deadline, |d| {
+            d.min(self.config.close_deadline)
+        })
+    }
+
+    /// Like `begin_close`, with a close deadline of the caller's (`None`: the configured
+    /// one). A shorter deadline asked once the close is under way shortens it: the actor is
+    /// told again, and waits no longer than the new deadline from the close's start.
+    pub(crate) fn begin_close_within(&self, cause: CloseCause, deadline: Option<Duration>) {
+        if let Some(d) = deadline {
+            let mut close = self.lock_close();
+            let shorter = close.deadline.is_none_or(|old| d < old);
+            if shorter {
+                close.deadline = Some(d);
+            }
+            drop(close);
+            if shorter && !self.ledger.is_running() && self.ledger.actor_alive() {
+                // Already closing: the actor re-arms its deadline on another `Close`.
+                let _ = self.mailbox_tx.try_send(Msg::Close);
+            }
+        }
         if !self.ledger.start_closing() {
             return;
         }
@@ -143,17 +170,17 @@ impl<M: Manager> Shared<M> {
     /// How long a closer still waits for the actor before falling back.
     fn patience(&self) -> Duration {
         let started = self.lock_close().started.map(|(at, _)| at);
-        let total = self.config.close_deadline.saturating_add(ACTOR_GRACE);
+        let total = self.close_deadline().saturating_add(ACTOR_GRACE);
         started.map_or(total, |at| total.saturating_sub(at.elapsed()))
     }
 }
 
 impl<M: Manager> Shared<M> {
-    /// `Pool::close`: requests the close, then waits for its report, falling back when the
-    /// actor does not finish in time.
-    pub(crate) async fn close(&self) -> CloseReport {
+    /// `Pool::close` and `close_within`: requests the close (with the caller's deadline, if
+    /// any), then waits for its report, falling back when the actor does not finish in time.
+    pub(crate) async fn close(&self, deadline: Option<Duration>) -> CloseReport {
         let shared = self;
-        shared.begin_close(CloseCause::Requested);
+        shared.begin_close_within(CloseCause::Requested, deadline);
         if let Some(report) = shared.report() {
             return report;
         }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use crate::ledger::Ending;
+use crate::ledger::{Ending, Reason};
 use crate::manager::Manager;
 use crate::shared::{Idle, Msg, Shared};
 use crate::status::Metrics;
@@ -115,11 +115,18 @@ impl<M: Manager> Drop for Pooled<M> {
             return;
         };
         let shared = &self.shared;
-        if self.checking
-            || std::thread::panicking()
-            || !shared.ledger.is_running()
-            || broken(&shared.manager, &mut entry.conn)
-        {
+        if !shared.ledger.is_running() {
+            shared.retire(entry.conn, true);
+            return;
+        }
+        if self.checking {
+            // Its check failed, timed out, or was cut short with the `get` that ran it.
+            shared.ledger.record_check_failed();
+            shared.retire(entry.conn, true);
+            return;
+        }
+        if std::thread::panicking() || broken(&shared.manager, &mut entry.conn) {
+            shared.ledger.record_reason(Reason::Broken);
             shared.retire(entry.conn, true);
             return;
         }
@@ -143,6 +150,7 @@ impl<M: Manager> Pooled<M> {
     /// connection itself.
     pub fn close(mut this: Self) {
         if let Some(entry) = this.entry.take() {
+            this.shared.ledger.record_reason(Reason::Broken);
             this.shared.retire(entry.conn, true);
         }
     }

@@ -10,6 +10,19 @@ const RUNNING: u8 = 0;
 const CLOSING: u8 = 1;
 const CLOSED: u8 = 2;
 
+/// Why a connection was closed, when not by the pool's close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// `is_broken`, a guard dropped while panicking, `Pooled::close`, or stale after failed
+    /// checks.
+    Broken,
+    IdleTimeout,
+    MaxLifetime,
+    Retained,
+    #[allow(dead_code)]
+    Resized,
+}
+
 /// How a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ending {
@@ -37,6 +50,17 @@ pub(crate) struct Ledger {
     detached: AtomicU64,
     create_failed: AtomicU64,
     check_failed: AtomicU64,
+    /// Checkouts that succeeded: beside `in_use`, which every checkout touches anyway.
+    gets: AtomicU64,
+    gets_waited: AtomicU64,
+    gets_timed_out: AtomicU64,
+    wait_ns_total: AtomicU64,
+    wait_ns_max: AtomicU64,
+    closed_broken: AtomicU64,
+    closed_idle_timeout: AtomicU64,
+    closed_max_lifetime: AtomicU64,
+    closed_retained: AtomicU64,
+    closed_resized: AtomicU64,
     /// A coarse clock (milliseconds since `epoch`), advanced by the actor, so the hot path
     /// never reads the system clock.
     clock_ms: AtomicU64,
@@ -59,6 +83,16 @@ impl Ledger {
             detached: AtomicU64::new(0),
             create_failed: AtomicU64::new(0),
             check_failed: AtomicU64::new(0),
+            gets: AtomicU64::new(0),
+            gets_waited: AtomicU64::new(0),
+            gets_timed_out: AtomicU64::new(0),
+            wait_ns_total: AtomicU64::new(0),
+            wait_ns_max: AtomicU64::new(0),
+            closed_broken: AtomicU64::new(0),
+            closed_idle_timeout: AtomicU64::new(0),
+            closed_max_lifetime: AtomicU64::new(0),
+            closed_retained: AtomicU64::new(0),
+            closed_resized: AtomicU64::new(0),
             clock_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -178,6 +212,33 @@ impl Ledger {
 
     pub(crate) fn check_out(&self) {
         self.in_use.fetch_add(1, Relaxed);
+        self.gets.fetch_add(1, Relaxed);
+    }
+
+    /// A caller that had to wait stopped waiting (served, failed, timed out or gone) after
+    /// `waited`.
+    pub(crate) fn record_wait(&self, waited: std::time::Duration) {
+        let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.gets_waited.fetch_add(1, Relaxed);
+        self.wait_ns_total.fetch_add(ns, Relaxed);
+        self.wait_ns_max.fetch_max(ns, Relaxed);
+    }
+
+    pub(crate) fn record_timeout(&self) {
+        self.gets_timed_out.fetch_add(1, Relaxed);
+    }
+
+    /// Why a connection is being closed, when it is not the pool's close (which is counted as
+    /// what is left: see `Counters::closed_by_close`).
+    pub(crate) fn record_reason(&self, reason: Reason) {
+        let counter = match reason {
+            Reason::Broken => &self.closed_broken,
+            Reason::IdleTimeout => &self.closed_idle_timeout,
+            Reason::MaxLifetime => &self.closed_max_lifetime,
+            Reason::Retained => &self.closed_retained,
+            Reason::Resized => &self.closed_resized,
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn check_in(&self) {
@@ -227,6 +288,16 @@ impl Ledger {
             detached: self.detached.load(Acquire),
             create_failed: self.create_failed.load(Relaxed),
             check_failed: self.check_failed.load(Relaxed),
+            gets: self.gets.load(Relaxed),
+            gets_waited: self.gets_waited.load(Relaxed),
+            gets_timed_out: self.gets_timed_out.load(Relaxed),
+            wait_total: std::time::Duration::from_nanos(self.wait_ns_total.load(Relaxed)),
+            wait_max: std::time::Duration::from_nanos(self.wait_ns_max.load(Relaxed)),
+            closed_broken: self.closed_broken.load(Relaxed),
+            closed_idle_timeout: self.closed_idle_timeout.load(Relaxed),
+            closed_max_lifetime: self.closed_max_lifetime.load(Relaxed),
+            closed_retained: self.closed_retained.load(Relaxed),
+            closed_resized: self.closed_resized.load(Relaxed),
         }
     }
 }

@@ -104,6 +104,7 @@ macro_rules! event {
 mod actor;
 mod close;
 mod config;
+mod coop;
 mod deadline;
 mod error;
 #[cfg(feature = "serde")]

@@ -15,7 +15,7 @@ use crate::config::{Config, QueueOrder, PREALLOCATED_IDLE_LIMIT};
 use crate::deadline::{self, Expire};
 use crate::error::Error;
 use crate::guard::Pooled;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, Reason};
 use crate::manager::Manager;
 use crate::runtime::{timed_with, BoxFuture, Runtime};
 use crate::shared::{CloseState, Idle, Msg, Shared};
@@ -153,7 +153,19 @@ impl<M: Manager> Pool<M> {
     /// Never hangs: if the actor is gone or does not finish by the deadline (a runtime that is
     /// not being polled), the close finishes here with the synchronous fallback.
     pub async fn close(&self) -> CloseReport {
-        self.shared.close().await
+        self.shared.close(None).await
+    }
+
+    /// Like [`close`](Pool::close), waiting at most `deadline` (instead of the configured
+    /// close deadline) for checked-out connections to come back; those still out then are
+    /// closed when their guards drop, and the report counts them in `checked_out`. Idle
+    /// connections still say their goodbye. A shorter deadline than one already in force
+    /// shortens a close under way; a longer one does not lengthen it.
+    ///
+    /// `close_within(Duration::ZERO)` is "close now": for a shutdown that cannot wait for
+    /// requests in flight, or a task that calls it while holding guards itself.
+    pub async fn close_within(&self, deadline: Duration) -> CloseReport {
+        self.shared.close(Some(deadline)).await
     }
 
     /// Closes the pool from synchronous code, blocking the thread for at most `patience`.
@@ -190,6 +202,7 @@ impl<M: Manager> Pool<M> {
             .reap(|entry| !keep(&entry.conn, &shared.metrics_of(entry)));
         let closed = gone.len();
         for entry in gone {
+            shared.ledger.record_reason(Reason::Retained);
             shared.retire(entry.conn, false);
         }
         closed
@@ -211,6 +224,10 @@ impl<M: Manager> Pool<M> {
         wait: bool,
     ) -> Result<Pooled<M>, Error<M::Error>> {
         let shared = &self.shared;
+        // A task looping on `get()` must give its thread back now and then (see `coop`).
+        if crate::coop::spend() {
+            futures_lite::future::yield_now().await;
+        }
         let mut budget = Budget::new(timeout);
         // Hot path: an idle connection is there and nobody is queued ahead of us.
         while budget.trusts_idle() {
@@ -251,6 +268,7 @@ impl<M: Manager> Pool<M> {
     /// The error for a caller whose wait timeout ran out: with the last creation failure as
     /// its source when the pool could not make connections.
     fn timed_out(&self, budget: &Budget) -> Error<M::Error> {
+        self.shared.ledger.record_timeout();
         Error::Timeout {
             waited: budget.waited(),
             last_error: self.shared.last_create_error(),
@@ -268,12 +286,13 @@ impl<M: Manager> Pool<M> {
 
     async fn wait_for_connection(&self, mut budget: Budget) -> Result<Pooled<M>, Error<M::Error>> {
         let shared = &self.shared;
+        crate::coop::reset();
         let started = budget.start();
         let deadline = budget.timeout.and_then(|t| started.checked_add(t));
         // The deadline thread keeps every waiter's deadline (see `deadline`); a waiter arms a
         // timer of its own only if that thread could not be started.
         let kept = deadline.is_some() && deadline::available();
-        let _waiting = WaiterMark::new(&shared.ledger);
+        let _waiting = WaiterMark::new(&shared.ledger, started);
         let mut timer: Option<BoxFuture> = None;
         let mut again = false;
         loop {
@@ -362,12 +381,14 @@ impl<M: Manager> Pool<M> {
             shared.retire(entry.conn, false);
             return Err(shared.closed_error());
         }
-        if shared.expired(&entry) {
+        if let Some(reason) = shared.expiry(&entry) {
+            shared.ledger.record_reason(reason);
             shared.retire(entry.conn, false);
             return Ok(Attempt::Expired);
         }
         if !fresh && !budget.trusts_idle() {
             // Stale by the evidence of this call's failed checks: make room for a new one.
+            shared.ledger.record_reason(Reason::Broken);
             shared.retire(entry.conn, false);
             return Ok(Attempt::Unhealthy);
         }
@@ -401,7 +422,7 @@ impl<M: Manager> Pool<M> {
                         "the manager's check timed out; closing the connection"
                     ),
                 }
-                shared.ledger.record_check_failed();
+                // Dropped while still checking: counted as a failed check, and retired.
                 drop(guard);
                 if checked.is_none() && budget.spent() {
                     // The check took what was left of the wait timeout.
@@ -448,19 +469,21 @@ impl<M: Manager> Drop for Queued<'_, M> {
     }
 }
 
-/// Counts a caller as waiting for as long as it lives.
-struct WaiterMark<'a>(&'a Ledger);
+/// Counts a caller as waiting for as long as it lives, and records its wait when it ends,
+/// however it ends (served, failed, timed out, or the future dropped).
+struct WaiterMark<'a>(&'a Ledger, Instant);
 
 impl<'a> WaiterMark<'a> {
-    fn new(ledger: &'a Ledger) -> Self {
+    fn new(ledger: &'a Ledger, started: Instant) -> Self {
         ledger.add_waiter();
-        WaiterMark(ledger)
+        WaiterMark(ledger, started)
     }
 }
 
 impl Drop for WaiterMark<'_> {
     fn drop(&mut self) {
         self.0.remove_waiter();
+        self.0.record_wait(self.1.elapsed());
     }
 }
 

@@ -12,7 +12,7 @@ use event_listener::Event;
 use crate::config::Config;
 use crate::deadline::Expire;
 use crate::error::Error;
-use crate::ledger::{Ending, Ledger};
+use crate::ledger::{Ending, Ledger, Reason};
 use crate::manager::Manager;
 use crate::runtime::Runtime;
 use crate::status::{CloseCause, CloseReport, Metrics, Status};
@@ -66,6 +66,8 @@ pub(crate) struct Shared<M: Manager> {
 pub(crate) struct CloseState {
     pub(crate) started: Option<(Instant, CloseCause)>,
     pub(crate) report: Option<CloseReport>,
+    /// The close deadline in force, when a closer asked for its own: the shortest asked.
+    pub(crate) deadline: Option<Duration>,
 }
 
 impl<M: Manager> Shared<M> {
@@ -212,12 +214,22 @@ impl<M: Manager> Shared<M> {
     }
 
     pub(crate) fn expired(&self, entry: &Idle<M::Connection>) -> bool {
+        self.expiry(entry).is_some()
+    }
+
+    /// Whether `entry` is past its lifetime or its idle timeout, and which.
+    pub(crate) fn expiry(&self, entry: &Idle<M::Connection>) -> Option<Reason> {
         let now = self.ledger.now_ms();
         let over = |since: u64, limit: Option<Duration>| {
             limit.is_some_and(|l| now.saturating_sub(since) >= l.as_millis() as u64)
         };
-        over(entry.created_ms, self.config.max_lifetime)
-            || over(entry.returned_ms, self.config.idle_timeout)
+        if over(entry.created_ms, self.config.max_lifetime) {
+            Some(Reason::MaxLifetime)
+        } else if over(entry.returned_ms, self.config.idle_timeout) {
+            Some(Reason::IdleTimeout)
+        } else {
+            None
+        }
     }
 
     pub(crate) fn status(&self) -> Status {

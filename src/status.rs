@@ -21,11 +21,12 @@ pub enum PoolState {
 pub struct Counters {
     /// Connections the manager created.
     pub created: u64,
-    /// Closed by [`Manager::shutdown`](crate::Manager::shutdown) then
-    /// [`Manager::close`](crate::Manager::close), while the actor was alive.
+    /// Ended by [`Manager::shutdown`](crate::Manager::shutdown) with
+    /// [`Goodbye::Said`](crate::Goodbye::Said): the goodbye went out.
     pub closed_graceful: u64,
-    /// Closed by [`Manager::close`](crate::Manager::close) alone: the sync fallback, or a
-    /// graceful shutdown that failed, timed out or was cut short.
+    /// Ended without a goodbye: by [`Manager::close`](crate::Manager::close) (the sync
+    /// fallback, a broken connection), by a `shutdown` that said
+    /// [`Goodbye::Unsaid`](crate::Goodbye::Unsaid), or one that timed out or was cut short.
     pub closed_sync: u64,
     /// `close` returned an error or panicked. The connection is gone all the same.
     pub close_failed: u64,
@@ -35,9 +36,46 @@ pub struct Counters {
     pub create_failed: u64,
     /// Health checks that failed, timed out or panicked (the connection was closed).
     pub check_failed: u64,
+    /// Checkouts that succeeded.
+    pub gets: u64,
+    /// Calls to `get` that had to wait (nothing idle, or others ahead), however they ended.
+    pub gets_waited: u64,
+    /// Calls to `get` that ended with [`Error::Timeout`](crate::Error::Timeout).
+    pub gets_timed_out: u64,
+    /// The time the calls that had to wait waited, added up: divided by `gets_waited`, the
+    /// mean wait.
+    pub wait_total: Duration,
+    /// The longest wait of one call.
+    pub wait_max: Duration,
+    /// Closed as broken: [`Manager::is_broken`](crate::Manager::is_broken), a guard dropped
+    /// while panicking, [`Pooled::close`](crate::Pooled::close), or idle ones a `get` took as
+    /// stale after failed checks.
+    pub closed_broken: u64,
+    /// Closed after `idle_timeout` unused.
+    pub closed_idle_timeout: u64,
+    /// Closed for being older than `max_lifetime`.
+    pub closed_max_lifetime: u64,
+    /// Closed by [`Pool::retain`](crate::Pool::retain).
+    pub closed_retained: u64,
+    /// Closed because the pool was made smaller.
+    pub closed_resized: u64,
 }
 
 impl Counters {
+    /// Connections ended by the pool's close (requested, the last handle dropped, or the
+    /// runtime gone): every end not counted under another reason. With `check_failed` and the
+    /// `closed_*` reasons, it accounts for every connection that ended.
+    pub fn closed_by_close(&self) -> u64 {
+        (self.closed_graceful + self.closed_sync + self.close_failed).saturating_sub(
+            self.check_failed
+                + self.closed_broken
+                + self.closed_idle_timeout
+                + self.closed_max_lifetime
+                + self.closed_retained
+                + self.closed_resized,
+        )
+    }
+
     /// Connections created and not yet closed or detached: checked out, idle, or being closed.
     pub fn open(&self) -> u64 {
         self.created.saturating_sub(

@@ -168,3 +168,59 @@ fn a_guard_can_close_its_connection_with_a_goodbye() {
     );
     m.assert_balanced();
 }
+
+#[test]
+fn close_within_chooses_the_deadline_per_call() {
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    let pool = Pool::builder(m.clone())
+        .max_size(3)
+        .close_deadline(Duration::from_secs(5))
+        .runtime(rt.handle())
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (a, b) = futures_lite::future::zip(pool.get(), pool.get()).await;
+        let (a, b) = (a.unwrap(), b.unwrap());
+        drop(pool.get().await.unwrap()); // one idle
+                                         // A task that holds two guards and closes: "close now" does not wait for them.
+        let started = Instant::now();
+        let report = pool.close_within(Duration::ZERO).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(report.checked_out, 2, "{report:?}");
+        // The idle one still said goodbye.
+        assert_eq!(report.counters.closed_graceful, 1, "{report:?}");
+        drop((a, b));
+    });
+    assert_eq!(pool.status().counters.open(), 0);
+    m.assert_balanced();
+
+    // A close waiting out its 5 s deadline is shortened by a later, shorter request.
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    let pool = Pool::builder(m.clone())
+        .close_deadline(Duration::from_secs(5))
+        .runtime(rt.handle())
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let held = pool.get().await.unwrap();
+        let started = Instant::now();
+        let (long, short) = futures_lite::future::zip(pool.close(), async {
+            async_io::Timer::after(Duration::from_millis(50)).await;
+            pool.close_within(Duration::from_millis(100)).await
+        })
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(long.checked_out, 1);
+        assert_eq!(long.counters, short.counters);
+        drop(held);
+    });
+    m.assert_balanced();
+}

@@ -1,0 +1,121 @@
+//! Pool statistics in `status()`: gets, waits and timeouts, and connections closed by reason,
+//! which together account for every connection that ended.
+
+use std::time::{Duration, Instant};
+
+use gracepool::{Counters, Error, Pool};
+use gracepool_testkit::{Counting, ExecRuntime, Fault};
+
+/// Every ended connection is counted under exactly one reason.
+fn assert_reasons_add_up(c: &Counters) {
+    let ended = c.closed_graceful + c.closed_sync + c.close_failed;
+    let reasons = c.check_failed
+        + c.closed_broken
+        + c.closed_idle_timeout
+        + c.closed_max_lifetime
+        + c.closed_retained
+        + c.closed_resized
+        + c.closed_by_close();
+    assert_eq!(ended, reasons, "{c:?}");
+}
+
+#[test]
+fn gets_waits_and_timeouts_are_counted() {
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    let pool = Pool::builder(m.clone())
+        .max_size(1)
+        .runtime(rt.handle())
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // The first get waits for its connection to be made.
+        let held = pool.get().await.unwrap();
+        let before = pool.status().counters;
+        assert_eq!((before.gets, before.gets_waited), (1, 1));
+        // One more waits 50 ms and is served; one more times out after 30 ms.
+        let (served, ()) = futures_lite::future::zip(pool.get(), async {
+            async_io::Timer::after(Duration::from_millis(50)).await;
+            drop(held);
+        })
+        .await;
+        let conn = served.unwrap();
+        let r = pool.get_timeout(Duration::from_millis(30)).await.map(drop);
+        assert!(matches!(r, Err(Error::Timeout { .. })));
+        drop(conn);
+        let c = pool.status().counters;
+        assert_eq!(c.gets, 2);
+        assert_eq!(c.gets_waited, 3);
+        assert_eq!(c.gets_timed_out, 1);
+        assert!(c.wait_max >= Duration::from_millis(45), "{c:?}");
+        assert!(
+            c.wait_total >= c.wait_max + Duration::from_millis(25),
+            "{c:?}"
+        );
+        // Taking an idle connection is not a wait.
+        drop(pool.get().await.unwrap());
+        assert_eq!(pool.status().counters.gets_waited, 3);
+        pool.close().await;
+    });
+}
+
+/// Waits until `ok` holds of the pool's counters, up to 5 s.
+async fn wait_until(pool: &Pool<Counting>, ok: impl Fn(&Counters) -> bool) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while !ok(&pool.status().counters) {
+        assert!(Instant::now() < until, "{:?}", pool.status().counters);
+        async_io::Timer::after(Duration::from_millis(5)).await;
+    }
+}
+
+#[test]
+fn connections_closed_are_counted_by_reason() {
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    let pool = Pool::builder(m.clone())
+        .max_size(4)
+        .idle_timeout(Duration::from_millis(100))
+        .max_lifetime(Duration::from_millis(600))
+        .maintenance_interval(Duration::from_millis(20))
+        .runtime(rt.handle())
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Broken, as it comes back.
+        m.set_broken(true);
+        drop(pool.get().await.unwrap());
+        m.set_broken(false);
+        wait_until(&pool, |c| c.closed_broken == 1).await;
+        // From the guard.
+        gracepool::Pooled::close(pool.get().await.unwrap());
+        wait_until(&pool, |c| c.closed_broken == 2).await;
+        // A failed check.
+        drop(pool.get().await.unwrap());
+        m.set_check(Fault::Fail);
+        drop(pool.get().await.unwrap()); // the idle one fails, a new one is made
+        m.set_check(Fault::None);
+        assert_eq!(pool.status().counters.check_failed, 1);
+        // Retained out.
+        assert_eq!(pool.retain(|_, _| false), 1);
+        wait_until(&pool, |c| c.closed_retained == 1).await;
+        // Idle too long.
+        drop(pool.get().await.unwrap());
+        wait_until(&pool, |c| c.closed_idle_timeout >= 1).await;
+        // Too old: kept busy, so never idle long, until its lifetime ends.
+        let until = Instant::now() + Duration::from_secs(3);
+        while pool.status().counters.closed_max_lifetime == 0 {
+            assert!(Instant::now() < until, "{:?}", pool.status().counters);
+            drop(pool.get().await.unwrap());
+            async_io::Timer::after(Duration::from_millis(10)).await;
+        }
+        // The rest by the close: one more, idle when it comes.
+        drop(pool.get().await.unwrap());
+        let report = pool.close().await;
+        assert!(report.is_complete());
+        assert!(
+            report.counters.closed_by_close() >= 1,
+            "{:?}",
+            report.counters
+        );
+        assert_reasons_add_up(&report.counters);
+    });
+    m.assert_balanced();
+}
