@@ -393,8 +393,8 @@ impl<M: Manager> PoolActor<M> {
             shared.waitlist.idle(),
             self.creating.len(),
             shared.ledger.slots(),
-            shared.config.max_size,
-            shared.config.min_idle,
+            shared.ledger.max_size(),
+            shared.ledger.min_idle(),
         );
         let wave = (growth.for_waiters + growth.for_min_idle)
             .min(MAX_CREATING.saturating_sub(self.creating.len()));
@@ -449,7 +449,9 @@ impl<M: Manager> PoolActor<M> {
                     Some(failure)
                 };
                 if let Some(failure) = kept {
-                    shared.set_last_create_error(Some(failure.into()));
+                    let error = failure.into();
+                    shared.report_create_error(&error);
+                    shared.set_last_create_error(Some(error));
                 }
                 // One pause per wave: creations started together fail together, and the
                 // pause doubles once for them all, not once for each.

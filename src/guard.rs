@@ -130,6 +130,12 @@ impl<M: Manager> Drop for Pooled<M> {
             shared.retire(entry.conn, true);
             return;
         }
+        if shared.ledger.take_surplus() {
+            // The pool was made smaller: this one goes instead of back.
+            shared.ledger.record_reason(Reason::Resized);
+            shared.retire(entry.conn, true);
+            return;
+        }
         // Stamped with the real time if it goes idle: the idle timeout counts from here.
         match shared.put_returned(entry) {
             Ok(()) => shared.ledger.check_in(),

@@ -19,7 +19,6 @@ pub(crate) enum Reason {
     IdleTimeout,
     MaxLifetime,
     Retained,
-    #[allow(dead_code)]
     Resized,
 }
 
@@ -61,6 +60,11 @@ pub(crate) struct Ledger {
     closed_max_lifetime: AtomicU64,
     closed_retained: AtomicU64,
     closed_resized: AtomicU64,
+    /// The limits in force: the builder's, until `Pool::resize`.
+    max_size: AtomicUsize,
+    min_idle: AtomicUsize,
+    /// Connections still to close, as they come back, to reach a smaller size.
+    surplus: AtomicUsize,
     /// A coarse clock (milliseconds since `epoch`), advanced by the actor, so the hot path
     /// never reads the system clock.
     clock_ms: AtomicU64,
@@ -93,6 +97,9 @@ impl Ledger {
             closed_max_lifetime: AtomicU64::new(0),
             closed_retained: AtomicU64::new(0),
             closed_resized: AtomicU64::new(0),
+            max_size: AtomicUsize::new(usize::MAX),
+            min_idle: AtomicUsize::new(0),
+            surplus: AtomicUsize::new(0),
             clock_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
@@ -208,6 +215,35 @@ impl Ledger {
 
     pub(crate) fn in_use(&self) -> usize {
         self.in_use.load(SeqCst)
+    }
+
+    pub(crate) fn max_size(&self) -> usize {
+        self.max_size.load(Acquire)
+    }
+
+    pub(crate) fn min_idle(&self) -> usize {
+        self.min_idle.load(Acquire)
+    }
+
+    pub(crate) fn set_limits(&self, max_size: usize, min_idle: usize) {
+        self.max_size.store(max_size, Release);
+        self.min_idle.store(min_idle, Release);
+    }
+
+    pub(crate) fn set_surplus(&self, surplus: usize) {
+        self.surplus.store(surplus, Release);
+    }
+
+    /// True for a returning connection that must be closed to reach a smaller size (takes one
+    /// from the surplus). One load while there is none.
+    #[inline]
+    pub(crate) fn take_surplus(&self) -> bool {
+        if self.surplus.load(Relaxed) == 0 {
+            return false;
+        }
+        self.surplus
+            .fetch_update(AcqRel, Acquire, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     pub(crate) fn check_out(&self) {

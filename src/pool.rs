@@ -11,7 +11,7 @@ use event_listener::Event;
 use futures_lite::FutureExt;
 
 use crate::actor::PoolActor;
-use crate::config::{Config, QueueOrder, PREALLOCATED_IDLE_LIMIT};
+use crate::config::{Config, ConfigError, QueueOrder, PREALLOCATED_IDLE_LIMIT};
 use crate::deadline::{self, Expire};
 use crate::error::Error;
 use crate::guard::Pooled;
@@ -118,6 +118,7 @@ impl<M: Manager> Pool<M> {
             manager,
             config: Config::default(),
             runtime: None,
+            on_create_error: None,
         }
     }
 
@@ -208,6 +209,40 @@ impl<M: Manager> Pool<M> {
         closed
     }
 
+    /// Changes the most connections alive at once, while the pool runs.
+    ///
+    /// Growing serves waiting callers at once (the actor creates for them). Shrinking closes
+    /// surplus idle connections at once, gracefully, and the rest of the surplus as they come
+    /// back; nothing checked out is taken away. `min_idle` is held at most `max_size`. After
+    /// close has started it changes nothing. Fails only for 0 (`ConfigError::MaxSizeZero`).
+    pub fn resize(&self, max_size: usize) -> Result<(), ConfigError> {
+        if max_size == 0 {
+            return Err(ConfigError::MaxSizeZero);
+        }
+        let shared = &self.shared;
+        if !shared.ledger.is_running() {
+            return Ok(());
+        }
+        shared
+            .ledger
+            .set_limits(max_size, shared.config.min_idle.min(max_size));
+        let excess = shared.ledger.slots().saturating_sub(max_size);
+        let mut closing = excess;
+        let gone = shared.waitlist.reap(|_| {
+            let take = closing > 0;
+            closing -= usize::from(take);
+            take
+        });
+        shared.ledger.set_surplus(excess - gone.len());
+        for entry in gone {
+            shared.ledger.record_reason(Reason::Resized);
+            shared.retire(entry.conn, false);
+        }
+        // Growing: waiters are served now, not at the next event.
+        let _ = shared.mailbox_tx.try_send(Msg::Grow);
+        Ok(())
+    }
+
     /// A snapshot of sizes, waiters, state and counters. Needs no actor round trip.
     pub fn status(&self) -> Status {
         self.shared.status()
@@ -259,7 +294,7 @@ impl<M: Manager> Pool<M> {
     /// Taking an idle connection may leave fewer than `min_idle`: wake the actor to top up
     /// now rather than at its next maintenance tick.
     fn keep_min_idle(&self) {
-        let min_idle = self.shared.config.min_idle;
+        let min_idle = self.shared.ledger.min_idle();
         if min_idle > 0 && self.shared.waitlist.idle() < min_idle {
             self.ask_to_grow();
         }
@@ -279,7 +314,7 @@ impl<M: Manager> Pool<M> {
     /// or closing connection wakes it instead, and it sees the queued waiters).
     fn ask_to_grow(&self) {
         let shared = &self.shared;
-        if shared.ledger.slots() < shared.config.max_size {
+        if shared.ledger.slots() < shared.ledger.max_size() {
             let _ = shared.mailbox_tx.try_send(Msg::Grow);
         }
     }
@@ -497,6 +532,7 @@ pub struct Builder<M: Manager> {
     manager: M,
     config: Config,
     runtime: Option<Arc<dyn Runtime>>,
+    on_create_error: Option<crate::shared::ErrorSink<M::Error>>,
 }
 
 impl<M: Manager> fmt::Debug for Builder<M> {
@@ -591,6 +627,20 @@ impl<M: Manager> Builder<M> {
         self
     }
 
+    /// Calls `sink` with every creation failure that no caller receives, so that a backend
+    /// that refuses the pool is visible without the `tracing` feature: with the default
+    /// (callers ride out failures) that is every failure — callers see it only as the source
+    /// of a timeout — and with [`fail_fast`](Builder::fail_fast) the failures nobody was
+    /// waiting for (`min_idle` creations). Called on the actor's task: keep it short (count,
+    /// log, send to a channel). A sink that panics is contained.
+    pub fn on_create_error(
+        mut self,
+        sink: impl Fn(&Error<M::Error>) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_create_error = Some(Box::new(sink));
+        self
+    }
+
     /// Which idle connection a checkout takes: the one idle longest ([`QueueOrder::Fifo`], the
     /// default: connections take turns, so all stay warm) or the one returned last
     /// ([`QueueOrder::Lifo`]: the same few do the work, and the rest sit idle until
@@ -646,16 +696,19 @@ impl<M: Manager> Builder<M> {
         // never allocates; a very large max_size grows the queue as it fills instead.
         let capacity = self.config.max_size.min(PREALLOCATED_IDLE_LIMIT);
         let lifo = self.config.queue_order == QueueOrder::Lifo;
+        let ledger = Ledger::new();
+        ledger.set_limits(self.config.max_size, self.config.min_idle);
         let (mailbox_tx, mailbox_rx) = async_channel::unbounded();
         let shared = Arc::new(Shared {
             manager: self.manager,
             config: self.config,
             runtime,
-            ledger: Ledger::new(),
+            ledger,
             waitlist: Waitlist::new(capacity, lifo),
             mailbox_tx,
             mailbox_rx,
             last_create_error: Mutex::new(None),
+            on_create_error: self.on_create_error,
             closed: Event::new(),
             close: Mutex::new(CloseState::default()),
         });
@@ -667,7 +720,7 @@ impl<M: Manager> Builder<M> {
             .map_err(Error::Spawn)?;
         event!(
             debug,
-            max_size = pool.shared.config.max_size,
+            max_size = pool.shared.ledger.max_size(),
             "pool started"
         );
         Ok(pool)

@@ -26,7 +26,7 @@ impl<M: Manager> Builder<M> {
     pub async fn build_ready(self, patience: Duration) -> Result<Pool<M>, Error<M::Error>> {
         let pool = self.build()?;
         let started = Instant::now();
-        let want = pool.shared.config.min_idle;
+        let want = pool.shared.ledger.min_idle();
         let ready = async {
             if want == 0 {
                 // Prove the backend answers with one connection, which then stays idle.

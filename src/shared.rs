@@ -42,6 +42,9 @@ pub(crate) struct Idle<C> {
     pub(crate) checkouts: u32,
 }
 
+/// A callback for creation failures.
+pub(crate) type ErrorSink<E> = Box<dyn Fn(&Error<E>) + Send + Sync>;
+
 /// The part every handle, guard and the actor share.
 pub(crate) struct Shared<M: Manager> {
     pub(crate) manager: M,
@@ -56,6 +59,8 @@ pub(crate) struct Shared<M: Manager> {
     /// The last creation failure, while creations keep failing: the source of a waiter's
     /// timeout. Cold path: written by the actor when a creation ends, read on a timeout.
     pub(crate) last_create_error: Mutex<Option<Arc<Error<M::Error>>>>,
+    /// Told of every creation failure no caller receives (`Builder::on_create_error`).
+    pub(crate) on_create_error: Option<ErrorSink<M::Error>>,
     /// Notified when the close finishes.
     pub(crate) closed: Event,
     pub(crate) close: Mutex<CloseState>,
@@ -101,6 +106,14 @@ impl<M: Manager> Shared<M> {
                 *last = Some(shared);
                 None
             }
+        }
+    }
+
+    /// Tells the error sink, if any, of a creation failure no caller receives. A sink that
+    /// panics is contained.
+    pub(crate) fn report_create_error(&self, error: &Error<M::Error>) {
+        if let Some(sink) = &self.on_create_error {
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| sink(error)));
         }
     }
 
@@ -234,7 +247,7 @@ impl<M: Manager> Shared<M> {
 
     pub(crate) fn status(&self) -> Status {
         Status {
-            max_size: self.config.max_size,
+            max_size: self.ledger.max_size(),
             size: self.ledger.slots(),
             idle: self.waitlist.idle(),
             in_use: self.ledger.in_use(),
