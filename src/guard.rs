@@ -41,6 +41,19 @@ impl<M: Manager> Pooled<M> {
     /// back (before this checkout), how many times it was checked out (this time included).
     /// An associated function (`Pooled::metrics(&conn)`), so it never hides a method of the
     /// connection itself.
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime};
+    /// # let rt = ExecRuntime::new();
+    /// # let pool = gracepool::Pool::builder(Counting::new()).max_size(4).runtime(rt.handle()).build().unwrap();
+    /// # rt.block_on(async {
+    /// let conn = pool.get().await.unwrap();
+    /// let metrics = gracepool::Pooled::metrics(&conn);
+    /// assert_eq!(metrics.checkouts(), 1);
+    /// assert!(metrics.age() < std::time::Duration::from_secs(1));
+    /// # drop(conn); pool.close().await;
+    /// # });
+    /// ```
     pub fn metrics(this: &Self) -> Metrics {
         this.shared.metrics_of(
             this.entry
@@ -154,6 +167,19 @@ impl<M: Manager> Pooled<M> {
     ///
     /// An associated function (`Pooled::close(conn)`), so it never hides a method of the
     /// connection itself.
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime};
+    /// # let rt = ExecRuntime::new();
+    /// # let pool = gracepool::Pool::builder(Counting::new()).max_size(4).runtime(rt.handle()).build().unwrap();
+    /// # rt.block_on(async {
+    /// let conn = pool.get().await.unwrap();
+    /// // The request failed half-way through a protocol exchange: do not reuse this one.
+    /// gracepool::Pooled::close(conn);
+    /// let report = pool.close().await;
+    /// assert_eq!(report.counters.closed_broken, 1);
+    /// # });
+    /// ```
     pub fn close(mut this: Self) {
         if let Some(entry) = this.entry.take() {
             this.shared.ledger.record_reason(Reason::Broken);

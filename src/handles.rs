@@ -24,6 +24,19 @@ impl<M: Manager> Pool<M> {
     /// A weak handle: it reads the pool's [`Status`] and can become a [`Pool`] again, but does
     /// not count as a handle. Dropping the last `Pool` closes the pool whatever weak handles
     /// remain, so a metrics sampler holding one never keeps a pool open.
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime};
+    /// # let rt = ExecRuntime::new();
+    /// # let pool = gracepool::Pool::builder(Counting::new()).max_size(4).runtime(rt.handle()).build().unwrap();
+    /// # rt.block_on(async {
+    /// let sampler = pool.downgrade();
+    /// assert_eq!(sampler.status().unwrap().max_size, 4);
+    /// assert!(!pool.is_closed());
+    /// drop(pool); // the last handle: the pool closes, the weak one does not keep it
+    /// assert!(sampler.upgrade().is_none());
+    /// # });
+    /// ```
     pub fn downgrade(&self) -> WeakPool<M> {
         WeakPool {
             shared: Arc::downgrade(&self.shared),

@@ -165,6 +165,19 @@ impl<M: Manager> Pool<M> {
     ///
     /// `close_within(Duration::ZERO)` is "close now": for a shutdown that cannot wait for
     /// requests in flight, or a task that calls it while holding guards itself.
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime};
+    /// # let rt = ExecRuntime::new();
+    /// # let pool = gracepool::Pool::builder(Counting::new()).max_size(4).runtime(rt.handle()).build().unwrap();
+    /// # rt.block_on(async {
+    /// let held = pool.get().await.unwrap();
+    /// // This task holds a guard: `close()` would wait the whole deadline for it.
+    /// let report = pool.close_within(std::time::Duration::ZERO).await;
+    /// assert_eq!(report.checked_out, 1); // closed when `held` drops
+    /// drop(held);
+    /// # });
+    /// ```
     pub async fn close_within(&self, deadline: Duration) -> CloseReport {
         self.shared.close(Some(deadline)).await
     }
@@ -196,6 +209,21 @@ impl<M: Manager> Pool<M> {
     /// gracefully (its goodbye through the pool's actor; synchronously once the actor is
     /// gone), and its place is free for a new one. Checked-out connections are not looked at.
     /// Safe to call at any time, during a close too: each connection still ends exactly once.
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime};
+    /// # let rt = ExecRuntime::new();
+    /// # let pool = gracepool::Pool::builder(Counting::new()).max_size(4).runtime(rt.handle()).build().unwrap();
+    /// # rt.block_on(async {
+    /// drop(pool.get().await.unwrap());
+    /// // Close every idle connection older than ten minutes (none is, yet).
+    /// let ten_minutes = std::time::Duration::from_secs(600);
+    /// assert_eq!(pool.retain(|_conn, metrics| metrics.age() < ten_minutes), 0);
+    /// // Or made before a fail-over, say: every one so far.
+    /// assert_eq!(pool.retain(|_conn, _metrics| false), 1);
+    /// # pool.close().await;
+    /// # });
+    /// ```
     pub fn retain(&self, mut keep: impl FnMut(&M::Connection, &Metrics) -> bool) -> usize {
         let shared = &self.shared;
         let gone = shared
@@ -215,6 +243,19 @@ impl<M: Manager> Pool<M> {
     /// surplus idle connections at once, gracefully, and the rest of the surplus as they come
     /// back; nothing checked out is taken away. `min_idle` is held at most `max_size`. After
     /// close has started it changes nothing. Fails only for 0 (`ConfigError::MaxSizeZero`).
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime};
+    /// # let rt = ExecRuntime::new();
+    /// # let pool = gracepool::Pool::builder(Counting::new()).max_size(4).runtime(rt.handle()).build().unwrap();
+    /// # rt.block_on(async {
+    /// pool.resize(16).unwrap(); // a traffic peak
+    /// assert_eq!(pool.status().max_size, 16);
+    /// pool.resize(2).unwrap(); // and back
+    /// assert!(pool.resize(0).is_err());
+    /// # pool.close().await;
+    /// # });
+    /// ```
     pub fn resize(&self, max_size: usize) -> Result<(), ConfigError> {
         if max_size == 0 {
             return Err(ConfigError::MaxSizeZero);
@@ -633,6 +674,26 @@ impl<M: Manager> Builder<M> {
     /// of a timeout — and with [`fail_fast`](Builder::fail_fast) the failures nobody was
     /// waiting for (`min_idle` creations). Called on the actor's task: keep it short (count,
     /// log, send to a channel). A sink that panics is contained.
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime};
+    /// # let rt = ExecRuntime::new();
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let failures = Arc::new(AtomicU64::new(0));
+    /// let pool = gracepool::Pool::builder(Counting::new())
+    ///     .on_create_error({
+    ///         let failures = failures.clone();
+    ///         move |_error| {
+    ///             failures.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///     })
+    ///     .runtime(rt.handle())
+    ///     .build()
+    ///     .unwrap();
+    /// # rt.block_on(async { pool.close().await });
+    /// ```
     pub fn on_create_error(
         mut self,
         sink: impl Fn(&Error<M::Error>) + Send + Sync + 'static,
@@ -646,6 +707,23 @@ impl<M: Manager> Builder<M> {
     /// ([`QueueOrder::Lifo`]: the same few do the work, and the rest sit idle until
     /// `idle_timeout` closes them, so a pool under steady light load shrinks). Callers who
     /// wait are served first come, first served either way.
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime};
+    /// # let rt = ExecRuntime::new();
+    /// use std::time::Duration;
+    /// use gracepool::QueueOrder;
+    ///
+    /// // Sized for peaks; between them, the connections the load does not need are closed.
+    /// let pool = gracepool::Pool::builder(Counting::new())
+    ///     .max_size(32)
+    ///     .queue_order(QueueOrder::Lifo)
+    ///     .idle_timeout(Duration::from_secs(60))
+    ///     .runtime(rt.handle())
+    ///     .build()
+    ///     .unwrap();
+    /// # rt.block_on(async { pool.close().await });
+    /// ```
     pub fn queue_order(mut self, order: QueueOrder) -> Self {
         self.config.queue_order = order;
         self

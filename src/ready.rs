@@ -23,6 +23,23 @@ impl<M: Manager> Builder<M> {
     ///
     /// Must be awaited on a runtime whose timers the pool's [`Runtime`](crate::Runtime) can
     /// serve (the one the pool's actor runs on, or any other).
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime, Fault};
+    /// # let rt = ExecRuntime::new();
+    /// use std::time::Duration;
+    ///
+    /// let refusing = Counting::new();
+    /// refusing.set_create(Fault::Fail); // bad credentials, say
+    /// let started = rt.block_on(
+    ///     gracepool::Pool::builder(refusing)
+    ///         .min_idle(2)
+    ///         .runtime(rt.handle())
+    ///         .build_ready(Duration::from_secs(10)),
+    /// );
+    /// // The service refuses to start, with the backend's error, at once.
+    /// assert!(matches!(started.map(drop), Err(gracepool::Error::Backend(_))));
+    /// ```
     pub async fn build_ready(self, patience: Duration) -> Result<Pool<M>, Error<M::Error>> {
         let pool = self.build()?;
         let started = Instant::now();

@@ -65,6 +65,18 @@ impl Counters {
     /// Connections ended by the pool's close (requested, the last handle dropped, or the
     /// runtime gone): every end not counted under another reason. With `check_failed` and the
     /// `closed_*` reasons, it accounts for every connection that ended.
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime};
+    /// # let rt = ExecRuntime::new();
+    /// # let pool = gracepool::Pool::builder(Counting::new()).runtime(rt.handle()).build().unwrap();
+    /// # rt.block_on(async {
+    /// drop(pool.get().await.unwrap());
+    /// let c = pool.close().await.counters;
+    /// assert_eq!((c.gets, c.gets_waited, c.gets_timed_out), (1, 1, 0)); // it waited for creation
+    /// assert_eq!(c.closed_by_close(), 1);
+    /// # });
+    /// ```
     pub fn closed_by_close(&self) -> u64 {
         (self.closed_graceful + self.closed_sync + self.close_failed).saturating_sub(
             self.check_failed
