@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gracepool::{Builder, Error, Pool, Pooled};
-use gracepool_testkit::{assert_accounted, Counting, ExecRuntime, Fault};
+use gracepool_testkit::{assert_accounted, eventually, Counting, ExecRuntime, Fault};
 
 fn builder(m: &Counting, rt: &ExecRuntime) -> Builder<Counting> {
     Pool::builder(m.clone()).runtime(rt.handle())
@@ -22,18 +22,6 @@ fn assert_all_closed(pool: &Pool<Counting>, m: &Counting) {
 
 async fn sleep(d: Duration) {
     async_io::Timer::after(d).await;
-}
-
-/// Waits until `ok()` holds, up to `patience`; says whether it did.
-async fn eventually(patience: Duration, ok: impl Fn() -> bool) -> bool {
-    let until = Instant::now() + patience;
-    while !ok() {
-        if Instant::now() > until {
-            return false;
-        }
-        sleep(Duration::from_millis(1)).await;
-    }
-    true
 }
 
 /// CPU time this process has used (user + system), from /proc.

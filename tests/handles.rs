@@ -181,8 +181,9 @@ fn close_within_chooses_the_deadline_per_call() {
     rt.block_on(async {
         let (a, b) = futures_lite::future::zip(pool.get(), pool.get()).await;
         let (a, b) = (a.unwrap(), b.unwrap());
-        drop(pool.get().await.unwrap()); // one idle
-                                         // A task that holds two guards and closes: "close now" does not wait for them.
+        // One idle; and a task that holds two guards and closes: "close now" does not wait
+        // for them.
+        drop(pool.get().await.unwrap());
         let started = Instant::now();
         let report = pool.close_within(Duration::ZERO).await;
         assert!(

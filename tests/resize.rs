@@ -5,15 +5,7 @@
 use std::time::{Duration, Instant};
 
 use gracepool::{ConfigError, Pool};
-use gracepool_testkit::{Counting, ExecRuntime};
-
-async fn until(pool: &Pool<Counting>, what: &str, ok: impl Fn(&gracepool::Status) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !ok(&pool.status()) {
-        assert!(Instant::now() < deadline, "{what}: {:?}", pool.status());
-        async_io::Timer::after(Duration::from_millis(2)).await;
-    }
-}
+use gracepool_testkit::{until_status, Counting, ExecRuntime};
 
 #[test]
 fn growing_serves_a_waiter_at_once() {
@@ -28,7 +20,7 @@ fn growing_serves_a_waiter_at_once() {
         let held = pool.get().await.unwrap();
         let started = Instant::now();
         let (served, ()) = futures_lite::future::zip(pool.get(), async {
-            until(&pool, "a waiter", |s| s.waiters == 1).await;
+            until_status(&pool, "a waiter", |s| s.waiters == 1).await;
             pool.resize(2).unwrap();
         })
         .await;
@@ -51,20 +43,20 @@ fn shrinking_closes_idle_surplus_now_and_the_rest_as_it_returns() {
         .build()
         .unwrap();
     rt.block_on(async {
-        until(&pool, "min_idle", |s| s.idle == 3).await;
+        until_status(&pool, "min_idle", |s| s.idle == 3).await;
         let (a, b) = futures_lite::future::zip(pool.get(), pool.get()).await;
         let (a, b) = (a.unwrap(), b.unwrap());
-        until(&pool, "four", |s| s.size == 4 && s.idle == 2).await;
+        until_status(&pool, "four", |s| s.size == 4 && s.idle == 2).await;
         // To 1: two idle close now, gracefully; of the two out, one goes as it comes back.
         pool.resize(1).unwrap();
-        until(&pool, "idle surplus closed", |s| {
+        until_status(&pool, "idle surplus closed", |s| {
             s.counters.closed_resized == 2 && s.counters.closed_graceful == 2
         })
         .await;
         assert_eq!(pool.status().idle, 0);
         drop(a);
         drop(b);
-        until(&pool, "size 1", |s| s.size == 1).await;
+        until_status(&pool, "size 1", |s| s.size == 1).await;
         let s = pool.status();
         assert_eq!((s.max_size, s.idle, s.counters.closed_resized), (1, 1, 3));
         // min_idle is clamped to the new size: it stays 1, no creation beyond it.
@@ -86,7 +78,7 @@ fn resizing_while_closing_loses_nothing() {
             .build()
             .unwrap();
         rt.block_on(async {
-            until(&pool, "min_idle", |s| s.idle == 4).await;
+            until_status(&pool, "min_idle", |s| s.idle == 4).await;
             let held = pool.get().await.unwrap();
             let (report, ()) = futures_lite::future::zip(pool.close(), async {
                 pool.resize(1).unwrap();

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use gracepool::{Counters, Error, Pool};
-use gracepool_testkit::{Counting, ExecRuntime, Fault};
+use gracepool_testkit::{until_status, Counting, ExecRuntime, Fault};
 
 /// Every ended connection is counted under exactly one reason.
 fn assert_reasons_add_up(c: &Counters) {
@@ -58,15 +58,6 @@ fn gets_waits_and_timeouts_are_counted() {
     });
 }
 
-/// Waits until `ok` holds of the pool's counters, up to 5 s.
-async fn wait_until(pool: &Pool<Counting>, ok: impl Fn(&Counters) -> bool) {
-    let until = Instant::now() + Duration::from_secs(5);
-    while !ok(&pool.status().counters) {
-        assert!(Instant::now() < until, "{:?}", pool.status().counters);
-        async_io::Timer::after(Duration::from_millis(5)).await;
-    }
-}
-
 #[test]
 fn connections_closed_are_counted_by_reason() {
     let (m, rt) = (Counting::new(), ExecRuntime::new());
@@ -83,10 +74,10 @@ fn connections_closed_are_counted_by_reason() {
         m.set_broken(true);
         drop(pool.get().await.unwrap());
         m.set_broken(false);
-        wait_until(&pool, |c| c.closed_broken == 1).await;
+        until_status(&pool, "counters", |s| s.counters.closed_broken == 1).await;
         // From the guard.
         gracepool::Pooled::close(pool.get().await.unwrap());
-        wait_until(&pool, |c| c.closed_broken == 2).await;
+        until_status(&pool, "counters", |s| s.counters.closed_broken == 2).await;
         // A failed check.
         drop(pool.get().await.unwrap());
         m.set_check(Fault::Fail);
@@ -95,10 +86,10 @@ fn connections_closed_are_counted_by_reason() {
         assert_eq!(pool.status().counters.check_failed, 1);
         // Retained out.
         assert_eq!(pool.retain(|_, _| false), 1);
-        wait_until(&pool, |c| c.closed_retained == 1).await;
+        until_status(&pool, "counters", |s| s.counters.closed_retained == 1).await;
         // Idle too long.
         drop(pool.get().await.unwrap());
-        wait_until(&pool, |c| c.closed_idle_timeout >= 1).await;
+        until_status(&pool, "counters", |s| s.counters.closed_idle_timeout >= 1).await;
         // Too old: kept busy, so never idle long, until its lifetime ends.
         let until = Instant::now() + Duration::from_secs(3);
         while pool.status().counters.closed_max_lifetime == 0 {

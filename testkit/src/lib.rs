@@ -392,3 +392,27 @@ pub fn assert_accounted(c: &gracepool::Counters) {
         "pool counters do not balance: {c:?}"
     );
 }
+
+/// Waits until `ok()` holds, up to `patience`, looking every millisecond (on an `async-io`
+/// timer, which works under any runtime); says whether it did.
+pub async fn eventually(patience: Duration, ok: impl Fn() -> bool) -> bool {
+    let until = std::time::Instant::now() + patience;
+    while !ok() {
+        if std::time::Instant::now() > until {
+            return false;
+        }
+        async_io::Timer::after(Duration::from_millis(1)).await;
+    }
+    true
+}
+
+/// Waits until `ok` holds of the pool's status, up to 5 s; panics naming `what` and showing
+/// the status otherwise.
+pub async fn until_status<M: Manager>(
+    pool: &gracepool::Pool<M>,
+    what: &str,
+    ok: impl Fn(&gracepool::Status) -> bool,
+) {
+    let held = eventually(Duration::from_secs(5), || ok(&pool.status())).await;
+    assert!(held, "{what}: {:?}", pool.status());
+}
