@@ -126,8 +126,18 @@ impl<M: Manager> Pool<M> {
     ///
     /// Takes an idle connection when there is one, with no round trip to the actor; otherwise
     /// asks the actor to create one (never more than `max_size` alive) and waits, in FIFO order
-    /// with other waiters as far as practical. Fails at once with [`Error::Closed`] after
-    /// close started; a waiter is woken with it when close starts.
+    /// with other waiters, first come, first served. The whole call, health check included,
+    /// keeps to the wait timeout.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Timeout`] when no connection came in time. While the backend refuses new
+    ///   connections the pool retries with backoff and the caller keeps waiting; its timeout
+    ///   then carries the last creation error as `last_error` (and as its `source()`).
+    /// - [`Error::Backend`], [`Error::ManagerTimeout`], [`Error::ManagerPanicked`]: a creation
+    ///   failure handed over at once, with [`Builder::fail_fast`] only.
+    /// - [`Error::Closed`] once close has started (a waiter is woken with it), or
+    ///   [`Error::RuntimeGone`] when the runtime the pool's actor ran on has shut down.
     pub async fn get(&self) -> Result<Pooled<M>, Error<M::Error>> {
         self.get_inner(self.shared.config.wait_timeout, true).await
     }
@@ -157,14 +167,17 @@ impl<M: Manager> Pool<M> {
         self.shared.close(None).await
     }
 
-    /// Like [`close`](Pool::close), waiting at most `deadline` (instead of the configured
-    /// close deadline) for checked-out connections to come back; those still out then are
-    /// closed when their guards drop, and the report counts them in `checked_out`. Idle
-    /// connections still say their goodbye. A shorter deadline than one already in force
-    /// shortens a close under way; a longer one does not lengthen it.
+    /// Like [`close`](Pool::close), with `deadline` instead of the configured close deadline:
+    /// the close finishes within it (plus 100 ms should the actor not answer). Goodbyes still
+    /// under way then are cut short (those connections count as `closed_sync`), and
+    /// checked-out connections still out are closed when their guards drop (`checked_out` in
+    /// the report). A shorter deadline than one already in force shortens a close under way;
+    /// a longer one does not lengthen it.
     ///
-    /// `close_within(Duration::ZERO)` is "close now": for a shutdown that cannot wait for
-    /// requests in flight, or a task that calls it while holding guards itself.
+    /// `close_within(Duration::ZERO)` is "close now": only goodbyes that finish at once are
+    /// said. For a shutdown that cannot wait for requests in flight but can spare a moment
+    /// for goodbyes, or a task that closes while holding guards itself, give a short deadline
+    /// (50 ms, say) instead.
     ///
     /// ```
     /// # use gracepool_testkit::{Counting, ExecRuntime};
@@ -636,9 +649,11 @@ impl<M: Manager> Builder<M> {
         self
     }
 
-    /// How long a close waits for checked-out connections to come back (default 10 s: inside
-    /// Kubernetes' default 30 s grace period, after the HTTP server's own drain). Zero closes
-    /// the idle ones and finishes at once; the rest close when their guards drop.
+    /// How long a close may take (default 10 s: inside Kubernetes' default 30 s grace period,
+    /// after the HTTP server's own drain): the goodbyes of idle connections and the wait for
+    /// checked-out ones to come back both end by then. What is still under way is cut short
+    /// (`closed_sync`), and connections still out close when their guards drop. Zero finishes
+    /// at once, saying only the goodbyes that finish at once.
     pub fn close_deadline(mut self, deadline: Duration) -> Self {
         self.config.close_deadline = deadline;
         self
