@@ -501,10 +501,15 @@ impl<M: Manager> PoolActor<M> {
             return;
         }
         if shared.config.idle_timeout.is_some() || shared.config.max_lifetime.is_some() {
-            for entry in shared.waitlist.reap(|entry| shared.expired(entry)) {
-                if let Some(reason) = shared.expiry(&entry) {
+            // Each connection is judged once: the reason is counted as it is taken.
+            let expired = shared.waitlist.reap(|entry| match shared.expiry(entry) {
+                Some(reason) => {
                     shared.ledger.record_reason(reason);
+                    true
                 }
+                None => false,
+            });
+            for entry in expired {
                 self.retire(entry.conn);
             }
         }

@@ -226,10 +226,6 @@ impl<M: Manager> Shared<M> {
         )
     }
 
-    pub(crate) fn expired(&self, entry: &Idle<M::Connection>) -> bool {
-        self.expiry(entry).is_some()
-    }
-
     /// Whether `entry` is past its lifetime or its idle timeout, and which.
     pub(crate) fn expiry(&self, entry: &Idle<M::Connection>) -> Option<Reason> {
         let now = self.ledger.now_ms();
