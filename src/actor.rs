@@ -276,10 +276,12 @@ pub(crate) struct PoolActor<M: Manager> {
     backoff: Backoff,
     /// Set while creation pauses after a failure.
     paused: Option<BoxFuture>,
+    /// Which home this actor is (see `Waitlist::evict`): the connections it makes carry it.
+    home: u32,
 }
 
 impl<M: Manager> PoolActor<M> {
-    pub(crate) fn new(shared: Arc<Shared<M>>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared<M>>, home: u32) -> Self {
         shared.ledger.set_actor_alive(true);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -293,6 +295,7 @@ impl<M: Manager> PoolActor<M> {
             deadline: None,
             backoff,
             paused: None,
+            home,
         }
     }
 
@@ -348,12 +351,22 @@ impl<M: Manager> PoolActor<M> {
                 }
                 Event::ShutDown => self.grow(),
                 Event::Msg(Msg::Grow) | Event::Msg(Msg::Freed) => self.grow(),
-                Event::Msg(Msg::Retire { conn, from_guard }) => {
+                Event::Msg(Msg::Retire {
+                    conn,
+                    home,
+                    from_guard,
+                }) => {
                     if from_guard {
                         shared.ledger.check_in();
                     }
-                    // As when a queued farewell finishes: a slot is free for a waiter.
-                    if self.retire(conn) {
+                    if home != self.home {
+                        // Made under a runtime that went away: sent just as the old actor
+                        // left. No goodbye from here, where it was not made.
+                        shared.ledger.record_reason(crate::ledger::Reason::Moved);
+                        shared.close_sync(conn);
+                        self.grow();
+                    } else if self.retire(conn) {
+                        // As when a queued farewell finishes: a slot is free for a waiter.
                         self.grow();
                     }
                 }
@@ -421,6 +434,7 @@ impl<M: Manager> PoolActor<M> {
                     created_ms: now,
                     returned_ms: now,
                     checkouts: 0,
+                    home: self.home,
                 };
                 if let Err(entry) = shared.put_idle(entry, true) {
                     self.retire(entry.conn);
@@ -580,6 +594,11 @@ impl<M: Manager> Drop for PoolActor<M> {
         }
         self.closing.clear();
         self.deadline = None;
-        self.shared.shutdown_sync(CloseCause::RuntimeGone);
+        if self.shared.ambient {
+            // The pool outlives this runtime: it moves on to the next caller's.
+            self.shared.evict();
+        } else {
+            self.shared.shutdown_sync(CloseCause::RuntimeGone);
+        }
     }
 }

@@ -111,7 +111,9 @@ impl<M: Manager> Shared<M> {
         }
         while let Ok(msg) = self.mailbox_rx.try_recv() {
             match msg {
-                Msg::Retire { conn, from_guard } => {
+                Msg::Retire {
+                    conn, from_guard, ..
+                } => {
                     if from_guard {
                         self.ledger.check_in();
                     }
@@ -128,6 +130,72 @@ impl<M: Manager> Shared<M> {
         self.ledger.record_ends(Ending::Sync, sync);
         self.ledger.record_ends(Ending::Failed, failed);
         self.finish_close(fallback);
+    }
+
+    /// The actor of a pool whose runtime follows its callers is gone with its runtime, and
+    /// the pool lives on: closes, synchronously, every connection made there that is idle or
+    /// on its way to the actor, refuses the rest as they come back (their guards close them),
+    /// and leaves the pool without a home, for the next caller to give it one. Waiters are
+    /// woken to do that. While a close is under way, finishes it instead, as any pool would.
+    /// Uses what the fallback uses: no spawn, no timer, no runtime.
+    pub(crate) fn evict(&self) {
+        // Held throughout, so that a close starting meanwhile writes its report only once
+        // these connections are counted.
+        let close = self.lock_close();
+        if !self.ledger.is_running() {
+            drop(close);
+            self.shutdown_sync(CloseCause::RuntimeGone);
+            return;
+        }
+        let (idle, waiters) = self.waitlist.evict();
+        event!(
+            debug,
+            idle = idle.len(),
+            "the runtime of the pool's actor went away; the pool moves to its next caller's"
+        );
+        let (mut sync, mut failed) = (0, 0);
+        let mut count = |ending| match ending {
+            Ending::Failed => failed += 1,
+            _ => sync += 1,
+        };
+        for entry in idle {
+            count(self.close_uncounted(entry.conn));
+        }
+        // Whatever the old actor was sent and never read. A nudge read here may have been
+        // meant for the next actor (a caller may start it any moment now): sent again.
+        let mut nudge = false;
+        let mut close_asked = false;
+        while let Ok(msg) = self.mailbox_rx.try_recv() {
+            match msg {
+                Msg::Retire {
+                    conn, from_guard, ..
+                } => {
+                    if from_guard {
+                        self.ledger.check_in();
+                    }
+                    count(self.close_uncounted(conn));
+                }
+                Msg::Farewells(entries) => {
+                    for entry in entries {
+                        count(self.close_uncounted(entry.conn));
+                    }
+                }
+                Msg::Grow | Msg::Freed => nudge = true,
+                Msg::Close => close_asked = true,
+            }
+        }
+        self.ledger
+            .record_reasons(crate::ledger::Reason::Moved, sync + failed);
+        self.ledger.record_ends(Ending::Sync, sync);
+        self.ledger.record_ends(Ending::Failed, failed);
+        if nudge {
+            let _ = self.mailbox_tx.try_send(Msg::Grow);
+        }
+        if close_asked {
+            let _ = self.mailbox_tx.try_send(Msg::Close);
+        }
+        drop(close);
+        waiters.into_iter().for_each(std::task::Waker::wake);
     }
 
     /// Writes the report once and wakes every closer.

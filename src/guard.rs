@@ -129,31 +129,37 @@ impl<M: Manager> Drop for Pooled<M> {
         };
         let shared = &self.shared;
         if !shared.ledger.is_running() {
-            shared.retire(entry.conn, true);
+            shared.retire(entry.conn, entry.home, true);
             return;
         }
         if self.checking {
             // Its check failed, timed out, or was cut short with the `get` that ran it.
             shared.ledger.record_check_failed();
-            shared.retire(entry.conn, true);
+            shared.retire(entry.conn, entry.home, true);
             return;
         }
         if std::thread::panicking() || broken(&shared.manager, &mut entry.conn) {
             shared.ledger.record_reason(Reason::Broken);
-            shared.retire(entry.conn, true);
+            shared.retire(entry.conn, entry.home, true);
             return;
         }
         if shared.ledger.take_surplus() {
             // The pool was made smaller: this one goes instead of back.
             shared.ledger.record_reason(Reason::Resized);
-            shared.retire(entry.conn, true);
+            shared.retire(entry.conn, entry.home, true);
             return;
         }
         // Stamped with the real time if it goes idle: the idle timeout counts from here.
         match shared.put_returned(entry) {
             Ok(()) => shared.ledger.check_in(),
-            // A closed queue hands the connection back: close started after the check above.
-            Err(entry) => shared.retire(entry.conn, true),
+            // A closed queue hands the connection back: close started after the check above;
+            // or the runtime it was made under went away (the pool moved on).
+            Err(entry) => {
+                if entry.home != shared.waitlist.home() {
+                    shared.ledger.record_reason(Reason::Moved);
+                }
+                shared.retire(entry.conn, entry.home, true)
+            }
         }
     }
 }
@@ -183,7 +189,7 @@ impl<M: Manager> Pooled<M> {
     pub fn close(mut this: Self) {
         if let Some(entry) = this.entry.take() {
             this.shared.ledger.record_reason(Reason::Broken);
-            this.shared.retire(entry.conn, true);
+            this.shared.retire(entry.conn, entry.home, true);
         }
     }
 }

@@ -20,6 +20,8 @@ pub(crate) enum Reason {
     MaxLifetime,
     Retained,
     Resized,
+    /// The runtime its actor ran on went away; the pool moved on to another.
+    Moved,
 }
 
 /// How a connection ended.
@@ -60,6 +62,9 @@ pub(crate) struct Ledger {
     closed_max_lifetime: AtomicU64,
     closed_retained: AtomicU64,
     closed_resized: AtomicU64,
+    closed_moved: AtomicU64,
+    /// Actors started on a runtime of a caller's (a pool whose runtime follows the caller).
+    homes: AtomicU64,
     /// The limits in force: the builder's, until `Pool::resize`.
     max_size: AtomicUsize,
     min_idle: AtomicUsize,
@@ -97,6 +102,8 @@ impl Ledger {
             closed_max_lifetime: AtomicU64::new(0),
             closed_retained: AtomicU64::new(0),
             closed_resized: AtomicU64::new(0),
+            closed_moved: AtomicU64::new(0),
+            homes: AtomicU64::new(0),
             max_size: AtomicUsize::new(usize::MAX),
             min_idle: AtomicUsize::new(0),
             surplus: AtomicUsize::new(0),
@@ -273,8 +280,23 @@ impl Ledger {
             Reason::MaxLifetime => &self.closed_max_lifetime,
             Reason::Retained => &self.closed_retained,
             Reason::Resized => &self.closed_resized,
+            Reason::Moved => &self.closed_moved,
         };
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// `n` connections closed for the same reason.
+    pub(crate) fn record_reasons(&self, reason: Reason, n: usize) {
+        if n > 0 && reason == Reason::Moved {
+            self.closed_moved.fetch_add(n as u64, Relaxed);
+        } else {
+            (0..n).for_each(|_| self.record_reason(reason));
+        }
+    }
+
+    /// An actor was started on a caller's runtime.
+    pub(crate) fn record_home(&self) {
+        self.homes.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn check_in(&self) {
@@ -334,6 +356,8 @@ impl Ledger {
             closed_max_lifetime: self.closed_max_lifetime.load(Relaxed),
             closed_retained: self.closed_retained.load(Relaxed),
             closed_resized: self.closed_resized.load(Relaxed),
+            closed_moved: self.closed_moved.load(Relaxed),
+            rehomed: self.homes.load(Relaxed).saturating_sub(1),
         }
     }
 }

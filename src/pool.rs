@@ -20,7 +20,7 @@ use crate::manager::Manager;
 use crate::runtime::{timed_with, BoxFuture, Runtime};
 use crate::shared::{CloseState, Idle, Msg, Shared};
 use crate::status::{CloseCause, CloseReport, Metrics, PoolState, Status};
-use crate::waitlist::{Closed, Join, Outcome, Ticket, Waitlist};
+use crate::waitlist::{Claim, Closed, Join, Outcome, Ticket, Waitlist};
 
 /// A handle to a connection pool. Cheap to clone, `Send + Sync`.
 ///
@@ -68,6 +68,10 @@ enum Attempt<M: Manager> {
 /// meets next as stale (a backend that restarted), closes them unchecked, and waits for a new
 /// one. Bounds the checks one `get` runs, whatever the manager does.
 const UNHEALTHY_PER_GET: u32 = 3;
+
+/// How many times one `get` starts the pool's actor anew (its runtime went away while the
+/// call waited) before it gives up with [`Error::RuntimeGone`].
+const MOVES_PER_GET: u32 = 3;
 
 /// One `get`'s time budget and what it has met so far. The clock is read only once the call
 /// has to wait for something: a health check that does not finish at once, or a connection.
@@ -245,7 +249,7 @@ impl<M: Manager> Pool<M> {
         let closed = gone.len();
         for entry in gone {
             shared.ledger.record_reason(Reason::Retained);
-            shared.retire(entry.conn, false);
+            shared.retire(entry.conn, entry.home, false);
         }
         closed
     }
@@ -290,7 +294,7 @@ impl<M: Manager> Pool<M> {
         shared.ledger.set_surplus(excess - gone.len());
         for entry in gone {
             shared.ledger.record_reason(Reason::Resized);
-            shared.retire(entry.conn, false);
+            shared.retire(entry.conn, entry.home, false);
         }
         // Growing: waiters are served now, not at the next event.
         let _ = shared.mailbox_tx.try_send(Msg::Grow);
@@ -335,6 +339,7 @@ impl<M: Manager> Pool<M> {
         if !shared.ledger.is_running() {
             return Err(shared.closed_error());
         }
+        self.ensure_home()?;
         if !wait {
             self.ask_to_grow();
             return Err(Error::Exhausted);
@@ -343,6 +348,37 @@ impl<M: Manager> Pool<M> {
         // of this future it would be moved with it on every checkout. Waiting allocates
         // anyway (a place in the waitlist); taking an idle connection does not.
         Box::pin(self.wait_for_connection(budget)).await
+    }
+
+    /// A pool whose runtime follows its callers and has no actor (never started, or its
+    /// runtime went away): starts one on the caller's runtime. Several callers may find it so
+    /// at once; one starts it. Fails when the caller offers no runtime to start it on
+    /// ([`Error::Spawn`]) or once the pool is closing; never undoes a close.
+    pub(crate) fn ensure_home(&self) -> Result<(), Error<M::Error>> {
+        let shared = &self.shared;
+        if !shared.ambient || shared.ledger.actor_alive() {
+            return Ok(());
+        }
+        match shared.waitlist.claim_home() {
+            Err(Closed) => Err(shared.closed_error()),
+            Ok(Claim::Served) => Ok(()),
+            Ok(Claim::Start(home)) => {
+                let actor = PoolActor::new(shared.clone(), home);
+                // A refused task is dropped, and with it the actor: its drop leaves the pool
+                // without a home again, for the next caller.
+                shared
+                    .runtime
+                    .spawn(Box::pin(actor.run()))
+                    .map_err(Error::Spawn)?;
+                shared.ledger.record_home();
+                event!(
+                    debug,
+                    home,
+                    "the pool's actor started on a caller's runtime"
+                );
+                Ok(())
+            }
+        }
     }
 
     /// Taking an idle connection may leave fewer than `min_idle`: wake the actor to top up
@@ -384,6 +420,7 @@ impl<M: Manager> Pool<M> {
         let _waiting = WaiterMark::new(&shared.ledger, started);
         let mut timer: Option<BoxFuture> = None;
         let mut again = false;
+        let mut moves = 0;
         loop {
             // The clock was read just above on the first round; a later round follows a
             // connection that failed its check, which may have taken time.
@@ -408,6 +445,7 @@ impl<M: Manager> Pool<M> {
                     let (ticket, arm) = match joined {
                         Join::Idle(entry) => return Poll::Ready(Outcome::Got(entry, false)),
                         Join::Closed => return Poll::Ready(Outcome::Closed),
+                        Join::Moved => return Poll::Ready(Outcome::Moved),
                         Join::Queued { ticket, arm } => (ticket, arm),
                     };
                     queued.ticket = Some(ticket);
@@ -451,6 +489,16 @@ impl<M: Manager> Pool<M> {
                 Outcome::Failed(f) => return Err(f.into()),
                 Outcome::Closed => return Err(shared.closed_error()),
                 Outcome::TimedOut => return Err(self.timed_out(&budget)),
+                Outcome::Moved => {
+                    // The actor's runtime went away while we waited: start the next actor
+                    // here, and wait for it. A runtime that keeps dropping the actor the
+                    // moment it starts (one shutting down) is given up on.
+                    moves += 1;
+                    if moves > MOVES_PER_GET {
+                        return Err(Error::RuntimeGone);
+                    }
+                    self.ensure_home()?;
+                }
             }
         }
     }
@@ -467,18 +515,24 @@ impl<M: Manager> Pool<M> {
     ) -> Result<Attempt<M>, Error<M::Error>> {
         let shared = &self.shared;
         if !shared.ledger.is_running() {
-            shared.retire(entry.conn, false);
+            shared.retire(entry.conn, entry.home, false);
             return Err(shared.closed_error());
+        }
+        if entry.home != shared.waitlist.home() {
+            // Made under a runtime that went away since it was taken (the pool moved on).
+            shared.ledger.record_reason(Reason::Moved);
+            shared.retire(entry.conn, entry.home, false);
+            return Ok(Attempt::Expired);
         }
         if let Some(reason) = shared.expiry(&entry) {
             shared.ledger.record_reason(reason);
-            shared.retire(entry.conn, false);
+            shared.retire(entry.conn, entry.home, false);
             return Ok(Attempt::Expired);
         }
         if !fresh && !budget.trusts_idle() {
             // Stale by the evidence of this call's failed checks: make room for a new one.
             shared.ledger.record_reason(Reason::Broken);
-            shared.retire(entry.conn, false);
+            shared.retire(entry.conn, entry.home, false);
             return Ok(Attempt::Unhealthy);
         }
         shared.ledger.check_out();
@@ -552,7 +606,10 @@ impl<M: Manager> Drop for Queued<'_, M> {
         };
         if let Some(Outcome::Got(entry, _)) = self.shared.waitlist.cancel(ticket) {
             if let Err(entry) = self.shared.put_idle(entry, false) {
-                self.shared.retire(entry.conn, false);
+                if entry.home != self.shared.waitlist.home() {
+                    self.shared.ledger.record_reason(Reason::Moved);
+                }
+                self.shared.retire(entry.conn, entry.home, false);
             }
         }
     }
@@ -792,12 +849,14 @@ impl<M: Manager> Builder<M> {
         let ledger = Ledger::new();
         ledger.set_limits(self.config.max_size, self.config.min_idle);
         let (mailbox_tx, mailbox_rx) = async_channel::unbounded();
+        let ambient = runtime.ambient();
         let shared = Arc::new(Shared {
             manager: self.manager,
             config: self.config,
             runtime,
+            ambient,
             ledger,
-            waitlist: Waitlist::new(capacity, lifo),
+            waitlist: Waitlist::new(capacity, lifo, ambient),
             mailbox_tx,
             mailbox_rx,
             last_create_error: Mutex::new(None),
@@ -805,12 +864,14 @@ impl<M: Manager> Builder<M> {
             closed: Event::new(),
             close: Mutex::new(CloseState::default()),
         });
-        let actor = PoolActor::new(shared.clone());
         let pool = Pool { shared };
-        pool.shared
-            .runtime
-            .spawn(Box::pin(actor.run()))
-            .map_err(Error::Spawn)?;
+        if !ambient {
+            let actor = PoolActor::new(pool.shared.clone(), 0);
+            pool.shared
+                .runtime
+                .spawn(Box::pin(actor.run()))
+                .map_err(Error::Spawn)?;
+        }
         event!(
             debug,
             max_size = pool.shared.ledger.max_size(),

@@ -42,6 +42,10 @@ impl<M: Manager> Builder<M> {
     /// ```
     pub async fn build_ready(self, patience: Duration) -> Result<Pool<M>, Error<M::Error>> {
         let pool = self.build()?;
+        // A pool whose runtime follows its callers starts its actor here, on this one.
+        if let Err(error) = pool.ensure_home() {
+            return Err(failed_start(&pool, error));
+        }
         let started = Instant::now();
         let want = pool.shared.ledger.min_idle();
         let ready = async {

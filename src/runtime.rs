@@ -26,6 +26,23 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// A future that completes after `duration`.
     fn sleep(&self, duration: Duration) -> BoxFuture;
+
+    /// Whether `spawn` starts its task on the *caller's* runtime, whichever that is, rather
+    /// than on one fixed runtime (default: false).
+    ///
+    /// A pool on such a runtime needs no runtime to be built (`static POOL: LazyLock<Pool<_>>`
+    /// works): its actor is started by the first `get`, on that caller's runtime. When that
+    /// runtime goes away, the connections made there are closed as on any pool (the
+    /// synchronous fallback), but the pool stays open, without a home: the next `get` from a
+    /// live runtime starts a fresh actor there, which makes fresh connections. A connection
+    /// made under a runtime that went away is never handed out again. An explicit close
+    /// closes for good.
+    ///
+    /// An implementation that returns true must make `spawn` fail (never panic) when the
+    /// calling thread offers no runtime, and make `sleep` work wherever it is polled.
+    fn ambient(&self) -> bool {
+        false
+    }
 }
 
 /// A runtime refused to start the pool actor.

@@ -24,8 +24,13 @@ pub(crate) enum Msg<C> {
     Grow,
     /// A slot was freed outside the actor (a detach): serve waiters, or finish a close.
     Freed,
-    /// A connection that must not be reused: close it gracefully.
-    Retire { conn: C, from_guard: bool },
+    /// A connection that must not be reused: close it gracefully (synchronously if it belongs
+    /// to an older `home` than the actor's).
+    Retire {
+        conn: C,
+        home: u32,
+        from_guard: bool,
+    },
     /// Close the pool.
     Close,
     /// Idle connections taken at close whose goodbyes are still to be said: the rest of a
@@ -40,6 +45,8 @@ pub(crate) struct Idle<C> {
     pub(crate) returned_ms: u64,
     /// Times checked out so far.
     pub(crate) checkouts: u32,
+    /// The home (the actor, counted from 0) that created it: see [`Waitlist::evict`].
+    pub(crate) home: u32,
 }
 
 /// A callback for creation failures.
@@ -50,6 +57,9 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) manager: M,
     pub(crate) config: Config,
     pub(crate) runtime: Arc<dyn Runtime>,
+    /// The runtime follows the caller ([`Runtime::ambient`]): the actor is started by the
+    /// first caller, and started again when its runtime goes away.
+    pub(crate) ambient: bool,
     pub(crate) ledger: Ledger,
     /// Idle connections and the callers waiting for one.
     pub(crate) waitlist: Waitlist<Idle<M::Connection>, M::Error>,
@@ -137,10 +147,15 @@ impl<M: Manager> Shared<M> {
     }
 
     /// Ends a connection that must not be reused: gracefully through the actor when it is
-    /// alive, else synchronously here. `from_guard` says it was checked out.
-    pub(crate) fn retire(&self, conn: M::Connection, from_guard: bool) {
-        let conn = if self.ledger.actor_alive() {
-            match self.mailbox_tx.try_send(Msg::Retire { conn, from_guard }) {
+    /// alive and the connection is of its home, else synchronously here. `from_guard` says it
+    /// was checked out.
+    pub(crate) fn retire(&self, conn: M::Connection, home: u32, from_guard: bool) {
+        let conn = if self.ledger.actor_alive() && home == self.waitlist.home() {
+            match self.mailbox_tx.try_send(Msg::Retire {
+                conn,
+                home,
+                from_guard,
+            }) {
                 Ok(()) => return,
                 Err(e) => match e.into_inner() {
                     Msg::Retire { conn, .. } => conn,
@@ -189,7 +204,8 @@ impl<M: Manager> Shared<M> {
         entry: Idle<M::Connection>,
         fresh: bool,
     ) -> Result<(), Idle<M::Connection>> {
-        self.waitlist.put(entry, fresh, |_| {})
+        let home = entry.home;
+        self.waitlist.put(entry, home, fresh, |_| {})
     }
 
     /// Like [`put_idle`](Shared::put_idle) for a connection a guard gives back, stamped with
@@ -209,7 +225,8 @@ impl<M: Manager> Shared<M> {
             coarse
         };
         let ledger = &self.ledger;
-        self.waitlist.put(entry, false, |entry| {
+        let home = entry.home;
+        self.waitlist.put(entry, home, false, |entry| {
             if entry.returned_ms == coarse {
                 entry.returned_ms = ledger.real_now_ms();
             }

@@ -59,6 +59,13 @@ pub struct Counters {
     pub closed_retained: u64,
     /// Closed because the pool was made smaller.
     pub closed_resized: u64,
+    /// Closed because the runtime they were created on went away while the pool, whose
+    /// runtime follows its callers ([`Runtime::ambient`](crate::Runtime::ambient)), lived on:
+    /// idle ones at once, checked-out ones as their guards drop.
+    pub closed_moved: u64,
+    /// Times the pool moved: its actor was started again, on a caller's runtime, after the
+    /// runtime it ran on went away. Always 0 for a pool on one runtime.
+    pub rehomed: u64,
 }
 
 impl Counters {
@@ -84,7 +91,8 @@ impl Counters {
                 + self.closed_idle_timeout
                 + self.closed_max_lifetime
                 + self.closed_retained
-                + self.closed_resized,
+                + self.closed_resized
+                + self.closed_moved,
         )
     }
 
@@ -112,7 +120,9 @@ pub struct Status {
     pub waiters: usize,
     /// Running, closing or closed.
     pub state: PoolState,
-    /// Whether the pool actor's task still exists.
+    /// Whether the pool actor's task still exists. False while a pool whose runtime follows
+    /// its callers has no home yet (before its first `get`, and after its runtime went away
+    /// until the next `get`).
     pub actor_alive: bool,
     /// Lifetime counts.
     pub counters: Counters,

@@ -21,7 +21,8 @@
 //! [`Waitlist::expire`] on each one that falls due times every waiter out on time.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Acquire, Ordering::Relaxed};
+use std::sync::atomic::{Ordering::Release, Ordering::SeqCst};
 use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -36,6 +37,9 @@ pub(crate) enum Outcome<T, E> {
     Closed,
     /// Its deadline passed while it waited.
     TimedOut,
+    /// The runtime the pool's actor ran on went away: the pool has no home until a caller
+    /// gives it one (see [`Waitlist::evict`]).
+    Moved,
 }
 
 enum Place<T, E> {
@@ -60,6 +64,11 @@ struct List<T, E> {
     closed: bool,
     /// The earliest deadline registered and not yet fallen due.
     armed: Option<Instant>,
+    /// The pool's home: which actor (counted from 0) connections given back must have been
+    /// created by. Raised by [`Waitlist::evict`]; a connection of an older home is refused.
+    home: u32,
+    /// No actor serves the list: nobody may queue until a caller starts one.
+    homeless: bool,
 }
 
 impl<T, E> List<T, E> {
@@ -81,6 +90,8 @@ pub(crate) struct Waitlist<T, E> {
     waiting: AtomicUsize,
     /// How many are idle; read without the lock by status and the growth plan.
     idle: AtomicUsize,
+    /// `home`, readable without the lock.
+    home: AtomicU32,
 }
 
 /// A waiter's place in the list. Given back through [`Waitlist::poll`] (once it is ready) or
@@ -103,12 +114,24 @@ pub(crate) enum Join<T> {
     },
     /// The pool is closing.
     Closed,
+    /// The pool has no actor: start one, then join again.
+    Moved,
+}
+
+/// The pool has no actor to serve a waiter, and it is for the caller to start one: it is
+/// told which home to start.
+pub(crate) enum Claim {
+    /// Start the actor of this home.
+    Start(u32),
+    /// An actor serves the list already.
+    Served,
 }
 
 impl<T, E> Waitlist<T, E> {
     /// `capacity`: idle connections room is made for up front. `lifo`: the most recently
-    /// returned idle connection is taken first.
-    pub(crate) fn new(capacity: usize, lifo: bool) -> Self {
+    /// returned idle connection is taken first. `homeless`: no actor serves it yet (one is
+    /// started by the first caller, [`Waitlist::claim_home`]).
+    pub(crate) fn new(capacity: usize, lifo: bool, homeless: bool) -> Self {
         Waitlist {
             list: Mutex::new(List {
                 idle: VecDeque::with_capacity(capacity),
@@ -118,9 +141,12 @@ impl<T, E> Waitlist<T, E> {
                 queue: VecDeque::new(),
                 closed: false,
                 armed: None,
+                home: 0,
+                homeless,
             }),
             waiting: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
+            home: AtomicU32::new(0),
         }
     }
 
@@ -146,6 +172,12 @@ impl<T, E> Waitlist<T, E> {
     /// How many connections are idle.
     pub(crate) fn idle(&self) -> usize {
         self.idle.load(Relaxed)
+    }
+
+    /// The pool's home now: the connections of any other are never handed out.
+    #[inline]
+    pub(crate) fn home(&self) -> u32 {
+        self.home.load(Acquire)
     }
 
     /// Takes the longest idle connection, if there is one (while callers are queued there
@@ -194,6 +226,9 @@ impl<T, E> Waitlist<T, E> {
         let mut list = self.lock();
         if list.closed {
             return Join::Closed;
+        }
+        if list.homeless {
+            return Join::Moved;
         }
         if let Some(entry) = list.take_one() {
             self.publish_idle(&list);
@@ -285,18 +320,20 @@ impl<T, E> Waitlist<T, E> {
         }
     }
 
-    /// Hands `entry` to the longest waiter, else makes it idle; gives it back once closed.
-    /// `fresh`: it comes straight from `create`. `going_idle` is called on an entry about to
-    /// go idle (to stamp it), under the lock.
+    /// Hands `entry` to the longest waiter, else makes it idle; gives it back once closed,
+    /// and when it was made by an actor of another `home` than the list's (its runtime went
+    /// away). `fresh`: it comes straight from `create`. `going_idle` is called on an entry
+    /// about to go idle (to stamp it), under the lock.
     #[inline]
     pub(crate) fn put(
         &self,
         entry: T,
+        home: u32,
         fresh: bool,
         going_idle: impl FnOnce(&mut T),
     ) -> Result<(), T> {
         let mut list = self.lock();
-        if list.closed {
+        if list.closed || home != list.home {
             return Err(entry);
         }
         match list.queue.pop_front() {
@@ -337,6 +374,41 @@ impl<T, E> Waitlist<T, E> {
         self.publish(&list);
         drop(list);
         wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// The runtime the pool's actor ran on went away, and the pool outlives it: the home
+    /// moves on. Takes everything idle (the caller closes it), refuses every connection of the
+    /// old home given back from now on, and settles every waiter with `Moved` — their wakers
+    /// are returned, to be woken once the caller has finished with the old home. Until a
+    /// caller claims the new home, nobody queues.
+    pub(crate) fn evict(&self) -> (VecDeque<T>, Vec<Waker>) {
+        let mut list = self.lock();
+        list.home = list.home.wrapping_add(1);
+        self.home.store(list.home, Release);
+        list.homeless = true;
+        let idle = std::mem::take(&mut list.idle);
+        let mut wakers = Vec::with_capacity(list.queue.len());
+        while let Some(index) = list.queue.pop_front() {
+            wakers.push(Self::settle(&mut list, index, Outcome::Moved));
+        }
+        self.publish(&list);
+        self.publish_idle(&list);
+        (idle, wakers)
+    }
+
+    /// A caller found the pool without an actor: the first to ask is told to start one (the
+    /// list is served from now on); others are told it is. `Err` once closed: a close is
+    /// never undone by a new home.
+    pub(crate) fn claim_home(&self) -> Result<Claim, Closed> {
+        let mut list = self.lock();
+        if list.closed {
+            return Err(Closed);
+        }
+        if !list.homeless {
+            return Ok(Claim::Served);
+        }
+        list.homeless = false;
+        Ok(Claim::Start(list.home))
     }
 
     /// The registration for `at` fell due at `now`: times out every waiter whose deadline is

@@ -44,6 +44,41 @@
 //! If the runtime is dropped while the pool is still in use, the actor's task is dropped with
 //! it and the pool closes itself synchronously: connections are closed, guards dropped later
 //! close theirs, and `get()` reports [`gracepool::Error::RuntimeGone`]. Nothing panics.
+//!
+//! # A pool that outlives its runtime
+//!
+//! A pool on [`Ambient`] follows its callers instead: it needs no runtime to be built (so it
+//! can live in a `static`), its actor starts on the runtime of the first `get`, and when that
+//! runtime goes away the pool closes the connections made there and moves to the runtime of
+//! the next `get` — a pool shared by `#[tokio::test]` functions, each on its own runtime:
+//!
+//! ```
+//! use std::sync::LazyLock;
+//! use gracepool::{Manager, Pool};
+//! use gracepool_tokio::Ambient;
+//! # struct Numbers;
+//! # impl Manager for Numbers {
+//! #     type Connection = u32;
+//! #     type Error = std::io::Error;
+//! #     async fn create(&self) -> Result<u32, std::io::Error> { Ok(42) }
+//! # }
+//!
+//! static POOL: LazyLock<Pool<Numbers>> = LazyLock::new(|| {
+//!     Pool::builder(Numbers)
+//!         .runtime(Ambient::new())
+//!         .build()
+//!         .expect("a valid configuration")
+//! });
+//!
+//! for _ in 0..2 {
+//!     // A runtime per test; the second starts the pool's actor anew.
+//!     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+//!     rt.block_on(async {
+//!         assert_eq!(*POOL.get().await.expect("a connection"), 42);
+//!     });
+//! }
+//! assert_eq!(POOL.status().counters.rehomed, 1);
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -146,5 +181,81 @@ impl Runtime for TokioRuntime {
                 async_io::Timer::after(duration).await;
             }
         })
+    }
+}
+
+/// A [`gracepool::Runtime`] that follows the caller: the pool's actor is started on the tokio
+/// runtime of the `get` that finds the pool without one (see
+/// [`Runtime::ambient`](gracepool::Runtime::ambient)).
+///
+/// Building a pool on it needs no runtime. The first `get` starts the actor on its own runtime;
+/// when that runtime goes away (a `#[tokio::test]` ends, a runtime is dropped), the connections
+/// made there are closed synchronously, checked-out ones as their guards drop, and the next
+/// `get` — from any live tokio runtime — starts a fresh actor there, with fresh connections.
+/// Callers waiting on other runtimes when that happens are served by the new actor within
+/// their wait timeout. A `get` from a thread with no tokio runtime on a pool that has no actor
+/// fails with [`gracepool::Error::Spawn`]. [`Pool::close`](gracepool::Pool::close) closes for
+/// good.
+///
+/// Works on multi-thread and current_thread runtimes, also those of actix-rt (an actix
+/// `System` runs tokio runtimes). Timers: tokio's, on whichever runtime polls them (which
+/// must have its time driver: `#[tokio::test]` and `enable_all()` turn it on), or `async-io`'s
+/// where no tokio runtime is, or always with
+/// [`with_async_io_timers`](Ambient::with_async_io_timers).
+#[derive(Debug, Clone)]
+pub struct Ambient {
+    tokio_timers: bool,
+}
+
+impl Ambient {
+    /// A runtime that follows the caller.
+    pub fn new() -> Self {
+        Ambient { tokio_timers: true }
+    }
+
+    /// Never uses tokio's timer, only `async-io`'s: for runtimes built without their time
+    /// driver.
+    pub fn with_async_io_timers(mut self) -> Self {
+        self.tokio_timers = false;
+        self
+    }
+}
+
+impl Default for Ambient {
+    fn default() -> Self {
+        Ambient::new()
+    }
+}
+
+impl Runtime for Ambient {
+    fn spawn(&self, task: BoxFuture) -> Result<(), SpawnError> {
+        let handle = Handle::try_current().map_err(|_| {
+            SpawnError::new(
+                "the pool has no actor and this thread is in no tokio runtime to start one on",
+            )
+        })?;
+        // A runtime shutting down drops the task at once instead of panicking.
+        let join = handle.spawn(task);
+        if join.is_finished() {
+            return Err(SpawnError::new("the tokio runtime is shutting down"));
+        }
+        Ok(())
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture {
+        let tokio_timers = self.tokio_timers;
+        Box::pin(async move {
+            // Decided where the timer is first polled: tokio's timer inside a tokio runtime,
+            // async-io's (its own reactor, works everywhere) outside one.
+            if tokio_timers && Handle::try_current().is_ok() {
+                tokio::time::sleep(duration).await;
+            } else {
+                async_io::Timer::after(duration).await;
+            }
+        })
+    }
+
+    fn ambient(&self) -> bool {
+        true
     }
 }
