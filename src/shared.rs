@@ -150,7 +150,8 @@ impl<M: Manager> Shared<M> {
     /// alive and the connection is of its home, else synchronously here. `from_guard` says it
     /// was checked out.
     pub(crate) fn retire(&self, conn: M::Connection, home: u32, from_guard: bool) {
-        let conn = if self.ledger.actor_alive() && home == self.waitlist.home() {
+        let moved = home != self.waitlist.home();
+        let conn = if self.ledger.actor_alive() && !moved {
             match self.mailbox_tx.try_send(Msg::Retire {
                 conn,
                 home,
@@ -169,6 +170,11 @@ impl<M: Manager> Shared<M> {
             self.ledger.check_in();
         }
         self.close_sync(conn);
+        if moved && self.ledger.actor_alive() {
+            // A slot of the old home is free, and the new home's actor does not know: it may
+            // have callers waiting for one.
+            let _ = self.mailbox_tx.try_send(Msg::Freed);
+        }
     }
 
     /// Closes a connection with the manager's synchronous `close`, containing any panic.

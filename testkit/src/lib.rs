@@ -94,17 +94,24 @@ pub struct Stats {
     create_delay_ms: AtomicU64,
 }
 
-/// A connection made by [`Counting`]: an id, and a record of whether it was closed.
+/// A connection made by [`Counting`]: an id, where it was born, and a record of whether it
+/// was closed.
 pub struct Conn {
     /// Its creation number, from 1.
     pub id: u64,
+    /// The birthplace of the thread that created it (see [`set_birthplace`]): which runtime
+    /// it was born on, for tests where the pool moves from one runtime to another.
+    pub born: u64,
     closed: bool,
     stats: Arc<Stats>,
 }
 
 impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Conn").field("id", &self.id).finish()
+        f.debug_struct("Conn")
+            .field("id", &self.id)
+            .field("born", &self.born)
+            .finish()
     }
 }
 
@@ -215,6 +222,17 @@ impl Counting {
     }
 }
 
+thread_local! {
+    static BIRTHPLACE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Tags the connections [`Counting`] creates on this thread from now on with `place` (their
+/// [`Conn::born`]; 0 where it was never set). Call it on every thread that runs a runtime (for
+/// tokio's multi-thread runtime, in `on_thread_start`), one `place` per runtime.
+pub fn set_birthplace(place: u64) {
+    BIRTHPLACE.with(|b| b.set(place));
+}
+
 async fn act(fault: Fault, step: &'static str) -> Result<(), TestError> {
     match fault {
         Fault::None => Ok(()),
@@ -239,6 +257,8 @@ impl Manager for Counting {
             let id = stats.created.fetch_add(1, SeqCst) + 1;
             Ok(Conn {
                 id,
+                // Read where the connection is made: the thread polling `create`.
+                born: BIRTHPLACE.with(std::cell::Cell::get),
                 closed: false,
                 stats,
             })
