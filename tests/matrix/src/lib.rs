@@ -73,7 +73,7 @@ pub struct Scenario {
 const LIMIT: Duration = Duration::from_secs(20);
 
 /// Every row, in table order.
-pub const SCENARIOS: [Scenario; 17] = [
+pub const SCENARIOS: [Scenario; 21] = [
     row(
         "S1",
         "runtime dropped while idle, handles alive; last handle dropped outside any runtime",
@@ -139,6 +139,22 @@ pub const SCENARIOS: [Scenario; 17] = [
         "S14",
         "a tokio runtime built without a time driver (async-io timers)",
     ),
+    row(
+        "S15",
+        "re-homing: runtime A dies while runtime B's tasks wait; B's new actor serves them",
+    ),
+    row(
+        "S16",
+        "re-homing: A dies mid-creation (a slow create in flight); B's tasks served from B",
+    ),
+    row(
+        "S17",
+        "re-homing: a close racing a move to B, 20 rounds; the close is never undone",
+    ),
+    row(
+        "S18",
+        "re-homing: guards from the dead runtime dropped on the new one: closed, not reused",
+    ),
 ];
 
 /// Control cells, run on tokio current_thread: each breaks one pass condition on purpose, and
@@ -190,6 +206,9 @@ pub fn applies(id: &str, kind: Kind) -> Result<(), &'static str> {
         ("S13", SmolGlobal) => Err(NEVER_DROPPED),
         ("S14", TokioMt | TokioCt) => Ok(()),
         ("S14", _) => Err("only a tokio runtime can lack a time driver"),
+        ("S15" | "S16" | "S17" | "S18", SmolGlobal) => {
+            Err("smol's global executor is never dropped: nothing to move from")
+        }
         _ => Ok(()),
     }
 }

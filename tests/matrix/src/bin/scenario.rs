@@ -19,14 +19,14 @@ use std::time::{Duration, Instant};
 use async_executor::Executor;
 use gracepool::{Builder, CloseCause, Error, Pool, PoolState, Pooled, Runtime};
 use gracepool_matrix::{applies, Kind};
-use gracepool_testkit::{assert_accounted, Counting};
+use gracepool_testkit::{assert_accounted, set_birthplace, Counting};
 
 type P = Pool<Counting>;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(id), Some(kind)) = (args.get(1), args.get(2).and_then(|k| Kind::parse(k))) else {
-        eprintln!("usage: scenario <S1..S12> <tokio-mt|tokio-ct|smol-global|smol-exec|actix|none>");
+        eprintln!("usage: scenario <S1..S18> <tokio-mt|tokio-ct|smol-global|smol-exec|actix|none>");
         std::process::exit(2);
     };
     if let Err(why) = applies(id, kind).or_else(|why| {
@@ -58,6 +58,10 @@ fn main() {
         "S12" => s12(&m, kind),
         "S13" => s13(&m, kind),
         "S14" => s14(&m, kind),
+        "S15" => s15(&m, kind),
+        "S16" => s16(&m, kind),
+        "S17" => s17(&m, kind),
+        "S18" => s18(&m, kind),
         "C-stderr" | "C-leak" | "C-exit" | "C-hang" => control(&m, kind, id),
         other => {
             eprintln!("no scenario {other}");
@@ -151,7 +155,8 @@ impl Host {
         match self {
             Host::Tokio(rt, _) => rt.block_on(fut),
             Host::SmolGlobal => async_io::block_on(fut),
-            Host::SmolExec(ex) => async_io::block_on(ex.run(fut)),
+            // `ex.run` with `ex` the ambient executor (for S15-S18's pools).
+            Host::SmolExec(ex) => async_io::block_on(gracepool_smol::run(ex, fut)),
             Host::Actix(sys, _) => sys.block_on(fut),
             Host::None(_) => futures_lite::future::block_on(fut),
         }
@@ -889,6 +894,416 @@ fn s14(m: &Counting, kind: Kind) -> String {
     drop(pool);
     drop(host);
     "wait timeout, idle reaping and close deadline all on async-io timers".into()
+}
+
+// --- S15-S18: a pool that moves from a runtime that died to the next live one -----------
+
+/// Where runtime A's connections are born (its threads' birthplace), and B's.
+const A: u64 = 1;
+const B: u64 = 2;
+
+/// A runtime of a re-homing row: a host of the column whose threads tag the connections
+/// born on them with `place` ([`Counting`]'s `born`).
+struct Home {
+    host: Host,
+    place: u64,
+}
+
+impl Home {
+    fn new(kind: Kind, place: u64) -> Home {
+        let host = match kind {
+            // Its workers run the actor: each is tagged as it starts.
+            Kind::TokioMt => Host::Tokio(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .on_thread_start(move || set_birthplace(place))
+                    .build()
+                    .expect("a tokio runtime"),
+                true,
+            ),
+            _ => Host::new(kind),
+        };
+        Home { host, place }
+    }
+
+    /// The host's `block_on`, on a thread tagged with this runtime's birthplace meanwhile
+    /// (the other columns run their tasks on the thread inside `block_on`).
+    fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        set_birthplace(self.place);
+        let out = self.host.block_on(fut);
+        set_birthplace(0);
+        out
+    }
+
+    fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        self.host.spawn(fut)
+    }
+}
+
+/// A pool whose runtime follows its callers, as each column offers it: gracepool-tokio's
+/// `Ambient` on tokio and in an actix System (which runs a tokio current_thread runtime),
+/// `SmolRuntime::ambient()` under `gracepool_smol::run` on smol.
+fn ambient_pool(m: &Counting, kind: Kind) -> Builder<Counting> {
+    let runtime: Arc<dyn Runtime> = match kind {
+        Kind::TokioMt | Kind::TokioCt | Kind::Actix => Arc::new(gracepool_tokio::Ambient::new()),
+        Kind::SmolExec => Arc::new(gracepool_smol::SmolRuntime::ambient()),
+        _ => unreachable!("the re-homing rows run where a runtime can die"),
+    };
+    Pool::builder(m.clone()).runtime_arc(runtime)
+}
+
+/// Runtime A on a thread of its own: runs `start` there, hands back its output, then keeps
+/// the runtime (undriven, but for tokio multi-thread's workers) until [`Elsewhere::end`]
+/// drops it, on that thread.
+struct Elsewhere {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Elsewhere {
+    fn start<T, F>(kind: Kind, start: impl FnOnce() -> F + Send + 'static) -> (T, Elsewhere)
+    where
+        T: Send + 'static,
+        F: Future<Output = T>,
+    {
+        let (out_tx, out_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let a = Home::new(kind, A);
+            out_tx
+                .send(a.block_on(start()))
+                .expect("the scenario waits");
+            let _ = stop_rx.recv();
+            drop(a);
+        });
+        let out = out_rx.recv().expect("runtime A's start finished");
+        (out, Elsewhere { stop, thread })
+    }
+
+    /// Drops runtime A, and returns once it is gone.
+    fn end(self) {
+        let _ = self.stop.send(());
+        self.thread.join().expect("runtime A's thread ends cleanly");
+    }
+}
+
+/// What the B side of a row saw from each `get`.
+async fn served_on(rx: async_channel::Receiver<Result<u64, String>>, n: usize) -> Vec<u64> {
+    let mut born = Vec::new();
+    for _ in 0..n {
+        match rx.recv().await.expect("every task reports") {
+            Ok(place) => born.push(place),
+            Err(e) => panic!("a caller on B was not served: {e}"),
+        }
+    }
+    born
+}
+
+/// S15: runtime A dies while runtime B's tasks wait. A holds both connections of a pool of
+/// 2 (kept past A's end), B's 6 tasks wait; A is dropped: they start the pool's actor on B,
+/// and are served by it, with connections born on B, as soon as A's guards are gone.
+fn s15(m: &Counting, kind: Kind) -> String {
+    const TASKS: usize = 6;
+    // Shorter than the maintenance tick (1 s): waiters are served when a slot frees.
+    let pool = ambient_pool(m, kind)
+        .max_size(2)
+        .wait_timeout(Duration::from_millis(800))
+        .build()
+        .unwrap();
+    let p = pool.clone();
+    let (held, a) = Elsewhere::start(kind, move || async move { get_n(&p, 2).await });
+    assert!(held.iter().all(|c| c.born == A));
+    let b = Home::new(kind, B);
+    let report = b.block_on(async {
+        let (tx, rx) = async_channel::unbounded();
+        for _ in 0..TASKS {
+            let (pool, tx) = (pool.clone(), tx.clone());
+            b.spawn(async move {
+                let got = match pool.get().await {
+                    Ok(c) => {
+                        let born = c.born;
+                        sleep(Duration::from_millis(1)).await;
+                        Ok(born)
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = tx.send(got).await;
+            });
+        }
+        until("B's tasks to wait", || pool.status().waiters == TASKS).await;
+        a.end();
+        // They start the actor on B, and wait again: both slots are A's guards'.
+        until("the actor on B with B's tasks waiting", || {
+            let s = pool.status();
+            s.actor_alive && s.counters.rehomed == 1 && s.waiters == TASKS
+        })
+        .await;
+        assert_eq!(rx.len(), 0, "nobody served before a slot freed");
+        assert_eq!(m.created(), 2, "nothing made while every slot is taken");
+        // A's guards, dropped outside any runtime: closed, their slots B's.
+        let freed_at = Instant::now();
+        std::thread::spawn(move || drop(held)).join().unwrap();
+        let born = served_on(rx, TASKS).await;
+        let took = freed_at.elapsed();
+        assert!(born.iter().all(|&p| p == B), "born on A: {born:?}");
+        (pool.close().await, took)
+    });
+    let (report, took) = report;
+    assert!(report.is_complete() && !report.fallback, "{report:?}");
+    let c = report.counters;
+    assert_eq!((c.rehomed, c.closed_moved, c.created), (1, 2, 4), "{c:?}");
+    assert_eq!(c.gets_timed_out, 0, "{c:?}");
+    assert_accounted(&c);
+    drop(pool);
+    drop(b);
+    format!(
+        "6 waiters on B served by the actor they started there, {:.1} ms after A's guards went; rehomed {}",
+        took.as_secs_f64() * 1e3,
+        c.rehomed
+    )
+}
+
+/// S16: runtime A dies mid-creation: a slow `create` (500 ms) is in flight on A when A is
+/// dropped, and B's tasks wait for it. The creation dies with A, making nothing; B's tasks
+/// start the actor on B, which makes their connections.
+fn s16(m: &Counting, kind: Kind) -> String {
+    const TASKS: usize = 3;
+    const SLOW: Duration = Duration::from_millis(500);
+    m.set_create_delay(SLOW);
+    let pool = ambient_pool(m, kind)
+        .max_size(2)
+        .min_idle(1)
+        .wait_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let p = pool.clone();
+    let (asked, a) = Elsewhere::start(kind, move || async move {
+        let asked = Instant::now();
+        // Starts the actor here, which starts making its `min_idle` connection.
+        assert!(matches!(p.try_get().await, Err(Error::Exhausted)));
+        until("a creation in flight on A", || p.status().size == 1).await;
+        asked
+    });
+    let b = Home::new(kind, B);
+    let born = b.block_on(async {
+        let (tx, rx) = async_channel::unbounded();
+        for _ in 0..TASKS {
+            let (pool, tx) = (pool.clone(), tx.clone());
+            b.spawn(async move {
+                let got = match pool.get().await {
+                    Ok(c) => {
+                        let born = c.born;
+                        sleep(Duration::from_millis(1)).await;
+                        Ok(born)
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = tx.send(got).await;
+            });
+        }
+        until("B's tasks to wait", || pool.status().waiters == TASKS).await;
+        a.end();
+        let ended = Instant::now();
+        assert!(
+            asked.elapsed() < SLOW,
+            "A ended too late to die mid-creation"
+        );
+        assert_eq!(m.created(), 0, "the creation in flight died with A");
+        let born = served_on(rx, TASKS).await;
+        // Woken by A's end, not by their wait timeout (3 s): B's own creations take SLOW.
+        let took = ended.elapsed();
+        assert!(took < SLOW * 3, "B's callers served {took:?} after A's end");
+        (born, took)
+    });
+    let (born, took) = born;
+    assert!(born.iter().all(|&p| p == B), "born on A: {born:?}");
+    // Long past the moment A's creation would have finished: it never does.
+    std::thread::sleep(SLOW);
+    let c = pool.status().counters;
+    assert_eq!(m.created(), c.created);
+    assert!(c.created <= 2, "{c:?}");
+    assert_eq!((c.rehomed, c.closed_moved), (1, 0), "{c:?}");
+    let report = b.block_on(pool.close());
+    assert!(report.is_complete() && !report.fallback, "{report:?}");
+    assert_accounted(&report.counters);
+    drop(pool);
+    drop(b);
+    format!(
+        "a 500 ms create died with A; B's 3 waiters served {:.0} ms later by {} made on B; rehomed 1",
+        took.as_secs_f64() * 1e3,
+        c.created
+    )
+}
+
+/// S17: a close racing a re-home, 20 rounds. A made a connection and died (the pool is
+/// homeless); on B, 4 tasks get and give back connections, starting the actor there, while a
+/// plain thread closes the pool after a random pause. Every task ends with `Closed`, and
+/// nothing starts the pool again after the close: not B, not a new runtime C.
+fn s17(m: &Counting, kind: Kind) -> String {
+    const TASKS: usize = 4;
+    let mut rng = Rng::from_clock();
+    let seed = rng.0;
+    // First without a race: closed while homeless, the close is final on every runtime.
+    let pool = ambient_pool(m, kind).build().unwrap();
+    let a = Home::new(kind, A);
+    a.block_on(async { drop(pool.get().await.unwrap()) });
+    drop(a);
+    let report = pool.close_blocking(Duration::from_secs(1));
+    assert!(report.is_complete() && report.fallback, "{report:?}");
+    let b = Home::new(kind, B);
+    b.block_on(async {
+        assert!(matches!(pool.get().await, Err(Error::Closed)));
+        assert!(matches!(pool.try_get().await, Err(Error::Closed)));
+    });
+    let s = pool.status();
+    assert!(!s.actor_alive, "an actor started after the close: {s:?}");
+    assert_eq!(s.counters.rehomed, 0, "{s:?}");
+    drop((b, pool));
+
+    let (mut moved, mut served_none) = (0, 0);
+    for _ in 0..20 {
+        let pool = ambient_pool(m, kind).max_size(2).build().unwrap();
+        let a = Home::new(kind, A);
+        a.block_on(async { drop(pool.get().await.unwrap()) });
+        drop(a);
+        let s = pool.status();
+        assert!(!s.actor_alive && s.state == PoolState::Running, "{s:?}");
+        // The closer is let go as B starts; its pause (spun, for precision) ends anywhere from
+        // before B's first `get` to after the move.
+        let pause = Duration::from_micros(rng.below(1500));
+        let go = Arc::new(std::sync::Barrier::new(2));
+        let (closed_tx, closed_rx) = async_channel::bounded(1);
+        let closer = {
+            let (pool, go) = (pool.clone(), go.clone());
+            std::thread::spawn(move || {
+                go.wait();
+                let from = Instant::now();
+                while from.elapsed() < pause {
+                    std::hint::spin_loop();
+                }
+                let _ = closed_tx.send_blocking(pool.close_blocking(Duration::from_secs(2)));
+            })
+        };
+        go.wait();
+        let b = Home::new(kind, B);
+        let (report, served) = b.block_on(async {
+            let (tx, rx) = async_channel::unbounded();
+            for _ in 0..TASKS {
+                let (pool, tx) = (pool.clone(), tx.clone());
+                b.spawn(async move {
+                    let mut served = Vec::new();
+                    let end = loop {
+                        match pool.get().await {
+                            Ok(c) => {
+                                served.push(c.born);
+                                futures_lite::future::yield_now().await;
+                            }
+                            Err(e) => break e,
+                        }
+                    };
+                    let _ = tx.send((served, matches!(end, Error::Closed))).await;
+                });
+            }
+            let mut all = Vec::new();
+            for _ in 0..TASKS {
+                let (served, closed) = rx.recv().await.expect("every task ends");
+                assert!(closed, "a task ended with something other than Closed");
+                all.extend(served);
+            }
+            // Awaited, not joined: B's actor may be the one closing, on this thread.
+            let report = closed_rx.recv().await.expect("the closer returns");
+            assert!(matches!(pool.get().await, Err(Error::Closed)));
+            (report, all)
+        });
+        closer.join().expect("the closer returns");
+        assert!(report.is_complete(), "{report:?}");
+        assert!(served.iter().all(|&p| p == B), "born on A: {served:?}");
+        let rehomed = pool.status().counters.rehomed;
+        assert!(rehomed <= 1, "{rehomed}");
+        if !served.is_empty() {
+            assert_eq!(rehomed, 1, "served on B without a move");
+        }
+        moved += rehomed;
+        served_none += u64::from(served.is_empty());
+        drop(b);
+        // A new runtime does not undo the close.
+        let c = Home::new(kind, 3);
+        let again = c.block_on(pool.get());
+        assert!(matches!(again, Err(Error::Closed)), "{again:?}");
+        let s = pool.status();
+        assert!(!s.actor_alive && s.state == PoolState::Closed, "{s:?}");
+        assert_eq!(s.counters.rehomed, rehomed);
+        assert_accounted(&s.counters);
+        drop(c);
+        drop(pool);
+        assert_eq!(m.created(), m.closed(), "{}", m.summary());
+    }
+    format!(
+        "20 closes racing a move (seed {seed}): {moved} rounds moved to B, {served_none} served nobody; no close undone"
+    )
+}
+
+/// S18: a guard from the dead runtime dropped on the new one. A's three connections: one idle
+/// when A dies (closed with it), two kept and dropped on B, in a task and in `block_on`: each
+/// is closed, never given back, and B's connections are all born on B.
+fn s18(m: &Counting, kind: Kind) -> String {
+    let pool = ambient_pool(m, kind)
+        .max_size(3)
+        .wait_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let a = Home::new(kind, A);
+    let mut held = a.block_on(async {
+        let mut g = get_n(&pool, 3).await;
+        drop(g.pop());
+        g
+    });
+    drop(a);
+    assert_eq!(
+        pool.status().counters.closed_moved,
+        1,
+        "the idle one died with A"
+    );
+    let b = Home::new(kind, B);
+    let (second, report) = b.block_on(async {
+        let first = pool.get().await.expect("a connection on B");
+        assert_eq!(first.born, B);
+        // One of A's guards, dropped by a task on B.
+        let guard = held.pop().unwrap();
+        let (tx, rx) = async_channel::bounded(1);
+        b.spawn(async move {
+            drop(guard);
+            let _ = tx.send(()).await;
+        });
+        rx.recv().await.unwrap();
+        let s = pool.status();
+        assert_eq!(
+            (s.counters.closed_moved, s.idle, s.in_use),
+            (2, 0, 2),
+            "closed, not given back: {s:?}"
+        );
+        // The other, dropped here.
+        let other = held.pop().unwrap();
+        let second = other.id;
+        drop(other);
+        assert_eq!(pool.status().counters.closed_moved, 3);
+        assert_eq!(m.closed(), 3, "all of A's connections closed, once");
+        drop(first);
+        let all = get_n(&pool, 3).await;
+        assert!(all.iter().all(|c| c.born == B), "{all:?}");
+        drop(all);
+        (second, pool.close().await)
+    });
+    assert!(report.is_complete() && !report.fallback, "{report:?}");
+    let c = report.counters;
+    assert_eq!((c.rehomed, c.closed_moved, c.created), (1, 3, 6), "{c:?}");
+    assert_accounted(&c);
+    drop(pool);
+    drop(b);
+    format!(
+        "A's guards dropped on B (#{second} in block_on, one in a task): closed, not reused; rehomed 1"
+    )
 }
 
 /// SIGTERM, through each runtime's usual way: tokio's signal driver, actix-rt's (tokio's on
