@@ -32,7 +32,9 @@ impl fmt::Display for Stage {
 pub enum Error<E> {
     /// The pool is closing or closed.
     Closed,
-    /// The runtime the pool actor ran on has shut down; the pool closed itself.
+    /// The runtime the pool actor ran on has shut down; the pool closed itself. A pool whose
+    /// runtime follows its callers ([`Runtime::ambient`](crate::Runtime::ambient)) moves to
+    /// the next caller's runtime instead, and never reports it.
     RuntimeGone,
     /// No connection became available within the wait timeout.
     Timeout {
@@ -63,7 +65,9 @@ pub enum Error<E> {
     },
     /// The builder's configuration is invalid.
     Config(ConfigError),
-    /// The runtime refused to start the pool actor.
+    /// The runtime refused to start the pool actor: from `build`, or, on a pool whose runtime
+    /// follows its callers, from a `get` that found no actor and could not start one where it
+    /// was called (no runtime there, or one shutting down).
     Spawn(SpawnError),
 }
 

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::guard::Pooled;
 use crate::ledger::{Ledger, Reason};
 use crate::manager::Manager;
-use crate::runtime::{timed_with, BoxFuture, Runtime};
+use crate::runtime::{timed_with, BoxFuture, Runtime, SpawnError};
 use crate::shared::{CloseState, Idle, Msg, Shared};
 use crate::status::{CloseCause, CloseReport, Metrics, PoolState, Status};
 use crate::waitlist::{Claim, Closed, Join, Outcome, Ticket, Waitlist};
@@ -69,8 +69,10 @@ enum Attempt<M: Manager> {
 /// one. Bounds the checks one `get` runs, whatever the manager does.
 const UNHEALTHY_PER_GET: u32 = 3;
 
-/// How many times one `get` starts the pool's actor anew (its runtime went away while the
-/// call waited) before it gives up with [`Error::RuntimeGone`].
+/// How many times one `get` starts the pool's actor on its own runtime and sees it dropped
+/// again before being served (the runtime is shutting down) before it gives up with
+/// [`Error::Spawn`]. Moves away from other callers' runtimes are not counted: each is a
+/// runtime that ended, and the wait timeout bounds them.
 const MOVES_PER_GET: u32 = 3;
 
 /// One `get`'s time budget and what it has met so far. The clock is read only once the call
@@ -353,15 +355,16 @@ impl<M: Manager> Pool<M> {
     /// A pool whose runtime follows its callers and has no actor (never started, or its
     /// runtime went away): starts one on the caller's runtime. Several callers may find it so
     /// at once; one starts it. Fails when the caller offers no runtime to start it on
-    /// ([`Error::Spawn`]) or once the pool is closing; never undoes a close.
-    pub(crate) fn ensure_home(&self) -> Result<(), Error<M::Error>> {
+    /// ([`Error::Spawn`]) or once the pool is closing; never undoes a close. True when this
+    /// caller started the actor.
+    pub(crate) fn ensure_home(&self) -> Result<bool, Error<M::Error>> {
         let shared = &self.shared;
         if !shared.ambient || shared.ledger.actor_alive() {
-            return Ok(());
+            return Ok(false);
         }
         match shared.waitlist.claim_home() {
             Err(Closed) => Err(shared.closed_error()),
-            Ok(Claim::Served) => Ok(()),
+            Ok(Claim::Served) => Ok(false),
             Ok(Claim::Start(home)) => {
                 let actor = PoolActor::new(shared.clone(), home);
                 // A refused task is dropped, and with it the actor: its drop leaves the pool
@@ -376,7 +379,7 @@ impl<M: Manager> Pool<M> {
                     home,
                     "the pool's actor started on a caller's runtime"
                 );
-                Ok(())
+                Ok(true)
             }
         }
     }
@@ -421,6 +424,7 @@ impl<M: Manager> Pool<M> {
         let mut timer: Option<BoxFuture> = None;
         let mut again = false;
         let mut moves = 0;
+        let mut started_here = false;
         loop {
             // The clock was read just above on the first round; a later round follows a
             // connection that failed its check, which may have taken time.
@@ -491,13 +495,18 @@ impl<M: Manager> Pool<M> {
                 Outcome::TimedOut => return Err(self.timed_out(&budget)),
                 Outcome::Moved => {
                     // The actor's runtime went away while we waited: start the next actor
-                    // here, and wait for it. A runtime that keeps dropping the actor the
-                    // moment it starts (one shutting down) is given up on.
-                    moves += 1;
-                    if moves > MOVES_PER_GET {
-                        return Err(Error::RuntimeGone);
+                    // here, and wait for it. Our own runtime dropping the actor we started as
+                    // soon as it starts (it is shutting down) is given up on.
+                    if started_here {
+                        moves += 1;
+                        if moves > MOVES_PER_GET {
+                            return Err(Error::Spawn(SpawnError::new(
+                                "this caller's runtime keeps dropping the pool's actor as soon \
+                                 as it starts: it is shutting down",
+                            )));
+                        }
                     }
-                    self.ensure_home()?;
+                    started_here = self.ensure_home()?;
                 }
             }
         }

@@ -38,8 +38,58 @@ pub trait Runtime: Send + Sync + 'static {
     /// made under a runtime that went away is never handed out again. An explicit close
     /// closes for good.
     ///
+    /// Callers waiting on other runtimes when the pool's runtime goes away start the next
+    /// actor on theirs, and are served by it within their wait timeout. The moves are counted
+    /// in [`Counters::rehomed`](crate::Counters::rehomed), the connections they closed in
+    /// [`Counters::closed_moved`](crate::Counters::closed_moved). A `get` that finds the pool
+    /// without an actor where `spawn` fails gets [`Error::Spawn`](crate::Error::Spawn).
+    ///
     /// An implementation that returns true must make `spawn` fail (never panic) when the
-    /// calling thread offers no runtime, and make `sleep` work wherever it is polled.
+    /// calling thread offers no runtime, and make `sleep` work wherever it is polled. The
+    /// adapters have one each (`gracepool_tokio::Ambient`, `SmolRuntime::ambient()`); the
+    /// smallest, on tokio:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gracepool::{BoxFuture, Manager, Pool, Runtime, SpawnError};
+    ///
+    /// struct Caller;
+    ///
+    /// impl Runtime for Caller {
+    ///     fn spawn(&self, task: BoxFuture) -> Result<(), SpawnError> {
+    ///         let here = tokio::runtime::Handle::try_current()
+    ///             .map_err(|_| SpawnError::new("call get() inside a tokio runtime"))?;
+    ///         here.spawn(task);
+    ///         Ok(())
+    ///     }
+    ///
+    ///     fn sleep(&self, duration: Duration) -> BoxFuture {
+    ///         // async-io's timer works under any runtime, and under none.
+    ///         Box::pin(async move {
+    ///             async_io::Timer::after(duration).await;
+    ///         })
+    ///     }
+    ///
+    ///     fn ambient(&self) -> bool {
+    ///         true
+    ///     }
+    /// }
+    /// # struct Numbers;
+    /// # impl Manager for Numbers {
+    /// #     type Connection = u32;
+    /// #     type Error = std::io::Error;
+    /// #     async fn create(&self) -> Result<u32, std::io::Error> { Ok(7) }
+    /// # }
+    ///
+    /// let pool = Pool::builder(Numbers).runtime(Caller).build().expect("no runtime needed");
+    /// for _ in 0..3 {
+    ///     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    ///     rt.block_on(async { assert_eq!(*pool.get().await.unwrap(), 7) });
+    ///     // `rt` is dropped here: the pool closes what was made on it, and moves.
+    /// }
+    /// let counters = pool.status().counters;
+    /// assert_eq!((counters.rehomed, counters.closed_moved), (2, 3));
+    /// ```
     fn ambient(&self) -> bool {
         false
     }

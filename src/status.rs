@@ -124,7 +124,8 @@ pub struct Status {
     /// its callers has no home yet (before its first `get`, and after its runtime went away
     /// until the next `get`).
     pub actor_alive: bool,
-    /// Lifetime counts.
+    /// Lifetime counts, [`rehomed`](Counters::rehomed) (how many times the pool moved to
+    /// another runtime) among them.
     pub counters: Counters,
 }
 
@@ -145,7 +146,9 @@ pub enum CloseCause {
 pub struct CloseReport {
     /// Why the pool closed.
     pub cause: CloseCause,
-    /// Counts at the moment the close finished.
+    /// Counts at the moment the close finished; for a pool whose runtime follows its callers,
+    /// [`rehomed`](Counters::rehomed) says how many times it moved before the close, and
+    /// [`closed_moved`](Counters::closed_moved) how many connections those moves closed.
     pub counters: Counters,
     /// Connections still checked out when the close finished (the deadline passed). Each is
     /// closed synchronously when its guard drops.

@@ -65,6 +65,19 @@
 //! Connections are handed around only inside [`gracepool::Pooled`] guards, never as bare
 //! messages: a guard that is dropped undelivered (an actix reply nobody waits for any more)
 //! returns its connection to the pool or closes it.
+//!
+//! # A pool that outlives its System
+//!
+//! [`ActixRuntime`] ties the pool to one arbiter: when that arbiter or its `System` is gone,
+//! the pool is closed for good, and [`PoolActor`] closes it when the `System` stops. That is
+//! the point of this crate (an app's pool lives as long as its `System`), so it has no mode in
+//! which the pool moves on. A pool that must outlive a `System` — one kept in a `static` and
+//! used by tests that each start their own — is built on `gracepool_tokio::Ambient` instead:
+//! actix-rt runs each `System` and each [`Arbiter`] on a tokio current-thread runtime, so the
+//! pool's actor starts on the runtime of the thread that calls `get`, and moves to the next
+//! `System` when that one is dropped (the shutdown matrix runs rows S15–S18 so, in its `actix`
+//! column). Use the pool directly there, without a [`PoolActor`] in front, whose stop would
+//! close it.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

@@ -79,6 +79,12 @@
 //! }
 //! assert_eq!(POOL.status().counters.rehomed, 1);
 //! ```
+//!
+//! `status().counters.rehomed` (and the close report's) counts the moves, `closed_moved` the
+//! connections they closed. An explicit [`Pool::close`](gracepool::Pool::close) is for good:
+//! no later `get`, from any runtime, starts the pool again. The guide's recipe "a pool shared
+//! by your tests" walks through it; for smol's executors, `gracepool-smol` has the same mode
+//! (`SmolRuntime::ambient()`), and inside an actix `System` this one works as it is.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -186,7 +192,7 @@ impl Runtime for TokioRuntime {
 
 /// A [`gracepool::Runtime`] that follows the caller: the pool's actor is started on the tokio
 /// runtime of the `get` that finds the pool without one (see
-/// [`Runtime::ambient`](gracepool::Runtime::ambient)).
+/// [`Runtime::ambient`]).
 ///
 /// Building a pool on it needs no runtime. The first `get` starts the actor on its own runtime;
 /// when that runtime goes away (a `#[tokio::test]` ends, a runtime is dropped), the connections
@@ -196,6 +202,10 @@ impl Runtime for TokioRuntime {
 /// their wait timeout. A `get` from a thread with no tokio runtime on a pool that has no actor
 /// fails with [`gracepool::Error::Spawn`]. [`Pool::close`](gracepool::Pool::close) closes for
 /// good.
+///
+/// The pool moves when the runtime is *dropped*, not when nobody drives it: a current_thread
+/// runtime kept after its `block_on` returned holds the actor, unpolled, and callers on other
+/// runtimes wait out their wait timeout ([`gracepool::Error::Timeout`]) until it is dropped.
 ///
 /// Works on multi-thread and current_thread runtimes, also those of actix-rt (an actix
 /// `System` runs tokio runtimes). Timers: tokio's, on whichever runtime polls them (which

@@ -117,6 +117,7 @@ impl Manager for Books {
 
 static BORN: LazyLock<Born> = LazyLock::new(Born::default);
 
+// ANCHOR: pool
 static POOL: LazyLock<Pool<Books>> = LazyLock::new(|| {
     Pool::builder(Books)
         .max_size(4)
@@ -128,6 +129,7 @@ static POOL: LazyLock<Pool<Books>> = LazyLock::new(|| {
         .build()
         .expect("a valid configuration")
 });
+// ANCHOR_END: pool
 
 /// When each test's runtime began to end (its sentinel task was dropped).
 static ENDED: LazyLock<Mutex<HashMap<Id, Instant>>> = LazyLock::new(Default::default);
@@ -156,6 +158,7 @@ fn start() {
     });
 }
 
+// ANCHOR: work
 /// `tasks` tasks on this runtime, each checking a connection out `rounds` times and holding it
 /// a moment.
 async fn work(tasks: usize, rounds: usize, hold: Duration) {
@@ -174,6 +177,7 @@ async fn work(tasks: usize, rounds: usize, hold: Duration) {
         handle.await.expect("a worker task ends without panicking");
     }
 }
+// ANCHOR_END: work
 
 fn verify(conn: &Conn, asked: Instant) {
     let here = Handle::current().id();
@@ -232,6 +236,7 @@ async fn finish() {
     );
 }
 
+// ANCHOR: tests
 #[tokio::test]
 async fn shared_current_thread_short() {
     start();
@@ -259,6 +264,7 @@ async fn shared_multi_thread_longest() {
     work(8, 60, Duration::from_millis(4)).await;
     finish().await;
 }
+// ANCHOR_END: tests
 
 /// The same tests, one at a time, in a child process (its own `static`s): every runtime has
 /// ended before the next test starts, so the pool moves once per test after the first, and
