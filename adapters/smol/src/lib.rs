@@ -217,8 +217,11 @@ impl<F: Future> Future for Within<F> {
             }
         }
         let this = &mut *self;
-        let previous = AMBIENT.with(|ambient| ambient.replace(Some(this.executor.clone())));
-        let _restore = Restore(previous);
+        // `try_with`: polled from a thread-local's destructor, it runs without an ambient
+        // executor rather than panicking.
+        let _restore = AMBIENT
+            .try_with(|ambient| ambient.replace(Some(this.executor.clone())))
+            .map(Restore);
         this.inner.as_mut().poll(cx)
     }
 }
