@@ -361,8 +361,8 @@ impl<M: Manager> PoolActor<M> {
                     }
                     if home != self.home {
                         // Made under a runtime that went away: sent just as the old actor
-                        // left. No goodbye from here, where it was not made.
-                        shared.ledger.record_reason(crate::ledger::Reason::Moved);
+                        // left. No goodbye from here, where it was not made; its sender
+                        // counted why it goes.
                         shared.close_sync(conn);
                         self.grow();
                     } else if self.retire(conn) {

@@ -158,11 +158,13 @@ impl<M: Manager> Shared<M> {
             Ending::Failed => failed += 1,
             _ => sync += 1,
         };
+        let moved = idle.len();
         for entry in idle {
             count(self.close_uncounted(entry.conn));
         }
-        // Whatever the old actor was sent and never read. A nudge read here may have been
-        // meant for the next actor (a caller may start it any moment now): sent again.
+        // Whatever the old actor was sent and never read: retired connections, whose reason
+        // their sender counted. A nudge read here may have been meant for the next actor (a
+        // caller may start it any moment now): sent again.
         let mut nudge = false;
         let mut close_asked = false;
         while let Ok(msg) = self.mailbox_rx.try_recv() {
@@ -185,7 +187,7 @@ impl<M: Manager> Shared<M> {
             }
         }
         self.ledger
-            .record_reasons(crate::ledger::Reason::Moved, sync + failed);
+            .record_reasons(crate::ledger::Reason::Moved, moved);
         self.ledger.record_ends(Ending::Sync, sync);
         self.ledger.record_ends(Ending::Failed, failed);
         if nudge {

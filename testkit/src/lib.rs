@@ -404,12 +404,24 @@ impl Runtime for ExecHandle {
 }
 
 /// Asserts the pool-side promise on a counters snapshot: every created connection reached
-/// exactly one end.
+/// exactly one end, and no ended connection is counted under two reasons (the reasons,
+/// `closed_by_close()` aside, add up to no more than the connections that ended).
 pub fn assert_accounted(c: &gracepool::Counters) {
     assert_eq!(
         c.created,
         c.closed_graceful + c.closed_sync + c.close_failed + c.detached,
         "pool counters do not balance: {c:?}"
+    );
+    let reasons = c.check_failed
+        + c.closed_broken
+        + c.closed_idle_timeout
+        + c.closed_max_lifetime
+        + c.closed_retained
+        + c.closed_resized
+        + c.closed_moved;
+    assert!(
+        reasons <= c.closed_graceful + c.closed_sync + c.close_failed,
+        "a connection counted under two reasons: {c:?}"
     );
 }
 

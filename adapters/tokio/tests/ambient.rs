@@ -83,3 +83,36 @@ fn a_runtime_kept_but_not_driven_holds_the_actor_and_callers_elsewhere_time_out(
     drop(pool);
     m.assert_balanced();
 }
+
+/// Every connection that ended is counted under one reason, across a move: one given back
+/// broken just before its runtime died is `closed_broken`, not also `closed_moved`.
+#[test]
+fn a_connection_retired_just_before_the_move_keeps_its_one_reason() {
+    let m = Counting::new();
+    let pool = Pool::builder(m.clone())
+        .max_size(2)
+        .runtime(Ambient::new())
+        .build()
+        .unwrap();
+    let a = current_thread();
+    let (broken, idle) =
+        a.block_on(async { (pool.get().await.unwrap(), pool.get().await.unwrap()) });
+    drop(idle);
+    // Given back broken outside `block_on`: on its way to the actor, which nobody polls now.
+    m.set_broken(true);
+    drop(broken);
+    m.set_broken(false);
+    drop(a);
+    let c = pool.status().counters;
+    assert_eq!(m.closed(), 2, "{c:?}");
+    assert_eq!(
+        (c.closed_broken, c.closed_moved),
+        (1, 1),
+        "the broken one is broken, the idle one moved: {c:?}"
+    );
+    let ended = c.closed_graceful + c.closed_sync + c.close_failed;
+    assert_eq!(ended, 2);
+    assert_eq!(c.closed_by_close(), 0, "no close ended any: {c:?}");
+    drop(pool);
+    m.assert_balanced();
+}
