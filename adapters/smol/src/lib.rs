@@ -188,6 +188,48 @@ thread_local! {
 /// Call it wherever you would call `executor.run(future)`, on every thread that runs the
 /// executor. Runs nest: inside a nested `run`, its executor is the ambient one. Holds the
 /// executor weakly while no poll is under way, so it does not keep it alive.
+///
+/// ```
+/// use std::sync::Arc;
+/// use async_executor::Executor;
+/// use gracepool::{Manager, Pool};
+/// use gracepool_smol::SmolRuntime;
+/// # struct Numbers;
+/// # impl Manager for Numbers {
+/// #     type Connection = u32;
+/// #     type Error = std::io::Error;
+/// #     async fn create(&self) -> Result<u32, std::io::Error> { Ok(42) }
+/// # }
+///
+/// let pool = Pool::builder(Numbers)
+///     .runtime(SmolRuntime::ambient())
+///     .build()
+///     .expect("a valid configuration");
+/// let ex = Arc::new(Executor::new());
+///
+/// // A second thread runs the same executor: through `run` too, so that tasks it polls
+/// // may start the pool's actor.
+/// let (stop, stopped) = async_channel::bounded::<()>(1);
+/// let helper = std::thread::spawn({
+///     let ex = ex.clone();
+///     move || async_io::block_on(gracepool_smol::run(&ex, stopped.recv()))
+/// });
+///
+/// async_io::block_on(gracepool_smol::run(&ex, async {
+///     let tasks: Vec<_> = (0..4)
+///         .map(|_| {
+///             let pool = pool.clone();
+///             ex.spawn(async move { *pool.get().await.expect("a connection") })
+///         })
+///         .collect();
+///     for task in tasks {
+///         assert_eq!(task.await, 42);
+///     }
+///     assert!(pool.close().await.is_complete());
+/// }));
+/// drop(stop);
+/// let _ = helper.join();
+/// ```
 pub async fn run<T>(executor: &Arc<Executor<'static>>, future: impl Future<Output = T>) -> T {
     Within {
         executor: Arc::downgrade(executor),
