@@ -203,6 +203,12 @@ impl Runtime for TokioRuntime {
 /// fails with [`gracepool::Error::Spawn`]. [`Pool::close`](gracepool::Pool::close) closes for
 /// good.
 ///
+/// While several runtimes live at once (tests in parallel), the actor, and so every new
+/// connection, lives on one of them, the runtime of the caller that started it: a connection
+/// whose I/O is bound to its runtime fails when that runtime ends, even while another runtime's
+/// task is using it. New checkouts never get such a connection once the pool has seen its
+/// runtime go.
+///
 /// The pool moves when the runtime is *dropped*, not when nobody drives it: a current_thread
 /// runtime kept after its `block_on` returned holds the actor, unpolled, and callers on other
 /// runtimes wait out their wait timeout ([`gracepool::Error::Timeout`]) until it is dropped.
