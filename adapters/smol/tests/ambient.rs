@@ -85,11 +85,12 @@ fn the_pool_moves_to_the_next_executor_and_never_hands_out_the_old_ones() {
 #[test]
 fn callers_waiting_under_another_executor_are_served_by_the_new_actor() {
     let m = Counting::new();
-    // Shorter than the maintenance tick (1 s): the new actor must serve them when the slot
-    // frees, not at its next tick.
+    // Well short of the maintenance tick: the new actor must serve them when the slot frees,
+    // not at its next tick.
     let pool = Pool::builder(m.clone())
         .max_size(1)
-        .wait_timeout(Duration::from_millis(600))
+        .maintenance_interval(Duration::from_secs(10))
+        .wait_timeout(Duration::from_secs(2))
         .runtime(SmolRuntime::ambient())
         .build()
         .unwrap();

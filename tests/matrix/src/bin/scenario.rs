@@ -1005,10 +1005,12 @@ async fn served_on(rx: async_channel::Receiver<Result<u64, String>>, n: usize) -
 /// and are served by it, with connections born on B, as soon as A's guards are gone.
 fn s15(m: &Counting, kind: Kind) -> String {
     const TASKS: usize = 6;
-    // Shorter than the maintenance tick (1 s): waiters are served when a slot frees.
+    // A wait timeout well short of the maintenance tick: waiters must be served when a slot
+    // frees, not at the actor's next tick.
     let pool = ambient_pool(m, kind)
         .max_size(2)
-        .wait_timeout(Duration::from_millis(800))
+        .maintenance_interval(Duration::from_secs(10))
+        .wait_timeout(Duration::from_secs(2))
         .build()
         .unwrap();
     let p = pool.clone();
