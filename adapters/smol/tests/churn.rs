@@ -1,0 +1,162 @@
+//! Executors coming and going under one pool on `SmolRuntime::ambient()`, at random moments:
+//! three threads, each running 12 short-lived executors of its own in turn (through
+//! `gracepool_smol::run`), whose tasks check connections out and in with random holding times
+//! while the other threads' executors are dropped. Run in a child process (exit status, empty
+//! stderr, its counts read from outside).
+//!
+//! Checks: every `get` is served; a connection handed out was born on an executor that was still
+//! alive when the `get` began (strictly: not one whose drop had returned), or began to end less
+//! than a scheduling margin before; the pool moved at least once; and once closed, every connection
+//! created was closed exactly once, each counted under one reason.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_executor::Executor;
+use gracepool::Pool;
+use gracepool_smol::SmolRuntime;
+use gracepool_testkit::{assert_accounted, child::run_child, set_birthplace, Counting};
+
+const SCENARIO: &str = "CHURN_CHILD";
+const THREADS: u64 = 3;
+const EXECUTORS_PER_THREAD: u64 = 12;
+/// See the module docs: how long after an executor began to end a connection born there may
+/// still be handed out. Generous, for a loaded machine.
+const MARGIN: Duration = Duration::from_millis(250);
+
+/// A small xorshift generator: random timings without a dependency; the seed is printed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// When an executor began to end, or when its drop returned.
+type Span = (Option<Instant>, Option<Instant>);
+
+#[test]
+fn executors_come_and_go_under_one_pool() {
+    let report = run_child("churn", &[(SCENARIO, "1".to_owned())]);
+    assert_eq!(report.field("created"), report.field("closed"));
+    assert_eq!(report.field("leaked"), 0);
+    assert_eq!(report.field("double"), 0);
+    assert!(report.field("created") > 0);
+    assert!(report.field("rehomed") >= 1, "{}", report.line);
+}
+
+#[test]
+fn child() {
+    if std::env::var_os(SCENARIO).is_none() {
+        return;
+    }
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.subsec_nanos() as u64)
+        | 1;
+    let m = Counting::new();
+    let pool = Pool::builder(m.clone())
+        .max_size(3)
+        .wait_timeout(Duration::from_secs(5))
+        .runtime(SmolRuntime::ambient())
+        .build()
+        .unwrap();
+    // By birthplace: when each executor began to end (its tasks done, its drop to come), then
+    // when its drop returned.
+    let ended: Arc<Mutex<HashMap<u64, Span>>> = Arc::default();
+    let next_place = Arc::new(AtomicU64::new(1));
+    let served = Arc::new(AtomicU64::new(0));
+    let caught_ending = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (pool, ended, next_place) = (pool.clone(), ended.clone(), next_place.clone());
+            let (served, caught_ending) = (served.clone(), caught_ending.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng(seed.wrapping_mul(t + 1) | 1);
+                for _ in 0..EXECUTORS_PER_THREAD {
+                    let place = next_place.fetch_add(1, SeqCst);
+                    let ex = Arc::new(Executor::new());
+                    set_birthplace(place);
+                    let tasks = 1 + rng.below(3);
+                    let holds: Vec<u64> = (0..tasks).map(|_| rng.below(400)).collect();
+                    let rounds = 5 + rng.below(20);
+                    async_io::block_on(gracepool_smol::run(&ex, async {
+                        let mut handles = Vec::new();
+                        for hold in holds {
+                            let (pool, ended) = (pool.clone(), ended.clone());
+                            let (served, caught_ending) = (served.clone(), caught_ending.clone());
+                            handles.push(ex.spawn(async move {
+                                for _ in 0..rounds {
+                                    let asked = Instant::now();
+                                    let c = pool.get().await.expect("every get is served");
+                                    served.fetch_add(1, SeqCst);
+                                    let (end, gone) = ended
+                                        .lock()
+                                        .unwrap()
+                                        .get(&c.born)
+                                        .copied()
+                                        .unwrap_or((None, None));
+                                    if let Some(gone) = gone {
+                                        // Its drop had returned, the actor's with it.
+                                        assert!(
+                                            asked < gone,
+                                            "handed a connection of an executor dropped {:?} \
+                                             before the get",
+                                            asked - gone
+                                        );
+                                    }
+                                    if let Some(end) = end {
+                                        assert!(
+                                            end + MARGIN > asked,
+                                            "handed a connection of an executor that began to \
+                                             end {:?} before the get",
+                                            asked - end
+                                        );
+                                        caught_ending.fetch_add(1, SeqCst);
+                                    }
+                                    async_io::Timer::after(Duration::from_micros(hold)).await;
+                                }
+                            }));
+                        }
+                        for h in handles {
+                            h.await;
+                        }
+                    }));
+                    set_birthplace(0);
+                    ended
+                        .lock()
+                        .unwrap()
+                        .insert(place, (Some(Instant::now()), None));
+                    drop(ex);
+                    ended.lock().unwrap().entry(place).or_default().1 = Some(Instant::now());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("an executor thread ends cleanly");
+    }
+    let last = Arc::new(Executor::new());
+    let report = async_io::block_on(gracepool_smol::run(&last, pool.close()));
+    assert!(report.is_complete(), "{report:?}");
+    let c = report.counters;
+    assert_accounted(&c);
+    assert_eq!(c.created, m.created());
+    drop(last);
+    drop(pool);
+    m.assert_balanced();
+    println!(
+        "{} rehomed={} closed_moved={} served={} caught_ending={} seed={seed}",
+        m.summary(),
+        c.rehomed,
+        c.closed_moved,
+        served.load(SeqCst),
+        caught_ending.load(SeqCst),
+    );
+}
