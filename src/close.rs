@@ -26,6 +26,7 @@ use crate::ledger::Ending;
 use crate::manager::Manager;
 use crate::shared::{Msg, Shared};
 use crate::status::{CloseCause, CloseReport};
+use crate::sync::{planted, Bug};
 
 /// How long a closer waits beyond the close deadline for the actor before it falls back.
 const ACTOR_GRACE: Duration = Duration::from_millis(100);
@@ -97,8 +98,11 @@ impl<M: Manager> Shared<M> {
         }
         // Close first, then drain: after `close`, no send can succeed, so the drain sees
         // everything that will ever be queued.
-        self.waitlist.close();
-        self.mailbox_tx.close();
+        let drain_first = planted(Bug::DrainBeforeClose);
+        if !drain_first {
+            self.waitlist.close();
+            self.mailbox_tx.close();
+        }
         // Counted once at the end, not per connection: nothing reads the counts before the
         // report, which is written after.
         let (mut sync, mut failed) = (0, 0);
@@ -126,6 +130,10 @@ impl<M: Manager> Shared<M> {
                 }
                 Msg::Grow | Msg::Freed | Msg::Close => {}
             }
+        }
+        if drain_first {
+            self.waitlist.close();
+            self.mailbox_tx.close();
         }
         self.ledger.record_ends(Ending::Sync, sync);
         self.ledger.record_ends(Ending::Failed, failed);
@@ -201,7 +209,7 @@ impl<M: Manager> Shared<M> {
     /// Writes the report once and wakes every closer.
     pub(crate) fn finish_close(&self, fallback: bool) {
         let mut close = self.lock_close();
-        if close.report.is_none() {
+        if close.report.is_none() || planted(Bug::ReportTwice) {
             let (started, cause) = close
                 .started
                 .unwrap_or((Instant::now(), CloseCause::Requested));

@@ -1,7 +1,7 @@
 //! The pool's bookkeeping: counts, limits and who may create. Plain data with methods, no
 //! runtime, so it can be tested on its own; the actor and the handles call into it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use std::time::Instant;
 
 use crate::status::{Counters, PoolState};

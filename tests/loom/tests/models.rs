@@ -1,0 +1,221 @@
+//! Loom models of the close protocol and the waitlist hand-off. Each runs the pool's real code
+//! under every interleaving loom explores (up to the preemption bound), and asserts the counts
+//! exactly. Each also has a twin that plants a bug in the pool (a test-only switch that exists
+//! only with `--cfg loom`), runs the same model in a child process, and asserts that it fails
+//! for the reason the model gives: a model that could not fail would prove nothing.
+//!
+//! Run with `RUSTFLAGS="--cfg loom" cargo test -p gracepool-loom --release`.
+#![cfg(loom)]
+
+use std::time::Duration;
+
+use gracepool::{CloseCause, PoolState};
+use gracepool_loom::{at_once, check, one_idle, poll_once};
+use loom::future::block_on;
+use loom::thread;
+
+// (a) A guard returns its connection while the runtime drops the actor's task: the actor's
+// `Drop` starts the close and the fallback drains. The connection is closed exactly once,
+// whichever way it went (put back and drained, refused and closed by the guard, or sent to
+// the mailbox and drained), without waiting for the last handle to drop.
+#[test]
+fn a_guard_returns_while_the_fallback_drains() {
+    check(3, || {
+        let (pool, tally, actor) = one_idle(Duration::from_secs(10));
+        let guard = at_once(pool.get()).expect("the idle connection");
+        let returner = thread::spawn(move || drop(guard));
+        let teardown = thread::spawn(move || drop(actor));
+        returner.join().unwrap();
+        teardown.join().unwrap();
+
+        assert_eq!(pool.state(), PoolState::Closed);
+        let report = at_once(pool.close());
+        assert!(report.fallback, "the fallback finished the close");
+        assert_eq!(report.cause, CloseCause::RuntimeGone);
+        let status = pool.status();
+        assert_eq!(tally.created(), 1);
+        assert_eq!(
+            (
+                status.counters.closed_sync,
+                status.in_use,
+                status.idle,
+                status.size
+            ),
+            (1, 0, 0, 0),
+            "the connection was not closed once the close and its guard were done: lost"
+        );
+        assert_eq!(tally.assert_each_closed_once(), (0, 1));
+    });
+}
+
+// (b) A caller joins the waitlist while the only connection comes back. Either it finds the
+// connection idle, or it queues and the connection is handed to it: no waiter is forgotten
+// (loom reports a caller parked forever as a deadlock), no connection is lost or made anew.
+#[test]
+fn a_waiter_joins_while_a_connection_comes_back() {
+    check(3, || {
+        let (pool, tally, actor) = one_idle(Duration::from_secs(10));
+        let guard = at_once(pool.get()).expect("the idle connection");
+        let returner = thread::spawn(move || drop(guard));
+        let waiter = thread::spawn({
+            let pool = pool.clone();
+            move || {
+                block_on(pool.get())
+                    .expect("the connection that came back")
+                    .0
+            }
+        });
+        returner.join().unwrap();
+        assert_eq!(
+            waiter.join().unwrap(),
+            0,
+            "the one connection, not a new one"
+        );
+
+        let status = pool.status();
+        assert_eq!((status.in_use, status.idle, status.waiters), (0, 1, 0));
+        assert_eq!(tally.created(), 1);
+        // The runtime drops the actor: the fallback closes the idle connection.
+        drop(actor);
+        assert_eq!(pool.state(), PoolState::Closed);
+        assert_eq!(tally.assert_each_closed_once(), (0, 1));
+    });
+}
+
+// (c) Two closers race: the actor finishing a close it was asked for, and a closer whose
+// patience runs out (a close deadline of zero: at once) and falls back. One report, the same
+// for every caller; the connection is closed once, by one of them.
+#[test]
+fn the_actor_and_a_fallback_both_finish_a_close() {
+    check(2, || {
+        let (pool, tally, actor) = one_idle(Duration::ZERO);
+        let actor = thread::spawn(move || block_on(actor));
+        let closer = thread::spawn({
+            let pool = pool.clone();
+            move || block_on(pool.close())
+        });
+        let first = closer.join().unwrap();
+        actor.join().unwrap();
+
+        let last = at_once(pool.close());
+        assert_eq!(
+            (first.fallback, first.counters, first.checked_out),
+            (last.fallback, last.counters, last.checked_out),
+            "two reports: each closer must get the same one"
+        );
+        assert_eq!(pool.state(), PoolState::Closed);
+        let (graceful, sync) = tally.assert_each_closed_once();
+        let counters = pool.status().counters;
+        assert_eq!(counters.created, 1);
+        assert_eq!(
+            (counters.closed_graceful, counters.closed_sync),
+            (graceful, sync)
+        );
+    });
+}
+
+// (d) A waiter gives up (its future dropped after one poll) while the only connection comes
+// back and may be handed to it. The connection goes back to the pool, never lost: it is idle
+// once both are done.
+#[test]
+fn a_waiter_gives_up_while_it_is_served() {
+    check(3, || {
+        let (pool, tally, actor) = one_idle(Duration::from_secs(10));
+        let guard = at_once(pool.get()).expect("the idle connection");
+        let returner = thread::spawn(move || drop(guard));
+        let quitter = thread::spawn({
+            let pool = pool.clone();
+            move || {
+                let mut get = std::pin::pin!(pool.get());
+                // Served at once (the connection was back), or queued: either way it goes.
+                drop(poll_once(get.as_mut()));
+            }
+        });
+        returner.join().unwrap();
+        quitter.join().unwrap();
+
+        let status = pool.status();
+        assert_eq!(
+            (status.in_use, status.idle, status.waiters),
+            (0, 1, 0),
+            "the connection did not go back to the pool: lost"
+        );
+        drop(actor);
+        assert_eq!(tally.created(), 1);
+        assert_eq!(tally.assert_each_closed_once(), (0, 1));
+    });
+}
+
+/// Runs `model` in a child process with `bug` planted, and asserts that it fails, saying
+/// `expect`.
+fn caught(model: &str, bug: &str, expect: &str) {
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = std::process::Command::new(exe)
+        .args([model, "--exact", "--test-threads=1", "--nocapture"])
+        .env("GRACEPOOL_LOOM_BUG", bug)
+        .output()
+        .expect("the test binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "the model {model} passed with the bug {bug} planted:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains(expect) || stdout.contains(expect),
+        "the model {model} failed with {bug} planted, but not saying {expect:?}:\n{stdout}\n{stderr}"
+    );
+}
+
+/// True in the child a `caught` test starts: the model there runs with its bug planted.
+fn planted() -> bool {
+    std::env::var_os("GRACEPOOL_LOOM_BUG").is_some()
+}
+
+#[test]
+fn drain_before_close_is_caught() {
+    if planted() {
+        return;
+    }
+    caught(
+        "a_guard_returns_while_the_fallback_drains",
+        "DrainBeforeClose",
+        "lost",
+    );
+}
+
+#[test]
+fn a_split_join_is_caught() {
+    if planted() {
+        return;
+    }
+    caught(
+        "a_waiter_joins_while_a_connection_comes_back",
+        "SplitJoin",
+        "deadlock",
+    );
+}
+
+#[test]
+fn a_second_report_is_caught() {
+    if planted() {
+        return;
+    }
+    caught(
+        "the_actor_and_a_fallback_both_finish_a_close",
+        "ReportTwice",
+        "two reports",
+    );
+}
+
+#[test]
+fn a_cancel_that_drops_its_connection_is_caught() {
+    if planted() {
+        return;
+    }
+    caught(
+        "a_waiter_gives_up_while_it_is_served",
+        "CancelDrops",
+        "lost",
+    );
+}
