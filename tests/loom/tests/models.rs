@@ -4,7 +4,8 @@
 //! only with `--cfg loom`), runs the same model in a child process, and asserts that it fails
 //! for the reason the model gives: a model that could not fail would prove nothing.
 //!
-//! Run with `RUSTFLAGS="--cfg loom" cargo test -p gracepool-loom --release`.
+//! Run with
+//! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p gracepool-loom --release`.
 #![cfg(loom)]
 
 use std::time::Duration;
