@@ -18,7 +18,7 @@ pub(crate) use std::sync::{atomic, Mutex, MutexGuard};
 pub(crate) use loom::sync::{atomic, Mutex, MutexGuard};
 
 /// Deliberate bugs, each planted on purpose by one model check to prove that the model catches
-/// it. Without `--cfg loom` none can be planted and [`planted`] is always false.
+/// it. Without `--cfg loom` none can be planted and `planted` is always false.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(not(loom), allow(dead_code))]
 pub enum Bug {

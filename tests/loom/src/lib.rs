@@ -2,10 +2,10 @@
 //! few lines of executor a model needs. Everything here exists only with `--cfg loom`; built
 //! without it this crate is empty.
 //!
-//! The models themselves are in `tests/models.rs`. Each drives a real [`Pool`] — built with
-//! `--cfg loom`, its mutexes and atomics, the mailbox's queue and the close event are loom's —
-//! from loom threads, so loom runs the pool's own close, drain, return and hand-off code under
-//! every interleaving up to its preemption bound.
+//! The models themselves are in `tests/models.rs`. Each drives a real `gracepool::Pool` —
+//! built with `--cfg loom`, its mutexes and atomics, the mailbox's queue and the close event
+//! are loom's — from loom threads, so loom runs the pool's own close, drain, return and
+//! hand-off code under every interleaving up to its preemption bound.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg(loom)]
