@@ -113,6 +113,9 @@ fn the_actor_and_a_fallback_both_finish_a_close() {
             (last.fallback, last.counters, last.checked_out),
             "two reports: each closer must get the same one"
         );
+        // Not asserted: that the report is complete. The fallback may write it while the actor
+        // is still saying the goodbye of the connection it took: the report then counts that
+        // connection as open, though it is neither checked out nor lost (it ends just after).
         assert_eq!(pool.state(), PoolState::Closed);
         let (graceful, sync) = tally.assert_each_closed_once();
         let counters = pool.status().counters;
