@@ -20,14 +20,14 @@
 //! earlier than that; every waiter's deadline is then at or after some registration, so
 //! [`Waitlist::expire`] on each one that falls due times every waiter out on time.
 
-use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Acquire, Ordering::Relaxed};
-use crate::sync::atomic::{Ordering::Release, Ordering::SeqCst};
-use crate::sync::{Mutex, MutexGuard};
 use std::collections::VecDeque;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use crate::error::CreateFailure;
+use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Acquire, Ordering::Relaxed};
+use crate::sync::atomic::{Ordering::Release, Ordering::SeqCst};
+use crate::sync::{Mutex, MutexGuard};
 
 /// What a waiter ends up with.
 pub(crate) enum Outcome<T, E> {
