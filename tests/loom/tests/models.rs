@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use gracepool::{CloseCause, PoolState};
+use gracepool::{CloseCause, Error, PoolState};
 use gracepool_loom::{at_once, check, one_idle, poll_once};
 use loom::future::block_on;
 use loom::thread;
@@ -63,7 +63,7 @@ fn a_guard_returns_while_the_fallback_drains() {
 // (loom reports a caller parked forever as a deadlock), no connection is lost or made anew.
 #[test]
 fn a_waiter_joins_while_a_connection_comes_back() {
-    check(4, || {
+    check(8, || {
         let (pool, tally, actor) = one_idle(Duration::from_secs(10));
         let guard = at_once(pool.get()).expect("the idle connection");
         let returner = thread::spawn(move || drop(guard));
@@ -168,6 +168,35 @@ fn a_waiter_gives_up_while_it_is_served() {
     });
 }
 
+// (e) A caller waits on a pool whose only connection is out while another closes the pool:
+// it is woken with `Error::Closed`, whether it queued before the close or came after it;
+// never left waiting (loom reports a caller parked forever as a deadlock).
+#[test]
+fn close_wakes_a_caller_that_is_joining() {
+    check(8, || {
+        let (pool, tally, actor) = one_idle(Duration::from_secs(10));
+        let guard = at_once(pool.get()).expect("the idle connection");
+        let waiter = thread::spawn({
+            let pool = pool.clone();
+            move || block_on(pool.get()).map(drop)
+        });
+        let closer = thread::spawn({
+            let pool = pool.clone();
+            move || pool.begin_close()
+        });
+        closer.join().unwrap();
+        let got = waiter.join().unwrap();
+        assert!(matches!(got, Err(Error::Closed)), "{got:?}");
+        assert_eq!(pool.status().waiters, 0);
+
+        drop(guard);
+        drop(actor);
+        assert_eq!(pool.state(), PoolState::Closed);
+        assert_eq!(tally.created(), 1);
+        assert_eq!(tally.assert_each_closed_once(), (0, 1));
+    });
+}
+
 /// Runs `model` in a child process with `bug` planted, and asserts that it fails, saying
 /// `expect`.
 fn caught(model: &str, bug: &str, expect: &str) {
@@ -239,5 +268,17 @@ fn a_cancel_that_drops_its_connection_is_caught() {
         "a_waiter_gives_up_while_it_is_served",
         "CancelDrops",
         "lost",
+    );
+}
+
+#[test]
+fn a_split_join_that_misses_the_close_is_caught() {
+    if planted() {
+        return;
+    }
+    caught(
+        "close_wakes_a_caller_that_is_joining",
+        "SplitJoin",
+        "deadlock",
     );
 }
