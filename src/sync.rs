@@ -20,7 +20,6 @@ pub(crate) use loom::sync::{atomic, Mutex, MutexGuard};
 /// Deliberate bugs, each planted on purpose by one model check to prove that the model catches
 /// it. Without `--cfg loom` none can be planted and `planted` is always false.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(loom), allow(dead_code))]
 pub enum Bug {
     /// The fallback drains the idle queue and the mailbox before closing them, so a connection
     /// put back in between is never drained.
