@@ -17,9 +17,9 @@ use loom::thread;
 
 // (a) A guard returns its connection while a caller starts the close and the runtime drops
 // the actor's task: the actor's `Drop` (or the closer, finding the actor gone) falls back and
-// drains. The connection is closed exactly once,
-// whichever way it went (put back and drained, refused and closed by the guard, or sent to
-// the mailbox and drained), without waiting for the last handle to drop.
+// drains. The connection is closed exactly once, whichever way it went (put back and drained,
+// refused and closed by the guard, or sent to the mailbox and drained), without waiting for
+// the last handle to drop.
 #[test]
 fn a_guard_returns_while_the_fallback_drains() {
     check(2, || {
