@@ -68,8 +68,12 @@ impl<M: Manager> Shared<M> {
         self.lock_close().started = Some((Instant::now(), cause));
         event!(debug, ?cause, "close requested");
         // Closing the waitlist wakes every waiter with `Closed`, and makes every later
-        // return fail, so returning guards close their connections instead.
-        self.waitlist.close();
+        // return fail, so returning guards close their connections instead. Before the actor
+        // is told: the idle connections it takes then are all there will ever be.
+        let tell_first = planted(Bug::TellBeforeClose);
+        if !tell_first {
+            self.waitlist.close();
+        }
         let reached = self.ledger.actor_alive()
             && match self.mailbox_tx.try_send(Msg::Close) {
                 Ok(()) => true,
@@ -79,6 +83,9 @@ impl<M: Manager> Shared<M> {
                 // actor's graceful close as a fallback.
                 Err(e) => e.is_closed(),
             };
+        if tell_first {
+            self.waitlist.close();
+        }
         if !reached {
             self.shutdown_sync(cause);
         }

@@ -27,6 +27,9 @@ pub enum Bug {
     /// A caller joining the waitlist looks for an idle connection and queues in two critical
     /// sections, so a connection put back in between goes idle while the caller waits.
     SplitJoin,
+    /// A close tells the actor before it closes the waitlist, so a connection put back in
+    /// between goes idle after the actor took what was idle.
+    TellBeforeClose,
     /// Every finishing closer writes its report, the later one over the earlier.
     ReportTwice,
     /// A waiter that gives up drops a connection handed to it meanwhile.

@@ -52,6 +52,7 @@ fn planted_from_env() -> Option<gracepool::planted::Bug> {
     let bug = match name.as_str() {
         "DrainBeforeClose" => Bug::DrainBeforeClose,
         "SplitJoin" => Bug::SplitJoin,
+        "TellBeforeClose" => Bug::TellBeforeClose,
         "ReportTwice" => Bug::ReportTwice,
         "CancelDrops" => Bug::CancelDrops,
         other => panic!("GRACEPOOL_LOOM_BUG names no planted bug: {other}"),

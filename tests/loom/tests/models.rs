@@ -197,6 +197,44 @@ fn close_wakes_a_caller_that_is_joining() {
     });
 }
 
+// (f) A guard returns its connection while a caller starts the close and the actor, running,
+// closes the pool gracefully: it waits for the connection (the close deadline is long: never,
+// here), which comes back idle before the close or retired to its mailbox after, and says its
+// goodbye. The actor finishes the close itself, every connection ended gracefully, once.
+#[test]
+fn a_guard_returns_while_the_actor_closes() {
+    check(2, || {
+        let (pool, tally, actor) = one_idle(Duration::from_secs(10));
+        let guard = at_once(pool.get()).expect("the idle connection");
+        let actor = thread::spawn(move || block_on(actor));
+        let returner = thread::spawn(move || drop(guard));
+        let closer = thread::spawn({
+            let pool = pool.clone();
+            move || pool.begin_close()
+        });
+        returner.join().unwrap();
+        closer.join().unwrap();
+        // Parks for good (loom: a deadlock) if the connection never reaches the actor.
+        actor.join().unwrap();
+
+        assert_eq!(pool.state(), PoolState::Closed);
+        let report = at_once(pool.close());
+        assert!(!report.fallback, "the actor finished the close");
+        assert_eq!(tally.created(), 1);
+        assert_eq!(tally.assert_each_closed_once(), (1, 0));
+        let status = pool.status();
+        assert_eq!(
+            (
+                status.counters.closed_graceful,
+                status.in_use,
+                status.idle,
+                status.size
+            ),
+            (1, 0, 0, 0)
+        );
+    });
+}
+
 /// Runs `model` in a child process with `bug` planted, and asserts that it fails, saying
 /// `expect`.
 fn caught(model: &str, bug: &str, expect: &str) {
@@ -279,6 +317,18 @@ fn a_split_join_that_misses_the_close_is_caught() {
     caught(
         "close_wakes_a_caller_that_is_joining",
         "SplitJoin",
+        "deadlock",
+    );
+}
+
+#[test]
+fn telling_the_actor_before_closing_is_caught() {
+    if planted() {
+        return;
+    }
+    caught(
+        "a_guard_returns_while_the_actor_closes",
+        "TellBeforeClose",
         "deadlock",
     );
 }
