@@ -26,6 +26,7 @@ use crate::ledger::Ending;
 use crate::manager::Manager;
 use crate::shared::{Msg, Shared};
 use crate::status::{CloseCause, CloseReport};
+use crate::sync::{planted, Bug};
 
 /// How long a closer waits beyond the close deadline for the actor before it falls back.
 const ACTOR_GRACE: Duration = Duration::from_millis(100);
@@ -67,8 +68,12 @@ impl<M: Manager> Shared<M> {
         self.lock_close().started = Some((Instant::now(), cause));
         event!(debug, ?cause, "close requested");
         // Closing the waitlist wakes every waiter with `Closed`, and makes every later
-        // return fail, so returning guards close their connections instead.
-        self.waitlist.close();
+        // return fail, so returning guards close their connections instead. Before the actor
+        // is told: the idle connections it takes then are all there will ever be.
+        let tell_first = planted(Bug::TellBeforeClose);
+        if !tell_first {
+            self.waitlist.close();
+        }
         let reached = self.ledger.actor_alive()
             && match self.mailbox_tx.try_send(Msg::Close) {
                 Ok(()) => true,
@@ -78,6 +83,9 @@ impl<M: Manager> Shared<M> {
                 // actor's graceful close as a fallback.
                 Err(e) => e.is_closed(),
             };
+        if tell_first {
+            self.waitlist.close();
+        }
         if !reached {
             self.shutdown_sync(cause);
         }
@@ -97,8 +105,11 @@ impl<M: Manager> Shared<M> {
         }
         // Close first, then drain: after `close`, no send can succeed, so the drain sees
         // everything that will ever be queued.
-        self.waitlist.close();
-        self.mailbox_tx.close();
+        let drain_first = planted(Bug::DrainBeforeClose);
+        if !drain_first {
+            self.waitlist.close();
+            self.mailbox_tx.close();
+        }
         // Counted once at the end, not per connection: nothing reads the counts before the
         // report, which is written after.
         let (mut sync, mut failed) = (0, 0);
@@ -126,6 +137,10 @@ impl<M: Manager> Shared<M> {
                 }
                 Msg::Grow | Msg::Freed | Msg::Close => {}
             }
+        }
+        if drain_first {
+            self.waitlist.close();
+            self.mailbox_tx.close();
         }
         self.ledger.record_ends(Ending::Sync, sync);
         self.ledger.record_ends(Ending::Failed, failed);
@@ -203,7 +218,7 @@ impl<M: Manager> Shared<M> {
     /// Writes the report once and wakes every closer.
     pub(crate) fn finish_close(&self, fallback: bool) {
         let mut close = self.lock_close();
-        if close.report.is_none() {
+        if close.report.is_none() || planted(Bug::ReportTwice) {
             let (started, cause) = close
                 .started
                 .unwrap_or((Instant::now(), CloseCause::Requested));

@@ -10,8 +10,16 @@ use std::cell::Cell;
 /// Checkouts in a row without waiting before one yields.
 const BUDGET: u32 = 64;
 
+#[cfg(not(loom))]
 thread_local! {
     static STREAK: Cell<u32> = const { Cell::new(0) };
+}
+
+// Under the model checks, per model thread and per run: the same code takes the same path each
+// time loom replays it.
+#[cfg(loom)]
+loom::thread_local! {
+    static STREAK: Cell<u32> = Cell::new(0);
 }
 
 /// Counts a checkout on this thread; true when it should yield before going on.

@@ -1,10 +1,10 @@
 //! The pool's bookkeeping: counts, limits and who may create. Plain data with methods, no
 //! runtime, so it can be tested on its own; the actor and the handles call into it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use std::time::Instant;
 
 use crate::status::{Counters, PoolState};
+use crate::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 
 const RUNNING: u8 = 0;
 const CLOSING: u8 = 1;

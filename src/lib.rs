@@ -118,6 +118,7 @@ mod ready;
 mod runtime;
 mod shared;
 mod status;
+mod sync;
 mod waitlist;
 
 pub use config::{ConfigError, QueueOrder};
@@ -130,3 +131,10 @@ pub use manager::{Goodbye, Manager, Unhealthy};
 pub use pool::{Builder, Pool};
 pub use runtime::{BoxFuture, Runtime, SpawnError};
 pub use status::{CloseCause, CloseReport, Counters, Metrics, PoolState, Status};
+
+/// For the model checks only (`--cfg loom`): the bugs they plant to prove they catch them.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod planted {
+    pub use crate::sync::{plant, Bug};
+}

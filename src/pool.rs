@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use crate::manager::Manager;
 use crate::runtime::{timed_with, BoxFuture, Runtime, SpawnError};
 use crate::shared::{CloseState, Idle, Msg, Shared};
 use crate::status::{CloseCause, CloseReport, Metrics, PoolState, Status};
+use crate::sync::Mutex;
 use crate::waitlist::{Claim, Closed, Join, Outcome, Ticket, Waitlist};
 
 /// A handle to a connection pool. Cheap to clone, `Send + Sync`.

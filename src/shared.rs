@@ -3,7 +3,7 @@
 //! imports none of them.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
@@ -16,6 +16,7 @@ use crate::ledger::{Ending, Ledger, Reason};
 use crate::manager::Manager;
 use crate::runtime::Runtime;
 use crate::status::{CloseCause, CloseReport, Metrics, Status};
+use crate::sync::Mutex;
 use crate::waitlist::Waitlist;
 
 /// Messages to the actor.
@@ -138,7 +139,7 @@ impl<M: Manager> Shared<M> {
         }
     }
 
-    pub(crate) fn lock_close(&self) -> std::sync::MutexGuard<'_, CloseState> {
+    pub(crate) fn lock_close(&self) -> crate::sync::MutexGuard<'_, CloseState> {
         // A panic while the lock was held cannot leave CloseState half-written in a way that
         // matters: every field is set in one assignment.
         self.close

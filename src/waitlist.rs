@@ -21,13 +21,13 @@
 //! [`Waitlist::expire`] on each one that falls due times every waiter out on time.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Acquire, Ordering::Relaxed};
-use std::sync::atomic::{Ordering::Release, Ordering::SeqCst};
-use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use crate::error::CreateFailure;
+use crate::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Acquire, Ordering::Relaxed};
+use crate::sync::atomic::{Ordering::Release, Ordering::SeqCst};
+use crate::sync::{Mutex, MutexGuard};
 
 /// What a waiter ends up with.
 pub(crate) enum Outcome<T, E> {
@@ -234,6 +234,11 @@ impl<T, E> Waitlist<T, E> {
             self.publish_idle(&list);
             return Join::Idle(entry);
         }
+        if crate::sync::planted(crate::sync::Bug::SplitJoin) {
+            // A bug planted by the model checks: the lock let go between looking and queuing.
+            drop(list);
+            list = self.lock();
+        }
         let place = Place::Waiting {
             waker: waker.clone(),
             deadline,
@@ -295,6 +300,8 @@ impl<T, E> Waitlist<T, E> {
                 self.publish(&list);
                 None
             }
+            // A bug planted by the model checks: what the waiter was handed is dropped.
+            Place::Done(_) if crate::sync::planted(crate::sync::Bug::CancelDrops) => None,
             Place::Done(outcome) => Some(outcome),
             Place::Free => None,
         }

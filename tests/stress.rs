@@ -1,12 +1,13 @@
 //! The race at the heart of the close protocol — close, drain, and guards returning on other
 //! threads — explored with random timing over thousands of iterations.
 //!
-//! An exhaustive-interleaving checker (loom) would need loom-aware versions of the channels
-//! and of event-listener; the queues are async-channel's, which loom cannot see into. So the
-//! race is explored by brute force instead: every iteration picks a way to close (close from
-//! a task, close_blocking from a thread, dropping the last handle, tearing the runtime down,
-//! or close_blocking while the actor is not polled), random hold times, and random detaches
-//! and panicking drops, then checks that every connection reached exactly one end.
+//! The loom models in `tests/loom` prove the core orderings of this race over every
+//! interleaving, on a pool of one connection with two or three threads and no clock. This test
+//! covers what they leave out, by brute force on real threads and a real runtime: every
+//! iteration picks a way to close (close from a task, close_blocking from a thread, dropping
+//! the last handle, tearing the runtime down, or close_blocking while the actor is not polled),
+//! random hold times, and random detaches and panicking drops, then checks that every
+//! connection reached exactly one end.
 
 use std::sync::{Arc, Barrier};
 use std::thread;
