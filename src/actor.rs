@@ -583,7 +583,8 @@ impl<M: Manager> Drop for PoolActor<M> {
         // under way are dropped with their futures; connections being shut down are closed
         // synchronously by their `Closing` holders; then the fallback drains the queues.
         self.shared.ledger.set_actor_alive(false);
-        if self.shared.ledger.is_running() {
+        // A pool whose runtime follows its callers moves instead: `evict` says so.
+        if self.shared.ledger.is_running() && !self.shared.ambient {
             event!(
                 debug,
                 "the pool actor was dropped while running (runtime teardown); closing synchronously"

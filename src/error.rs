@@ -13,7 +13,10 @@ use crate::runtime::SpawnError;
 pub enum Stage {
     /// [`Manager::create`](crate::Manager::create).
     Create,
-    /// [`Manager::check`](crate::Manager::check).
+    /// [`Manager::check`](crate::Manager::check). No error carries it today: a check that
+    /// fails, times out or panics closes that connection and `get` goes on to another (see
+    /// [`Counters::check_failed`](crate::Counters::check_failed)). Kept so a future error
+    /// about a check has a name for it.
     Check,
 }
 

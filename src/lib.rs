@@ -63,8 +63,9 @@
 //!     drop(conn); // back to the idle queue
 //!
 //!     let report = pool.close().await;
-//!     assert_eq!(report.counters.created, 1);
-//!     assert!(report.is_complete());
+//!     println!("pool closed: {report:?}");
+//! #   assert_eq!(report.counters.created, 1);
+//! #   assert!(report.is_complete());
 //! }));
 //! ```
 //!

@@ -102,3 +102,28 @@ fn a_runtime_teardown_is_reported() {
     assert!(rec.has(Level::DEBUG, "dropped while running"));
     assert!(rec.has(Level::WARN, "close failed"));
 }
+
+#[test]
+fn a_pool_that_follows_its_callers_reports_a_move_not_a_teardown() {
+    let rec = Recorder::default();
+    tracing::subscriber::with_default(rec.clone(), || {
+        let m = Counting::new();
+        let pool = Pool::builder(m.clone())
+            .runtime(gracepool_tokio::Ambient::new())
+            .build()
+            .unwrap();
+        for _ in 0..2 {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async { drop(pool.get().await.unwrap()) });
+        }
+        assert_eq!(pool.status().counters.rehomed, 1);
+        let report = pool.close_blocking(Duration::from_millis(10));
+        assert_eq!(report.counters.closed_moved, 2);
+    });
+    assert!(rec.has(Level::DEBUG, "started on a caller's runtime"));
+    assert!(rec.has(Level::DEBUG, "the pool moves to its next caller's"));
+    assert!(!rec.has(Level::DEBUG, "dropped while running"));
+}

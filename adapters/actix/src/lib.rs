@@ -5,9 +5,11 @@
 //!   an [`ArbiterHandle`] (a stopped arbiter is a [`gracepool::SpawnError`], never a panic).
 //! - [`PoolActor`] wraps a [`Pool`] so an actix app can `addr.send(Get::new())` a connection
 //!   and `addr.send(Close).await` on shutdown. When it stops — the `System` stops, its arbiter
-//!   stops, or the last `Addr` to it is dropped — it closes the pool: at once and
-//!   synchronously (each connection with [`Manager::close`]), so nothing is left for a
-//!   runtime that is going away.
+//!   stops, or the last `Addr` to it is dropped — it begins a close ([`Pool::begin_close`])
+//!   and returns at once. When only its last `Addr` was dropped, the pool's own actor still
+//!   runs and closes every connection gracefully, goodbyes included; when the `System` stops,
+//!   the runtime drops that actor next, and the synchronous fallback closes what is left (each
+//!   connection with [`Manager::close`]).
 //!
 //! # Example
 //!
@@ -49,7 +51,8 @@
 //!
 //!     // On shutdown: a graceful close, every connection accounted for.
 //!     let report = addr.send(Close).await.expect("the actor answers");
-//!     assert!(report.is_complete());
+//!     println!("pool closed: {report:?}");
+//! #   assert!(report.is_complete());
 //! });
 //! ```
 //!
@@ -58,8 +61,9 @@
 //! For a graceful close (each connection's [`Manager::shutdown`] farewell, waiting for
 //! checked-out connections up to the close deadline), send [`Close`] and await it before the
 //! `System` stops, as on SIGTERM. Stopping the `System` without it still closes every
-//! connection exactly once: [`PoolActor`] closes what is idle when it stops, the pool's own
-//! actor closes what it holds when its arbiter drops it, and guards dropped later close theirs.
+//! connection exactly once: [`PoolActor`] begins the close when it stops, the pool's own actor
+//! closes what it holds (with the synchronous fallback when its arbiter drops it), and guards
+//! dropped later close theirs.
 //! Nothing panics and nothing is printed.
 //!
 //! Connections are handed around only inside [`gracepool::Pooled`] guards, never as bare

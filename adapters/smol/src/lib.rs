@@ -38,7 +38,8 @@
 //!
 //!     // On shutdown:
 //!     let report = pool.close().await;
-//!     assert!(report.is_complete());
+//!     println!("pool closed: {report:?}");
+//! #   assert!(report.is_complete());
 //! }));
 //!
 //! // Or on smol's global executor, which runs on its own threads:
@@ -48,7 +49,9 @@
 //!     .expect("a valid configuration");
 //! async_io::block_on(async {
 //!     assert_eq!(*pool.get().await.expect("a connection"), 42);
-//!     assert!(pool.close().await.is_complete());
+//!     let report = pool.close().await;
+//!     println!("pool closed: {report:?}");
+//! #   assert!(report.is_complete());
 //! });
 //! ```
 //!
@@ -225,7 +228,9 @@ thread_local! {
 ///     for task in tasks {
 ///         assert_eq!(task.await, 42);
 ///     }
-///     assert!(pool.close().await.is_complete());
+///     let report = pool.close().await;
+///     println!("pool closed: {report:?}");
+/// #   assert!(report.is_complete());
 /// }));
 /// drop(stop);
 /// let _ = helper.join();

@@ -1,7 +1,8 @@
-//! Every link in the README, the guide (`book/src`) and the matrix README points somewhere
-//! that exists: relative links to files of this repository, `#anchor`s to a heading of the
-//! page they name, and links to this repository on GitHub to a file that is here. No network:
-//! links to other sites are not followed.
+//! Every link in the README, the guide (`book/src`), the matrix README and the benchmark
+//! results points somewhere that exists: relative links to files of this repository,
+//! `#anchor`s to a heading of the page they name, and links to this repository on GitHub to a
+//! file that is here. Every `{{#include file:anchor}}` of the guide names a file that exists
+//! and an `ANCHOR: anchor` marker in it. No network: links to other sites are not followed.
 //!
 //! The guide is rendered by mdbook, which copies `book/src` alone: a relative link from the
 //! guide to a file outside `book/src` would be broken in the HTML book, so the guide links to
@@ -25,6 +26,7 @@ fn pages() -> Vec<PathBuf> {
     let mut pages = vec![
         PathBuf::from("README.md"),
         PathBuf::from("tests/matrix/README.md"),
+        PathBuf::from("benches/RESULTS.md"),
     ];
     let mut book: Vec<PathBuf> = fs::read_dir(root().join("book/src"))
         .expect("book/src is readable")
@@ -215,9 +217,18 @@ fn check(page: &Path, target: &str) -> Option<String> {
     }
 }
 
-/// The files an mdbook page includes (`{{#include path}}`, `{{#include path:anchor}}`), which
-/// sit inside code blocks, with their line numbers.
-fn includes(text: &str) -> Vec<(usize, String)> {
+/// One `{{#include ...}}` of a page: its line number, the file, and the anchor it names, if
+/// any (a line range such as `path:2:10` names none).
+#[derive(Debug, PartialEq)]
+struct Include {
+    line: usize,
+    path: String,
+    anchor: Option<String>,
+}
+
+/// The files an mdbook page includes (`{{#include path}}`, `{{#include path:anchor}}`,
+/// `{{#include path:2:10}}`), which sit inside code blocks.
+fn includes(text: &str) -> Vec<Include> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let mut rest = line;
@@ -225,12 +236,39 @@ fn includes(text: &str) -> Vec<(usize, String)> {
             let after = &rest[at + "{{#include ".len()..];
             let end = after.find("}}").unwrap_or(after.len());
             let target = after[..end].trim();
-            let path = target.split(':').next().unwrap_or(target);
-            out.push((i + 1, path.to_owned()));
+            let (path, anchor) = match target.split_once(':') {
+                Some((path, selector)) => {
+                    // mdbook reads a selector that starts with a digit or a colon as lines.
+                    let lines = selector.is_empty()
+                        || selector.starts_with(|c: char| c.is_ascii_digit() || c == ':');
+                    (path, (!lines).then(|| selector.trim().to_owned()))
+                }
+                None => (target, None),
+            };
+            out.push(Include {
+                line: i + 1,
+                path: path.to_owned(),
+                anchor,
+            });
             rest = &after[end..];
         }
     }
     out
+}
+
+/// Whether `text` opens the anchor `name` as mdbook looks for it: a line with
+/// `ANCHOR: name` (in a comment, usually), the name ending at the first character that is
+/// not a letter, a digit, `_` or `-`.
+fn has_anchor(text: &str, name: &str) -> bool {
+    text.lines().any(|line| {
+        line.split("ANCHOR:").skip(1).any(|after| {
+            let after = after.trim_start();
+            let end = after
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
+                .unwrap_or(after.len());
+            &after[..end] == name
+        })
+    })
 }
 
 /// Every broken link of the pages, as `page:line: what is wrong`.
@@ -238,11 +276,20 @@ fn broken_links() -> Vec<String> {
     let mut broken = Vec::new();
     for page in pages() {
         let text = fs::read_to_string(root().join(&page)).expect("a readable page");
-        for (n, path) in includes(&text) {
+        for Include { line, path, anchor } in includes(&text) {
             let file = root().join(page.parent().expect("a directory")).join(&path);
             if !file.is_file() {
                 broken.push(format!(
-                    "{}:{n}: {{{{#include {path}}}}}: no such file",
+                    "{}:{line}: {{{{#include {path}}}}}: no such file",
+                    page.display()
+                ));
+                continue;
+            }
+            let Some(anchor) = anchor else { continue };
+            let included = fs::read_to_string(&file).expect("a readable included file");
+            if !has_anchor(&included, &anchor) {
+                broken.push(format!(
+                    "{}:{line}: {{{{#include {path}:{anchor}}}}}: {path} has no `ANCHOR: {anchor}`",
                     page.display()
                 ));
             }
@@ -309,8 +356,26 @@ fn the_checker_catches_what_it_must() {
     assert_eq!(check(chapter, "https://docs.rs/tracing"), None);
     assert_eq!(
         includes("```rust\n{{#include ../doctest/tests/links.rs:slug}}\n```"),
-        vec![(2, "../doctest/tests/links.rs".to_owned())]
+        vec![Include {
+            line: 2,
+            path: "../doctest/tests/links.rs".to_owned(),
+            anchor: Some("slug".to_owned()),
+        }]
     );
+    let no_anchor = |target: &str| {
+        includes(&format!("{{{{#include {target}}}}}"))[0]
+            .anchor
+            .clone()
+    };
+    assert_eq!(no_anchor("a.rs"), None);
+    assert_eq!(no_anchor("a.rs:2:10"), None);
+    assert_eq!(no_anchor("a.rs::10"), None);
+    let text = "// ANCHOR: pool\nlet x = 1;\n// ANCHOR_END: pool\n    // ANCHOR: work_2\n";
+    assert!(has_anchor(text, "pool"));
+    assert!(has_anchor(text, "work_2"));
+    assert!(!has_anchor(text, "work"));
+    assert!(!has_anchor(text, "po"));
+    assert!(!has_anchor("// ANCHOR_END: pool\n", "pool"));
 }
 
 #[test]
