@@ -24,7 +24,7 @@ use event_listener::Listener;
 
 use crate::ledger::Ending;
 use crate::manager::Manager;
-use crate::shared::{Msg, Shared};
+use crate::shared::{Idle, Msg, Shared};
 use crate::status::{CloseCause, CloseReport};
 use crate::sync::{planted, Bug};
 
@@ -110,16 +110,27 @@ impl<M: Manager> Shared<M> {
             self.waitlist.close();
             self.mailbox_tx.close();
         }
-        // Counted once at the end, not per connection: nothing reads the counts before the
-        // report, which is written after.
+        self.close_drained(self.waitlist.take_idle());
+        if drain_first {
+            self.waitlist.close();
+            self.mailbox_tx.close();
+        }
+        self.finish_close(fallback);
+    }
+
+    /// Closes `idle`, then everything the mailbox holds, synchronously, and counts them;
+    /// returns what else the mailbox held. Counted once at the end, not per connection:
+    /// nothing reads the counts before the caller is done.
+    fn close_drained(&self, idle: impl IntoIterator<Item = Idle<M::Connection>>) -> Drained {
         let (mut sync, mut failed) = (0, 0);
         let mut count = |ending| match ending {
             Ending::Failed => failed += 1,
             _ => sync += 1,
         };
-        for entry in self.waitlist.take_idle() {
+        for entry in idle {
             count(self.close_uncounted(entry.conn));
         }
+        let mut drained = Drained::default();
         while let Ok(msg) = self.mailbox_rx.try_recv() {
             match msg {
                 Msg::Retire {
@@ -135,16 +146,13 @@ impl<M: Manager> Shared<M> {
                         count(self.close_uncounted(entry.conn));
                     }
                 }
-                Msg::Grow | Msg::Freed | Msg::Close => {}
+                Msg::Grow | Msg::Freed => drained.nudge = true,
+                Msg::Close => drained.close_asked = true,
             }
-        }
-        if drain_first {
-            self.waitlist.close();
-            self.mailbox_tx.close();
         }
         self.ledger.record_ends(Ending::Sync, sync);
         self.ledger.record_ends(Ending::Failed, failed);
-        self.finish_close(fallback);
+        drained
     }
 
     /// The actor of a pool whose runtime follows its callers is gone with its runtime, and
@@ -168,43 +176,13 @@ impl<M: Manager> Shared<M> {
             idle = idle.len(),
             "the runtime of the pool's actor went away; the pool moves to its next caller's"
         );
-        let (mut sync, mut failed) = (0, 0);
-        let mut count = |ending| match ending {
-            Ending::Failed => failed += 1,
-            _ => sync += 1,
-        };
         let moved = idle.len();
-        for entry in idle {
-            count(self.close_uncounted(entry.conn));
-        }
-        // Whatever the old actor was sent and never read: retired connections, whose reason
-        // their sender counted. A nudge read here may have been meant for the next actor (a
-        // caller may start it any moment now): sent again.
-        let mut nudge = false;
-        let mut close_asked = false;
-        while let Ok(msg) = self.mailbox_rx.try_recv() {
-            match msg {
-                Msg::Retire {
-                    conn, from_guard, ..
-                } => {
-                    if from_guard {
-                        self.ledger.check_in();
-                    }
-                    count(self.close_uncounted(conn));
-                }
-                Msg::Farewells(entries) => {
-                    for entry in entries {
-                        count(self.close_uncounted(entry.conn));
-                    }
-                }
-                Msg::Grow | Msg::Freed => nudge = true,
-                Msg::Close => close_asked = true,
-            }
-        }
+        // Whatever the old actor was sent and never read goes too: retired connections,
+        // whose reason their sender counted. A nudge read here may have been meant for the
+        // next actor (a caller may start it any moment now): sent again.
+        let Drained { nudge, close_asked } = self.close_drained(idle);
         self.ledger
             .record_reasons(crate::ledger::Reason::Moved, moved);
-        self.ledger.record_ends(Ending::Sync, sync);
-        self.ledger.record_ends(Ending::Failed, failed);
         if nudge {
             let _ = self.mailbox_tx.try_send(Msg::Grow);
         }
@@ -312,4 +290,13 @@ impl<M: Manager> Drop for Shared<M> {
         // still queued is closed here, synchronously.
         self.shutdown_sync(CloseCause::LastHandleDropped);
     }
+}
+
+/// What a drain of the mailbox found besides connections.
+#[derive(Default)]
+struct Drained {
+    /// A `Grow` or `Freed` was waiting.
+    nudge: bool,
+    /// A `Close` was waiting.
+    close_asked: bool,
 }
