@@ -448,3 +448,36 @@ pub async fn until_status<M: Manager>(
     let held = eventually(Duration::from_secs(5), || ok(&pool.status())).await;
     assert!(held, "{what}: {:?}", pool.status());
 }
+
+/// A small xorshift generator for random timings in tests, without a dependency: print the
+/// seed, so that a failing run can be told apart.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed` (made odd: xorshift must not start at zero).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    /// A generator seeded from the clock's nanoseconds.
+    pub fn from_clock() -> Rng {
+        Rng::new(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| u64::from(d.subsec_nanos())),
+        )
+    }
+
+    /// The seed or state now.
+    pub fn state(&self) -> u64 {
+        self.0
+    }
+
+    /// A number below `n` (which must not be 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gracepool::Pool;
-use gracepool_testkit::{assert_accounted, child::run_child, set_birthplace, Counting};
+use gracepool_testkit::{assert_accounted, child::run_child, set_birthplace, Counting, Rng};
 use gracepool_tokio::Ambient;
 
 const SCENARIO: &str = "CHURN_CHILD";
@@ -24,18 +24,6 @@ const RUNTIMES_PER_THREAD: u64 = 12;
 /// See the module docs: how long after a runtime began to end a connection born there may
 /// still be handed out. Generous, for a loaded machine.
 const MARGIN: Duration = Duration::from_millis(250);
-
-/// A small xorshift generator: random timings without a dependency; the seed is printed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
 
 /// When a runtime began to end, or when its drop returned.
 type Span = (Option<Instant>, Option<Instant>);
@@ -77,7 +65,7 @@ fn child() {
             let (pool, ended, next_place) = (pool.clone(), ended.clone(), next_place.clone());
             let (served, caught_ending) = (served.clone(), caught_ending.clone());
             std::thread::spawn(move || {
-                let mut rng = Rng(seed.wrapping_mul(t + 1) | 1);
+                let mut rng = Rng::new(seed.wrapping_mul(t + 1));
                 for r in 0..RUNTIMES_PER_THREAD {
                     let place = next_place.fetch_add(1, SeqCst);
                     let rt = if (r + t) % 2 == 0 {

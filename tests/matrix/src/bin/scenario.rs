@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use async_executor::Executor;
 use gracepool::{Builder, CloseCause, Error, Pool, PoolState, Pooled, Runtime};
 use gracepool_matrix::{applies, Kind};
-use gracepool_testkit::{assert_accounted, set_birthplace, Counting};
+use gracepool_testkit::{assert_accounted, set_birthplace, Counting, Rng};
 
 type P = Pool<Counting>;
 
@@ -801,30 +801,11 @@ fn s12(m: &Counting, kind: Kind) -> String {
     )
 }
 
-/// A small xorshift generator: random timings without a dependency; the seed is printed.
-struct Rng(u64);
-
-impl Rng {
-    fn from_clock() -> Rng {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.subsec_nanos() as u64);
-        Rng(nanos | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// S13: the runtime is torn down at a random moment while tasks check connections out and in
 /// with random holding times, and the test itself holds one; 20 rounds, a new runtime each.
 fn s13(m: &Counting, kind: Kind) -> String {
     let mut rng = Rng::from_clock();
-    let seed = rng.0;
+    let seed = rng.state();
     for _ in 0..20 {
         let host = Host::new(kind);
         let pool = host.pool(m).max_size(3).build().unwrap();
@@ -1145,7 +1126,7 @@ fn s16(m: &Counting, kind: Kind) -> String {
 fn s17(m: &Counting, kind: Kind) -> String {
     const TASKS: usize = 4;
     let mut rng = Rng::from_clock();
-    let seed = rng.0;
+    let seed = rng.state();
     // First without a race: closed while homeless, the close is final on every runtime.
     let pool = ambient_pool(m, kind).build().unwrap();
     let a = Home::new(kind, A);
