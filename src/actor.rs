@@ -188,6 +188,7 @@ fn farewells<M: Manager>(
     }
 }
 
+/// One creation by the actor, bounded by the create timeout, its panic contained.
 async fn create<M: Manager>(
     shared: Arc<Shared<M>>,
 ) -> Result<M::Connection, CreateFailure<M::Error>> {
@@ -398,7 +399,14 @@ impl<M: Manager> PoolActor<M> {
         let shared = &self.shared;
         // No creation starts while creation pauses after a failure: a manager that fails at
         // once cannot make the actor spin, and the pause ends in a `BackoffOver` that grows.
-        if !shared.ledger.is_running() || self.paused.is_some() {
+        if !shared.ledger.is_running() {
+            return;
+        }
+        // A caller's own creation failed (it asked to grow after): pause as for ours.
+        if shared.ledger.take_pause_request() && self.paused.is_none() {
+            self.paused = Some(shared.runtime.sleep(self.backoff.failed()));
+        }
+        if self.paused.is_some() {
             return;
         }
         let growth = plan_growth(
@@ -412,7 +420,10 @@ impl<M: Manager> PoolActor<M> {
         let wave = (growth.for_waiters + growth.for_min_idle)
             .min(MAX_CREATING.saturating_sub(self.creating.len()));
         for _ in 0..wave {
-            shared.ledger.reserve_slot();
+            // A caller creating for itself may have taken the room meanwhile.
+            if !shared.ledger.try_reserve_slot() {
+                break;
+            }
             self.creating.push(Box::pin(create(shared.clone())));
         }
     }
@@ -423,6 +434,7 @@ impl<M: Manager> PoolActor<M> {
             Ok(conn) => {
                 shared.ledger.record_created();
                 self.backoff.succeeded();
+                shared.ledger.set_callers_may_create(true);
                 shared.set_last_create_error(None);
                 if !shared.ledger.is_running() {
                     self.retire(conn);
@@ -444,6 +456,7 @@ impl<M: Manager> PoolActor<M> {
             }
             Err(failure) => {
                 shared.ledger.release_slot();
+                shared.ledger.set_callers_may_create(false);
                 #[cfg(feature = "tracing")]
                 match &failure {
                     CreateFailure::Backend(error) => {

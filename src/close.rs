@@ -69,6 +69,7 @@ impl<M: Manager> Shared<M> {
         // Closing the waitlist wakes every waiter with `Closed`, and makes every later
         // return fail, so returning guards close their connections instead.
         self.waitlist.close();
+        self.closing.notify(usize::MAX);
         let reached = self.ledger.actor_alive()
             && match self.mailbox_tx.try_send(Msg::Close) {
                 Ok(()) => true,
@@ -98,6 +99,7 @@ impl<M: Manager> Shared<M> {
         // Close first, then drain: after `close`, no send can succeed, so the drain sees
         // everything that will ever be queued.
         self.waitlist.close();
+        self.closing.notify(usize::MAX);
         self.mailbox_tx.close();
         // Counted once at the end, not per connection: nothing reads the counts before the
         // report, which is written after.

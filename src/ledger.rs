@@ -39,8 +39,12 @@ pub(crate) enum Ending {
 pub(crate) struct Ledger {
     state: AtomicU8,
     actor_alive: AtomicBool,
-    /// Connections alive or being created: the figure `max_size` bounds. Only the actor adds.
+    /// Connections alive or being created: the figure `max_size` bounds.
     slots: AtomicUsize,
+    /// Callers may create (see `callers_may_create`).
+    callers_create: AtomicBool,
+    /// A caller's creation failed and the actor has not paused for it yet.
+    pause_asked: AtomicBool,
     in_use: AtomicUsize,
     waiters: AtomicUsize,
     handles: AtomicUsize,
@@ -82,6 +86,8 @@ impl Ledger {
             state: AtomicU8::new(RUNNING),
             actor_alive: AtomicBool::new(false),
             slots: AtomicUsize::new(0),
+            callers_create: AtomicBool::new(true),
+            pause_asked: AtomicBool::new(false),
             in_use: AtomicUsize::new(0),
             waiters: AtomicUsize::new(0),
             handles: AtomicUsize::new(1),
@@ -169,9 +175,35 @@ impl Ledger {
         self.slots.load(SeqCst)
     }
 
-    /// A creation starts (the actor alone calls this).
-    pub(crate) fn reserve_slot(&self) {
-        self.slots.fetch_add(1, SeqCst);
+    /// A creation starts, if the pool has room: false at `max_size`. The actor and callers
+    /// that create (see `Runtime::is_current`) both reserve here, so the two never exceed it.
+    pub(crate) fn try_reserve_slot(&self) -> bool {
+        let max = self.max_size();
+        self.slots
+            .fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Whether a caller may create a connection itself: no creation failed since the last
+    /// one that succeeded in the actor. A failure closes it until the actor, past its backoff
+    /// pause, has made a connection again.
+    #[inline]
+    pub(crate) fn callers_may_create(&self) -> bool {
+        self.callers_create.load(Relaxed)
+    }
+
+    pub(crate) fn set_callers_may_create(&self, open: bool) {
+        self.callers_create.store(open, Relaxed);
+    }
+
+    /// A caller's creation failed: the actor is to pause creation, as after its own failure.
+    pub(crate) fn ask_pause(&self) {
+        self.pause_asked.store(true, SeqCst);
+    }
+
+    /// Whether a caller asked for a pause since the last time this was asked.
+    pub(crate) fn take_pause_request(&self) -> bool {
+        self.pause_asked.load(Relaxed) && self.pause_asked.swap(false, SeqCst)
     }
 
     /// A creation failed: its slot is free again.
@@ -444,11 +476,13 @@ mod tests {
     #[test]
     fn endings_free_slots_and_balance() {
         let l = Ledger::new();
+        l.set_limits(5, 0);
         for _ in 0..4 {
-            l.reserve_slot();
+            assert!(l.try_reserve_slot());
             l.record_created();
         }
-        l.reserve_slot();
+        assert!(l.try_reserve_slot());
+        assert!(!l.try_reserve_slot(), "max_size reached");
         l.release_slot();
         l.record_end(Ending::Graceful);
         l.record_end(Ending::Sync);

@@ -13,7 +13,7 @@ use futures_lite::FutureExt;
 use crate::actor::PoolActor;
 use crate::config::{Config, ConfigError, QueueOrder, PREALLOCATED_IDLE_LIMIT};
 use crate::deadline::{self, Expire};
-use crate::error::Error;
+use crate::error::{CreateFailure, Error};
 use crate::guard::Pooled;
 use crate::ledger::{Ledger, Reason};
 use crate::manager::Manager;
@@ -344,6 +344,14 @@ impl<M: Manager> Pool<M> {
             self.ask_to_grow();
             return Err(Error::Exhausted);
         }
+        // Nobody is ahead, the pool has room, and this task runs on the pool's runtime:
+        // create here rather than ask the actor and wait for its answer (a cold start pays
+        // no round trip per connection). Boxed for the reason the waiting future is.
+        if self.may_create_here() {
+            if let Some(guard) = Box::pin(self.create_here(&mut budget)).await? {
+                return Ok(guard);
+            }
+        }
         // Boxed: the waiting future is several times the size of the hot path's, and as part
         // of this future it would be moved with it on every checkout. Waiting allocates
         // anyway (a place in the waitlist); taking an idle connection does not.
@@ -379,6 +387,114 @@ impl<M: Manager> Pool<M> {
                 Ok(())
             }
         }
+    }
+
+    /// Whether this caller may create a connection itself, and if so its slot is reserved:
+    /// nobody waits (they are ahead of it, and the actor creates for them), no creation
+    /// failed since the actor last made one (no caller creates during a backoff pause, nor
+    /// before the actor has made a connection after one), there is room below `max_size`,
+    /// and the caller runs on the pool's runtime.
+    fn may_create_here(&self) -> bool {
+        let shared = &self.shared;
+        shared.waitlist.waiting() == 0
+            && shared.ledger.callers_may_create()
+            && shared.ledger.slots() < shared.ledger.max_size()
+            && shared.runtime.is_current()
+            && shared.ledger.try_reserve_slot()
+    }
+
+    /// Creates a connection in the caller's task, on a slot [`may_create_here`] reserved,
+    /// bounded by the create timeout and what is left of the wait timeout; a panic is
+    /// contained. Close abandons it at once, as the actor abandons its own creations. `None`:
+    /// the creation failed and the caller is to wait while the actor retries (the default,
+    /// not fail-fast), or the connection came out expired.
+    ///
+    /// [`may_create_here`]: Pool::may_create_here
+    async fn create_here(&self, budget: &mut Budget) -> Result<Option<Pooled<M>>, Error<M::Error>> {
+        let shared = &self.shared;
+        // Owned from here: whatever ends this future before a connection is made (close, the
+        // wait timeout, the future dropped) gives the slot back.
+        let slot = Reserved { shared };
+        if !shared.ledger.is_running() {
+            return Err(shared.closed_error());
+        }
+        let mut attempt = std::pin::pin!(AssertUnwindSafe(shared.manager.create()).catch_unwind());
+        // Made only if the creation does not finish on its first poll.
+        let mut limits: Option<(Option<BoxFuture>, event_listener::EventListener)> = None;
+        let create_timeout = shared.config.create_timeout;
+        let made = poll_fn(|cx| {
+            if let Poll::Ready(out) = attempt.as_mut().poll(cx) {
+                return Poll::Ready(Made::Done(out));
+            }
+            if limits.is_none() {
+                // Listening before looking at the state: a close that starts after the look
+                // wakes the listener.
+                let listener = shared.closing.listen();
+                let limit = match (create_timeout, budget.remaining()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let timer = match limit {
+                    Some(Duration::ZERO) => return Poll::Ready(Made::TimedOut),
+                    Some(d) => Some(shared.runtime.sleep(d)),
+                    None => None,
+                };
+                limits = Some((timer, listener));
+            }
+            let (timer, listener) = limits.as_mut().expect("set just above");
+            if !shared.ledger.is_running() || std::pin::Pin::new(listener).poll(cx).is_ready() {
+                return Poll::Ready(Made::Closing);
+            }
+            match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Made::TimedOut),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        let failure = match made {
+            Made::Done(Ok(Ok(conn))) => {
+                // The slot is the connection's now.
+                slot.keep();
+                shared.ledger.record_created();
+                shared.set_last_create_error(None);
+                // Real time: the actor's coarse clock may be behind, and the lifetime counts
+                // from here.
+                let now = shared.ledger.real_now_ms();
+                let entry = Idle {
+                    conn,
+                    created_ms: now,
+                    returned_ms: now,
+                    checkouts: 0,
+                    home: shared.waitlist.home(),
+                };
+                return match self.checkout(entry, true, budget).await? {
+                    Attempt::Got(guard) => Ok(Some(guard)),
+                    Attempt::Expired | Attempt::Unhealthy => Ok(None),
+                };
+            }
+            Made::Closing => return Err(shared.closed_error()),
+            Made::TimedOut if budget.spent() => return Err(self.timed_out(budget)),
+            Made::TimedOut => CreateFailure::Timeout(
+                create_timeout.expect("only a set timeout expires before the wait timeout"),
+            ),
+            Made::Done(Ok(Err(e))) => CreateFailure::Backend(e),
+            Made::Done(Err(_panic)) => CreateFailure::Panicked,
+        };
+        // Failed: callers stop creating, and the actor pauses before it retries, as after a
+        // failure of its own.
+        shared.ledger.set_callers_may_create(false);
+        shared.ledger.ask_pause();
+        slot.keep();
+        shared.ledger.release_slot();
+        let _ = shared.mailbox_tx.try_send(Msg::Grow);
+        let error: Error<M::Error> = failure.into();
+        event!(warn, error = %error, "the manager's create failed (in the caller)");
+        if shared.config.fail_fast {
+            return Err(error);
+        }
+        shared.report_create_error(&error);
+        shared.set_last_create_error(Some(error));
+        Ok(None)
     }
 
     /// Taking an idle connection may leave fewer than `min_idle`: wake the actor to top up
@@ -577,6 +693,44 @@ impl<M: Manager> Pool<M> {
         }
         guard.checked();
         Ok(Attempt::Got(guard))
+    }
+}
+
+/// How a caller's own creation ended.
+enum Made<T> {
+    Done(T),
+    /// The create timeout or the wait timeout ran out first.
+    TimedOut,
+    /// The pool started closing.
+    Closing,
+}
+
+/// A slot a caller reserved to create a connection in. Dropped before the connection is
+/// made, it frees the slot, and tells the actor when that matters to it: a close waits for
+/// every slot, and waiters may be waiting for room.
+struct Reserved<'a, M: Manager> {
+    shared: &'a Shared<M>,
+}
+
+impl<M: Manager> Reserved<'_, M> {
+    /// The slot stays taken: by the connection made in it, or freed by the caller as a
+    /// failed creation.
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl<M: Manager> Drop for Reserved<'_, M> {
+    fn drop(&mut self) {
+        let shared = self.shared;
+        // Freed before the queue is read, as a waiter queues before it reads the slots: one
+        // of the two sees the other.
+        shared.ledger.abandon_slot();
+        if (!shared.ledger.is_running() || shared.waitlist.waiting() > 0)
+            && shared.ledger.actor_alive()
+        {
+            let _ = shared.mailbox_tx.try_send(Msg::Freed);
+        }
     }
 }
 
@@ -862,6 +1016,7 @@ impl<M: Manager> Builder<M> {
             last_create_error: Mutex::new(None),
             on_create_error: self.on_create_error,
             closed: Event::new(),
+            closing: Event::new(),
             close: Mutex::new(CloseState::default()),
         });
         let pool = Pool { shared };

@@ -73,6 +73,8 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) on_create_error: Option<ErrorSink<M::Error>>,
     /// Notified when the close finishes.
     pub(crate) closed: Event,
+    /// Notified when the close starts: a caller creating a connection itself gives up.
+    pub(crate) closing: Event,
     pub(crate) close: Mutex<CloseState>,
 }
 
