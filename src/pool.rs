@@ -456,7 +456,11 @@ impl<M: Manager> Pool<M> {
                 // The slot is the connection's now.
                 slot.keep();
                 shared.ledger.record_created();
-                shared.set_last_create_error(None);
+                if !shared.ledger.callers_may_create() {
+                    // A failure was recorded since this creation began: it no longer holds.
+                    // (Otherwise there is none to clear: failures close the way first.)
+                    shared.set_last_create_error(None);
+                }
                 // Real time: the actor's coarse clock may be behind, and the lifetime counts
                 // from here.
                 let now = shared.ledger.real_now_ms();
