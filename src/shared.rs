@@ -38,10 +38,16 @@ pub(crate) enum Msg<C> {
     Farewells(std::collections::VecDeque<Idle<C>>),
 }
 
+/// Marks a return stamp as the actor's coarse clock at the return, which may be behind the real
+/// return: see [`Shared::put_returned`].
+pub(crate) const UNCONFIRMED: u64 = 1 << 63;
+
 /// A connection waiting in the idle queue, with the coarse times the reaper needs.
 pub(crate) struct Idle<C> {
     pub(crate) conn: C,
     pub(crate) created_ms: u64,
+    /// When it was last returned (or created), in the pool's milliseconds; with
+    /// [`UNCONFIRMED`] set, a lower bound only, until the reaper confirms it.
     pub(crate) returned_ms: u64,
     /// Times checked out so far.
     pub(crate) checkouts: u32,
@@ -210,29 +216,28 @@ impl<M: Manager> Shared<M> {
         self.waitlist.put(entry, home, fresh, |_| {})
     }
 
-    /// Like [`put_idle`](Shared::put_idle) for a connection a guard gives back, stamped with
-    /// the real time if it goes idle: its idle timeout counts from there. Handed straight to
-    /// a waiter it was never idle, and keeps the actor's coarse clock (no clock read).
+    /// Like [`put_idle`](Shared::put_idle) for a connection a guard gives back. Reads no
+    /// clock: the return is stamped with the actor's coarse clock, marked [`UNCONFIRMED`],
+    /// which may be behind the real return. An unconfirmed stamp never counts as idle time;
+    /// the actor's next maintenance tick replaces it with its own time, which is after the
+    /// real return (see [`Shared::confirm_return`]), so the idle timeout never runs out early,
+    /// and runs out at most one maintenance interval late.
     #[inline]
     pub(crate) fn put_returned(
         &self,
         mut entry: Idle<M::Connection>,
     ) -> Result<(), Idle<M::Connection>> {
-        // Read outside the lock when nobody seems to wait; re-read under it in the rare
-        // case a waiter left meanwhile.
-        let coarse = self.ledger.now_ms();
-        entry.returned_ms = if self.waitlist.waiting() == 0 {
-            self.ledger.real_now_ms()
-        } else {
-            coarse
-        };
-        let ledger = &self.ledger;
+        entry.returned_ms = self.ledger.now_ms() | UNCONFIRMED;
         let home = entry.home;
-        self.waitlist.put(entry, home, false, |entry| {
-            if entry.returned_ms == coarse {
-                entry.returned_ms = ledger.real_now_ms();
-            }
-        })
+        self.waitlist.put(entry, home, false, |_| {})
+    }
+
+    /// At a maintenance tick (`now`, just read): an idle connection whose return is not
+    /// confirmed was returned before `now`, which becomes its stamp.
+    pub(crate) fn confirm_return(&self, entry: &mut Idle<M::Connection>, now: u64) {
+        if entry.returned_ms & UNCONFIRMED != 0 {
+            entry.returned_ms = now;
+        }
     }
 
     /// What the pool knows of the connection in `entry`.
@@ -240,7 +245,7 @@ impl<M: Manager> Shared<M> {
         Metrics::at(
             self.ledger.epoch(),
             entry.created_ms,
-            entry.returned_ms,
+            entry.returned_ms & !UNCONFIRMED,
             u64::from(entry.checkouts),
         )
     }
@@ -253,7 +258,9 @@ impl<M: Manager> Shared<M> {
         };
         if over(entry.created_ms, self.config.max_lifetime) {
             Some(Reason::MaxLifetime)
-        } else if over(entry.returned_ms, self.config.idle_timeout) {
+        } else if entry.returned_ms & UNCONFIRMED == 0
+            && over(entry.returned_ms, self.config.idle_timeout)
+        {
             Some(Reason::IdleTimeout)
         } else {
             None

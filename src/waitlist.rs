@@ -196,13 +196,13 @@ impl<T, E> Waitlist<T, E> {
     }
 
     /// Takes every idle connection that `expired` says is past its time, keeping the order
-    /// of the rest.
-    pub(crate) fn reap(&self, mut expired: impl FnMut(&T) -> bool) -> Vec<T> {
+    /// of the rest (which `expired` may update: the reaper confirms return stamps).
+    pub(crate) fn reap(&self, mut expired: impl FnMut(&mut T) -> bool) -> Vec<T> {
         let mut list = self.lock();
         let mut gone = Vec::new();
         let mut i = 0;
         while i < list.idle.len() {
-            if expired(&list.idle[i]) {
+            if expired(&mut list.idle[i]) {
                 gone.extend(list.idle.remove(i));
             } else {
                 i += 1;
