@@ -37,6 +37,11 @@ impl<M: Manager> Pooled<M> {
         self.checking = false;
     }
 
+    /// Whether its health check passed (or none was due).
+    pub(crate) fn is_checked(&self) -> bool {
+        !self.checking
+    }
+
     /// What the pool knows of this connection: when it was created, when it was last given
     /// back (before this checkout), how many times it was checked out (this time included).
     /// An associated function (`Pooled::metrics(&conn)`), so it never hides a method of the

@@ -17,7 +17,7 @@ use crate::error::{CreateFailure, Error};
 use crate::guard::Pooled;
 use crate::ledger::{Ledger, Reason};
 use crate::manager::Manager;
-use crate::runtime::{timed_with, BoxFuture, Runtime};
+use crate::runtime::{BoxFuture, Runtime};
 use crate::shared::{CloseState, Idle, Msg, Shared};
 use crate::status::{CloseCause, CloseReport, Metrics, PoolState, Status};
 use crate::waitlist::{Claim, Closed, Join, Outcome, Ticket, Waitlist};
@@ -327,9 +327,15 @@ impl<M: Manager> Pool<M> {
             match shared.waitlist.pop_idle() {
                 Ok(Some(entry)) => {
                     self.keep_min_idle();
-                    match self.checkout(entry, false, &mut budget).await? {
-                        Attempt::Got(guard) => return Ok(guard),
-                        Attempt::Expired | Attempt::Unhealthy => continue,
+                    // `checkout`, inlined: one nested future less in the hot path's.
+                    let mut guard = match self.prepare(entry, false, &budget)? {
+                        Prepared::Ready(guard) => return Ok(guard),
+                        Prepared::Retry(_) => continue,
+                        Prepared::Check(guard) => guard,
+                    };
+                    self.check(&mut guard, &mut budget).await?;
+                    if guard.is_checked() {
+                        return Ok(guard);
                     }
                 }
                 Ok(None) => break,
@@ -633,6 +639,28 @@ impl<M: Manager> Pool<M> {
         fresh: bool,
         budget: &mut Budget,
     ) -> Result<Attempt<M>, Error<M::Error>> {
+        let mut guard = match self.prepare(entry, fresh, budget)? {
+            Prepared::Ready(guard) => return Ok(Attempt::Got(guard)),
+            Prepared::Retry(attempt) => return Ok(attempt),
+            Prepared::Check(guard) => guard,
+        };
+        self.check(&mut guard, budget).await?;
+        Ok(match guard.is_checked() {
+            true => Attempt::Got(guard),
+            false => Attempt::Unhealthy,
+        })
+    }
+
+    /// The part of a checkout that needs no waiting: refuses the entry after close, retires it
+    /// when expired (or stale, after this call's failed checks), and makes the guard. Its
+    /// health check, when one is due, is [`check`](Pool::check)'s.
+    #[inline]
+    fn prepare(
+        &self,
+        entry: Idle<M::Connection>,
+        fresh: bool,
+        budget: &Budget,
+    ) -> Result<Prepared<M>, Error<M::Error>> {
         let shared = &self.shared;
         if !shared.ledger.is_running() {
             shared.retire(entry.conn, entry.home, false);
@@ -642,62 +670,111 @@ impl<M: Manager> Pool<M> {
             // Made under a runtime that went away since it was taken (the pool moved on).
             shared.ledger.record_reason(Reason::Moved);
             shared.retire(entry.conn, entry.home, false);
-            return Ok(Attempt::Expired);
+            return Ok(Prepared::Retry(Attempt::Expired));
         }
         if let Some(reason) = shared.expiry(&entry) {
             shared.ledger.record_reason(reason);
             shared.retire(entry.conn, entry.home, false);
-            return Ok(Attempt::Expired);
+            return Ok(Prepared::Retry(Attempt::Expired));
         }
         if !fresh && !budget.trusts_idle() {
             // Stale by the evidence of this call's failed checks: make room for a new one.
             shared.ledger.record_reason(Reason::Broken);
             shared.retire(entry.conn, entry.home, false);
-            return Ok(Attempt::Unhealthy);
+            return Ok(Prepared::Retry(Attempt::Unhealthy));
         }
         shared.ledger.check_out();
-        // From here the guard owns the connection: if this future is dropped mid-check, the
-        // guard retires the connection rather than return it half-checked.
+        // From here the guard owns the connection: if the check is dropped mid-way, the guard
+        // retires the connection rather than return it half-checked.
         let mut guard = Pooled::checking(shared.clone(), entry);
         if shared.config.check_on_checkout && !fresh {
-            let metrics = Pooled::metrics(&guard);
-            let check =
-                AssertUnwindSafe(shared.manager.check(guard.conn_mut(), &metrics)).catch_unwind();
-            // The clock is read only if the check does not finish on its first poll.
-            let check_timeout = shared.config.check_timeout;
-            let limit = || match (check_timeout, budget.remaining()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let checked = timed_with(&*shared.runtime, limit, check).await;
-            let healthy = matches!(checked, Some(Ok(Ok(()))));
-            if !healthy {
-                #[cfg(feature = "tracing")]
-                match &checked {
-                    Some(Ok(Err(unhealthy))) => {
-                        event!(warn, reason = %unhealthy, "the manager's check failed; closing the connection")
-                    }
-                    Some(Err(_)) => {
-                        event!(warn, "the manager's check panicked; closing the connection")
-                    }
-                    _ => event!(
-                        warn,
-                        "the manager's check timed out; closing the connection"
-                    ),
-                }
-                // Dropped while still checking: counted as a failed check, and retired.
-                drop(guard);
-                if checked.is_none() && budget.spent() {
-                    // The check took what was left of the wait timeout.
-                    return Err(self.timed_out(budget));
-                }
-                budget.unhealthy += 1;
-                return Ok(Attempt::Unhealthy);
-            }
+            return Ok(Prepared::Check(guard));
         }
         guard.checked();
-        Ok(Attempt::Got(guard))
+        Ok(Prepared::Ready(guard))
     }
+
+    /// Runs the manager's health check on `guard`'s connection, its panic contained, bounded
+    /// by the check timeout and what is left of the wait timeout (the clock is read only if
+    /// the check does not finish on its first poll). Healthy: the guard is marked checked.
+    /// Not: the guard is dropped (a failed check, retired), and the call's count of failed
+    /// checks goes up. `Err` when the check took what was left of the wait timeout.
+    ///
+    /// One flat poll loop rather than nested async calls: this runs on every checkout of an
+    /// idle connection, and every level of nesting adds to the size of the `get` future, which
+    /// the caller copies as it awaits it.
+    async fn check(
+        &self,
+        guard: &mut Pooled<M>,
+        budget: &mut Budget,
+    ) -> Result<(), Error<M::Error>> {
+        let shared = &*self.shared;
+        let metrics = Pooled::metrics(guard);
+        let mut timer: Option<BoxFuture> = None;
+        let mut limited = false;
+        let checked = {
+            // In a block: the check borrows the connection until it is done.
+            let mut check = std::pin::pin!(AssertUnwindSafe(
+                shared.manager.check(guard.conn_mut(), &metrics)
+            )
+            .catch_unwind());
+            poll_fn(|cx| {
+                if let Poll::Ready(out) = check.as_mut().poll(cx) {
+                    return Poll::Ready(Some(out));
+                }
+                if !limited {
+                    limited = true;
+                    let limit = match (shared.config.check_timeout, budget.remaining()) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    match limit {
+                        Some(Duration::ZERO) => return Poll::Ready(None),
+                        Some(d) => timer = Some(shared.runtime.sleep(d)),
+                        None => {}
+                    }
+                }
+                match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(None),
+                    _ => Poll::Pending,
+                }
+            })
+            .await
+        };
+        if matches!(checked, Some(Ok(Ok(())))) {
+            guard.checked();
+            return Ok(());
+        }
+        #[cfg(feature = "tracing")]
+        match &checked {
+            Some(Ok(Err(unhealthy))) => {
+                event!(warn, reason = %unhealthy, "the manager's check failed; closing the connection")
+            }
+            Some(Err(_)) => {
+                event!(warn, "the manager's check panicked; closing the connection")
+            }
+            _ => event!(
+                warn,
+                "the manager's check timed out; closing the connection"
+            ),
+        }
+        if checked.is_none() && budget.spent() {
+            // The check took what was left of the wait timeout.
+            return Err(self.timed_out(budget));
+        }
+        budget.unhealthy += 1;
+        Ok(())
+    }
+}
+
+/// What a checkout's first step gave.
+enum Prepared<M: Manager> {
+    /// Checked out, no health check due.
+    Ready(Pooled<M>),
+    /// The entry was retired: try another.
+    Retry(Attempt<M>),
+    /// A health check is due (the guard is still checking).
+    Check(Pooled<M>),
 }
 
 /// How a caller's own creation ended.
