@@ -477,10 +477,15 @@ impl<M: Manager> Pool<M> {
                     checkouts: 0,
                     home: shared.waitlist.home(),
                 };
-                return match self.checkout(entry, true, budget).await? {
-                    Attempt::Got(guard) => Ok(Some(guard)),
-                    Attempt::Expired | Attempt::Unhealthy => Ok(None),
-                };
+                // Fresh from `create`: no health check is due.
+                return Ok(match self.prepare(entry, true, budget)? {
+                    Prepared::Ready(guard) => Some(guard),
+                    Prepared::Retry(_) => None,
+                    Prepared::Check(mut guard) => {
+                        self.check(&mut guard, budget).await?;
+                        guard.is_checked().then_some(guard)
+                    }
+                });
             }
             Made::Closing => return Err(shared.closed_error()),
             Made::TimedOut if budget.spent() => return Err(self.timed_out(budget)),
