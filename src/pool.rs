@@ -128,9 +128,11 @@ impl<M: Manager> Pool<M> {
 
     /// Checks a connection out, waiting up to the configured wait timeout.
     ///
-    /// Takes an idle connection when there is one, with no round trip to the actor; otherwise
-    /// asks the actor to create one (never more than `max_size` alive) and waits, in FIFO order
-    /// with other waiters, first come, first served. The whole call, health check included,
+    /// Takes an idle connection when there is one, with no round trip to the actor. Otherwise,
+    /// when nobody waits ahead of it, the pool has room and the call runs on the pool's
+    /// runtime ([`Runtime::is_current`]), creates the connection itself; else asks the actor to
+    /// create one (never more than `max_size` alive) and waits, in FIFO order with other
+    /// waiters, first come, first served. The whole call, health check and creation included,
     /// keeps to the wait timeout.
     ///
     /// # Errors
