@@ -192,7 +192,7 @@ impl Runtime for TokioRuntime {
 
 /// A [`gracepool::Runtime`] that follows the caller: the pool's actor is started on the tokio
 /// runtime of the `get` that finds the pool without one (see
-/// [`Runtime::ambient`](gracepool::Runtime::ambient)).
+/// [`Runtime::ambient`]).
 ///
 /// Building a pool on it needs no runtime. The first `get` starts the actor on its own runtime;
 /// when that runtime goes away (a `#[tokio::test]` ends, a runtime is dropped), the connections
