@@ -538,7 +538,7 @@ impl<M: Manager> PoolActor<M> {
             // Read afresh: a return that lands between this read and the reaper's lock is
             // confirmed one millisecond later than the read, which is after it.
             let now = shared.ledger.tick_clock();
-            let idle_ms = shared.config.idle_timeout.map(|d| d.as_millis() as u64);
+            let idle_ms = shared.config.idle_timeout.map(|_| shared.idle_ms);
             // Each connection is judged once: the reason is counted as it is taken.
             let expired = shared.waitlist.reap(|entry| {
                 shared.confirm_return(entry, now + 1);

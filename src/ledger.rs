@@ -45,7 +45,11 @@ pub(crate) struct Ledger {
     callers_create: AtomicBool,
     /// A caller's creation failed and the actor has not paused for it yet.
     pause_asked: AtomicBool,
-    in_use: AtomicUsize,
+    /// Checkouts so far (`gets`), and guards ended so far: connections in use are the
+    /// difference. Two counters that only grow, so a checkout and a return each cost one
+    /// atomic operation.
+    checkouts: AtomicU64,
+    checkins: AtomicU64,
     waiters: AtomicUsize,
     handles: AtomicUsize,
     created: AtomicU64,
@@ -55,8 +59,6 @@ pub(crate) struct Ledger {
     detached: AtomicU64,
     create_failed: AtomicU64,
     check_failed: AtomicU64,
-    /// Checkouts that succeeded: beside `in_use`, which every checkout touches anyway.
-    gets: AtomicU64,
     gets_waited: AtomicU64,
     gets_timed_out: AtomicU64,
     wait_ns_total: AtomicU64,
@@ -88,7 +90,8 @@ impl Ledger {
             slots: AtomicUsize::new(0),
             callers_create: AtomicBool::new(true),
             pause_asked: AtomicBool::new(false),
-            in_use: AtomicUsize::new(0),
+            checkouts: AtomicU64::new(0),
+            checkins: AtomicU64::new(0),
             waiters: AtomicUsize::new(0),
             handles: AtomicUsize::new(1),
             created: AtomicU64::new(0),
@@ -98,7 +101,6 @@ impl Ledger {
             detached: AtomicU64::new(0),
             create_failed: AtomicU64::new(0),
             check_failed: AtomicU64::new(0),
-            gets: AtomicU64::new(0),
             gets_waited: AtomicU64::new(0),
             gets_timed_out: AtomicU64::new(0),
             wait_ns_total: AtomicU64::new(0),
@@ -253,7 +255,10 @@ impl Ledger {
     }
 
     pub(crate) fn in_use(&self) -> usize {
-        self.in_use.load(SeqCst)
+        // Returns first: every return follows its checkout, so this never goes below zero.
+        let checkins = self.checkins.load(SeqCst);
+        let checkouts = self.checkouts.load(SeqCst);
+        checkouts.saturating_sub(checkins) as usize
     }
 
     pub(crate) fn max_size(&self) -> usize {
@@ -286,8 +291,7 @@ impl Ledger {
     }
 
     pub(crate) fn check_out(&self) {
-        self.in_use.fetch_add(1, Relaxed);
-        self.gets.fetch_add(1, Relaxed);
+        self.checkouts.fetch_add(1, Relaxed);
     }
 
     /// A caller that had to wait stopped waiting (served, failed, timed out or gone) after
@@ -332,7 +336,7 @@ impl Ledger {
     }
 
     pub(crate) fn check_in(&self) {
-        self.in_use.fetch_sub(1, SeqCst);
+        self.checkins.fetch_add(1, SeqCst);
     }
 
     pub(crate) fn waiters(&self) -> usize {
@@ -378,7 +382,7 @@ impl Ledger {
             detached: self.detached.load(Acquire),
             create_failed: self.create_failed.load(Relaxed),
             check_failed: self.check_failed.load(Relaxed),
-            gets: self.gets.load(Relaxed),
+            gets: self.checkouts.load(Relaxed),
             gets_waited: self.gets_waited.load(Relaxed),
             gets_timed_out: self.gets_timed_out.load(Relaxed),
             wait_total: std::time::Duration::from_nanos(self.wait_ns_total.load(Relaxed)),

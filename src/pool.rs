@@ -516,6 +516,7 @@ impl<M: Manager> Pool<M> {
 
     /// Taking an idle connection may leave fewer than `min_idle`: wake the actor to top up
     /// now rather than at its next maintenance tick.
+    #[inline]
     fn keep_min_idle(&self) {
         let min_idle = self.shared.ledger.min_idle();
         if min_idle > 0 && self.shared.waitlist.idle() < min_idle {
@@ -1092,8 +1093,15 @@ impl<M: Manager> Builder<M> {
         ledger.set_limits(self.config.max_size, self.config.min_idle);
         let (mailbox_tx, mailbox_rx) = async_channel::unbounded();
         let ambient = runtime.ambient();
+        let ms = |d: Option<Duration>| {
+            d.map_or(u64::MAX, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+            })
+        };
         let shared = Arc::new(Shared {
             manager: self.manager,
+            lifetime_ms: ms(self.config.max_lifetime),
+            idle_ms: ms(self.config.idle_timeout),
             config: self.config,
             runtime,
             ambient,

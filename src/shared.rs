@@ -62,6 +62,10 @@ pub(crate) type ErrorSink<E> = Box<dyn Fn(&Error<E>) + Send + Sync>;
 pub(crate) struct Shared<M: Manager> {
     pub(crate) manager: M,
     pub(crate) config: Config,
+    /// `config.max_lifetime` and `config.idle_timeout` in milliseconds, `u64::MAX` for none:
+    /// worked out once, not on every checkout.
+    pub(crate) lifetime_ms: u64,
+    pub(crate) idle_ms: u64,
     pub(crate) runtime: Arc<dyn Runtime>,
     /// The runtime follows the caller ([`Runtime::ambient`]): the actor is started by the
     /// first caller, and started again when its runtime goes away.
@@ -253,14 +257,11 @@ impl<M: Manager> Shared<M> {
     /// Whether `entry` is past its lifetime or its idle timeout, and which.
     pub(crate) fn expiry(&self, entry: &Idle<M::Connection>) -> Option<Reason> {
         let now = self.ledger.now_ms();
-        let over = |since: u64, limit: Option<Duration>| {
-            limit.is_some_and(|l| now.saturating_sub(since) >= l.as_millis() as u64)
-        };
-        if over(entry.created_ms, self.config.max_lifetime) {
+        // A limit of u64::MAX is none: no difference of stamps reaches it.
+        let over = |since: u64, limit_ms: u64| now.saturating_sub(since) >= limit_ms;
+        if over(entry.created_ms, self.lifetime_ms) {
             Some(Reason::MaxLifetime)
-        } else if entry.returned_ms & UNCONFIRMED == 0
-            && over(entry.returned_ms, self.config.idle_timeout)
-        {
+        } else if entry.returned_ms & UNCONFIRMED == 0 && over(entry.returned_ms, self.idle_ms) {
             Some(Reason::IdleTimeout)
         } else {
             None
