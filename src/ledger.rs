@@ -50,7 +50,6 @@ pub(crate) struct Ledger {
     /// atomic operation.
     checkouts: AtomicU64,
     checkins: AtomicU64,
-    waiters: AtomicUsize,
     handles: AtomicUsize,
     created: AtomicU64,
     closed_graceful: AtomicU64,
@@ -92,7 +91,6 @@ impl Ledger {
             pause_asked: AtomicBool::new(false),
             checkouts: AtomicU64::new(0),
             checkins: AtomicU64::new(0),
-            waiters: AtomicUsize::new(0),
             handles: AtomicUsize::new(1),
             created: AtomicU64::new(0),
             closed_graceful: AtomicU64::new(0),
@@ -300,7 +298,11 @@ impl Ledger {
         let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
         self.gets_waited.fetch_add(1, Relaxed);
         self.wait_ns_total.fetch_add(ns, Relaxed);
-        self.wait_ns_max.fetch_max(ns, Relaxed);
+        // Read first: a new longest wait is rare, and a read does not take the line away
+        // from the other threads as a write does.
+        if ns > self.wait_ns_max.load(Relaxed) {
+            self.wait_ns_max.fetch_max(ns, Relaxed);
+        }
     }
 
     pub(crate) fn record_timeout(&self) {
@@ -337,18 +339,6 @@ impl Ledger {
 
     pub(crate) fn check_in(&self) {
         self.checkins.fetch_add(1, SeqCst);
-    }
-
-    pub(crate) fn waiters(&self) -> usize {
-        self.waiters.load(SeqCst)
-    }
-
-    pub(crate) fn add_waiter(&self) {
-        self.waiters.fetch_add(1, SeqCst);
-    }
-
-    pub(crate) fn remove_waiter(&self) {
-        self.waiters.fetch_sub(1, SeqCst);
     }
 
     // --- clock -------------------------------------------------------------------------

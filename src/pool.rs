@@ -858,20 +858,19 @@ impl<M: Manager> Drop for Queued<'_, M> {
     }
 }
 
-/// Counts a caller as waiting for as long as it lives, and records its wait when it ends,
-/// however it ends (served, failed, timed out, or the future dropped).
+/// Records a caller's wait when it ends, however it ends (served, failed, timed out, or the
+/// future dropped). (How many wait is the waitlist's queue length, kept under its lock: no
+/// counter of its own for every caller to touch.)
 struct WaiterMark<'a>(&'a Ledger, Instant);
 
 impl<'a> WaiterMark<'a> {
     fn new(ledger: &'a Ledger, started: Instant) -> Self {
-        ledger.add_waiter();
         WaiterMark(ledger, started)
     }
 }
 
 impl Drop for WaiterMark<'_> {
     fn drop(&mut self) {
-        self.0.remove_waiter();
         self.0.record_wait(self.1.elapsed());
     }
 }

@@ -274,7 +274,7 @@ impl<M: Manager> Shared<M> {
             size: self.ledger.slots(),
             idle: self.waitlist.idle(),
             in_use: self.ledger.in_use(),
-            waiters: self.ledger.waiters(),
+            waiters: self.waitlist.waiting(),
             state: self.ledger.state(),
             actor_alive: self.ledger.actor_alive(),
             counters: self.ledger.counters(),
