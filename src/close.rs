@@ -209,8 +209,8 @@ impl<M: Manager> Shared<M> {
                 .unwrap_or((Instant::now(), CloseCause::Requested));
             let report = CloseReport {
                 cause,
-                counters: self.ledger.counters(),
-                checked_out: self.ledger.in_use(),
+                counters: self.ledger.counters(self.flow()),
+                checked_out: self.ledger.in_use(self.flow()),
                 fallback,
                 elapsed: started.elapsed(),
             };

@@ -156,7 +156,8 @@ impl<M: Manager> Drop for Pooled<M> {
         }
         // Stamped with the real time if it goes idle: the idle timeout counts from here.
         match shared.put_returned(entry) {
-            Ok(()) => shared.ledger.check_in(),
+            // Counted as returned by the waitlist, under its lock.
+            Ok(()) => {}
             // A closed queue hands the connection back: close started after the check above;
             // or the runtime it was made under went away (the pool moved on).
             Err(entry) => {

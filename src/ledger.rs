@@ -45,11 +45,14 @@ pub(crate) struct Ledger {
     callers_create: AtomicBool,
     /// A caller's creation failed and the actor has not paused for it yet.
     pause_asked: AtomicBool,
-    /// Checkouts so far (`gets`), and guards ended so far: connections in use are the
-    /// difference. Two counters that only grow, so a checkout and a return each cost one
-    /// atomic operation.
+    /// Checkouts and the ends of guards, beside those the waitlist counts under its lock
+    /// (see [`Flow`]): checkouts of connections a caller created itself, and guards that
+    /// ended other than by going back to the waitlist (retired, detached, refused at close).
+    /// `untaken`: entries the waitlist counted as taken that were refused before a guard was
+    /// made (expired, closed). Only grow; connections in use are what they add up to.
     checkouts: AtomicU64,
     checkins: AtomicU64,
+    untaken: AtomicU64,
     handles: AtomicUsize,
     created: AtomicU64,
     closed_graceful: AtomicU64,
@@ -91,6 +94,7 @@ impl Ledger {
             pause_asked: AtomicBool::new(false),
             checkouts: AtomicU64::new(0),
             checkins: AtomicU64::new(0),
+            untaken: AtomicU64::new(0),
             handles: AtomicUsize::new(1),
             created: AtomicU64::new(0),
             closed_graceful: AtomicU64::new(0),
@@ -252,11 +256,16 @@ impl Ledger {
         self.check_failed.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn in_use(&self) -> usize {
-        // Returns first: every return follows its checkout, so this never goes below zero.
-        let checkins = self.checkins.load(SeqCst);
-        let checkouts = self.checkouts.load(SeqCst);
-        checkouts.saturating_sub(checkins) as usize
+    /// Connections checked out now, with what the waitlist counted.
+    pub(crate) fn in_use(&self, flow: Flow) -> usize {
+        let ended = self.checkins.load(SeqCst) + self.untaken.load(SeqCst) + flow.returned;
+        let out = self.checkouts.load(SeqCst) + flow.taken;
+        out.saturating_sub(ended) as usize
+    }
+
+    /// An entry the waitlist counted as taken was refused before it was checked out.
+    pub(crate) fn untake(&self) {
+        self.untaken.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn max_size(&self) -> usize {
@@ -288,6 +297,8 @@ impl Ledger {
             .is_ok()
     }
 
+    /// A checkout the waitlist did not count (a connection the caller created itself, or
+    /// one a waiter took back from the list as it gave up).
     pub(crate) fn check_out(&self) {
         self.checkouts.fetch_add(1, Relaxed);
     }
@@ -363,7 +374,7 @@ impl Ledger {
         now
     }
 
-    pub(crate) fn counters(&self) -> Counters {
+    pub(crate) fn counters(&self, flow: Flow) -> Counters {
         Counters {
             created: self.created.load(Acquire),
             closed_graceful: self.closed_graceful.load(Acquire),
@@ -372,7 +383,8 @@ impl Ledger {
             detached: self.detached.load(Acquire),
             create_failed: self.create_failed.load(Relaxed),
             check_failed: self.check_failed.load(Relaxed),
-            gets: self.checkouts.load(Relaxed),
+            gets: (self.checkouts.load(Relaxed) + flow.taken)
+                .saturating_sub(self.untaken.load(Relaxed)),
             gets_waited: self.gets_waited.load(Relaxed),
             gets_timed_out: self.gets_timed_out.load(Relaxed),
             wait_total: std::time::Duration::from_nanos(self.wait_ns_total.load(Relaxed)),
@@ -386,6 +398,14 @@ impl Ledger {
             rehomed: self.homes.load(Relaxed).saturating_sub(1),
         }
     }
+}
+
+/// Checkouts and returns the waitlist counts under its lock: entries handed out to callers,
+/// and entries callers gave back.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Flow {
+    pub(crate) taken: u64,
+    pub(crate) returned: u64,
 }
 
 /// How many connections the actor should start creating now, and how many of those are for
@@ -482,9 +502,9 @@ mod tests {
         l.record_end(Ending::Sync);
         l.record_end(Ending::Failed);
         assert_eq!(l.slots(), 1);
-        assert_eq!(l.counters().open(), 1);
+        assert_eq!(l.counters(Flow::default()).open(), 1);
         l.record_end(Ending::Detached);
-        let c = l.counters();
+        let c = l.counters(Flow::default());
         assert_eq!(c.open(), 0);
         assert_eq!(c.created_failed_check(), (4, 1));
     }

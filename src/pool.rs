@@ -330,7 +330,7 @@ impl<M: Manager> Pool<M> {
                 Ok(Some(entry)) => {
                     self.keep_min_idle();
                     // `checkout`, inlined: one nested future less in the hot path's.
-                    let mut guard = match self.prepare(entry, false, &budget)? {
+                    let mut guard = match self.prepare(entry, false, true, &budget)? {
                         Prepared::Ready(guard) => return Ok(guard),
                         Prepared::Retry(_) => continue,
                         Prepared::Check(guard) => guard,
@@ -480,7 +480,7 @@ impl<M: Manager> Pool<M> {
                     home: shared.waitlist.home(),
                 };
                 // Fresh from `create`: no health check is due.
-                return Ok(match self.prepare(entry, true, budget)? {
+                return Ok(match self.prepare(entry, true, false, budget)? {
                     Prepared::Ready(guard) => Some(guard),
                     Prepared::Retry(_) => None,
                     Prepared::Check(mut guard) => {
@@ -605,21 +605,26 @@ impl<M: Manager> Pool<M> {
                 }
             })
             .await;
-            // A timer of our own ran out: leave the queue; we may have been served meanwhile.
-            let outcome = match outcome {
+            // A timer of our own ran out: leave the queue; we may have been served meanwhile
+            // (what `cancel` gives back the waitlist did not count as taken).
+            let (outcome, counted) = match outcome {
                 Outcome::TimedOut => match queued.ticket.take() {
-                    Some(ticket) => shared.waitlist.cancel(ticket).unwrap_or(Outcome::TimedOut),
-                    None => Outcome::TimedOut,
+                    Some(ticket) => (
+                        shared.waitlist.cancel(ticket).unwrap_or(Outcome::TimedOut),
+                        false,
+                    ),
+                    None => (Outcome::TimedOut, true),
                 },
-                outcome => outcome,
+                outcome => (outcome, true),
             };
             drop(queued);
             match outcome {
-                Outcome::Got(entry, fresh) => match self.checkout(entry, fresh, &mut budget).await?
-                {
-                    Attempt::Got(guard) => return Ok(guard),
-                    Attempt::Expired | Attempt::Unhealthy => continue,
-                },
+                Outcome::Got(entry, fresh) => {
+                    match self.checkout(entry, fresh, counted, &mut budget).await? {
+                        Attempt::Got(guard) => return Ok(guard),
+                        Attempt::Expired | Attempt::Unhealthy => continue,
+                    }
+                }
                 Outcome::Failed(f) => return Err(f.into()),
                 Outcome::Closed => return Err(shared.closed_error()),
                 Outcome::TimedOut => return Err(self.timed_out(&budget)),
@@ -645,9 +650,10 @@ impl<M: Manager> Pool<M> {
         &self,
         entry: Idle<M::Connection>,
         fresh: bool,
+        counted: bool,
         budget: &mut Budget,
     ) -> Result<Attempt<M>, Error<M::Error>> {
-        let mut guard = match self.prepare(entry, fresh, budget)? {
+        let mut guard = match self.prepare(entry, fresh, counted, budget)? {
             Prepared::Ready(guard) => return Ok(Attempt::Got(guard)),
             Prepared::Retry(attempt) => return Ok(attempt),
             Prepared::Check(guard) => guard,
@@ -661,37 +667,31 @@ impl<M: Manager> Pool<M> {
 
     /// The part of a checkout that needs no waiting: refuses the entry after close, retires it
     /// when expired (or stale, after this call's failed checks), and makes the guard. Its
-    /// health check, when one is due, is [`check`](Pool::check)'s.
+    /// health check, when one is due, is [`check`](Pool::check)'s. `counted`: the waitlist
+    /// counted the entry as taken (refused, it is counted back; else the checkout is counted
+    /// here).
     #[inline]
     fn prepare(
         &self,
         entry: Idle<M::Connection>,
         fresh: bool,
+        counted: bool,
         budget: &Budget,
     ) -> Result<Prepared<M>, Error<M::Error>> {
         let shared = &self.shared;
-        if !shared.ledger.is_running() {
+        if let Some(refusal) = self.refusal(&entry, fresh, budget) {
+            if counted {
+                shared.ledger.untake();
+            }
             shared.retire(entry.conn, entry.home, false);
-            return Err(shared.closed_error());
+            return match refusal {
+                Refusal::Closed => Err(shared.closed_error()),
+                Refusal::Retry(attempt) => Ok(Prepared::Retry(attempt)),
+            };
         }
-        if entry.home != shared.waitlist.home() {
-            // Made under a runtime that went away since it was taken (the pool moved on).
-            shared.ledger.record_reason(Reason::Moved);
-            shared.retire(entry.conn, entry.home, false);
-            return Ok(Prepared::Retry(Attempt::Expired));
+        if !counted {
+            shared.ledger.check_out();
         }
-        if let Some(reason) = shared.expiry(&entry) {
-            shared.ledger.record_reason(reason);
-            shared.retire(entry.conn, entry.home, false);
-            return Ok(Prepared::Retry(Attempt::Expired));
-        }
-        if !fresh && !budget.trusts_idle() {
-            // Stale by the evidence of this call's failed checks: make room for a new one.
-            shared.ledger.record_reason(Reason::Broken);
-            shared.retire(entry.conn, entry.home, false);
-            return Ok(Prepared::Retry(Attempt::Unhealthy));
-        }
-        shared.ledger.check_out();
         // From here the guard owns the connection: if the check is dropped mid-way, the guard
         // retires the connection rather than return it half-checked.
         let mut guard = Pooled::checking(shared.clone(), entry);
@@ -700,6 +700,35 @@ impl<M: Manager> Pool<M> {
         }
         guard.checked();
         Ok(Prepared::Ready(guard))
+    }
+
+    /// Why `entry` must not be checked out, if it must not (counting the reason).
+    #[inline]
+    fn refusal(
+        &self,
+        entry: &Idle<M::Connection>,
+        fresh: bool,
+        budget: &Budget,
+    ) -> Option<Refusal<M>> {
+        let shared = &self.shared;
+        if !shared.ledger.is_running() {
+            return Some(Refusal::Closed);
+        }
+        if entry.home != shared.waitlist.home() {
+            // Made under a runtime that went away since it was taken (the pool moved on).
+            shared.ledger.record_reason(Reason::Moved);
+            return Some(Refusal::Retry(Attempt::Expired));
+        }
+        if let Some(reason) = shared.expiry(entry) {
+            shared.ledger.record_reason(reason);
+            return Some(Refusal::Retry(Attempt::Expired));
+        }
+        if !fresh && !budget.trusts_idle() {
+            // Stale by the evidence of this call's failed checks: make room for a new one.
+            shared.ledger.record_reason(Reason::Broken);
+            return Some(Refusal::Retry(Attempt::Unhealthy));
+        }
+        None
     }
 
     /// Runs the manager's health check on `guard`'s connection, its panic contained, bounded
@@ -783,6 +812,14 @@ enum Prepared<M: Manager> {
     Retry(Attempt<M>),
     /// A health check is due (the guard is still checking).
     Check(Pooled<M>),
+}
+
+/// Why an entry is not checked out (it is retired).
+enum Refusal<M: Manager> {
+    /// The pool is closing.
+    Closed,
+    /// Expired, moved or stale: try another.
+    Retry(Attempt<M>),
 }
 
 /// How a caller's own creation ended.

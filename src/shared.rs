@@ -12,7 +12,7 @@ use event_listener::Event;
 use crate::config::Config;
 use crate::deadline::Expire;
 use crate::error::Error;
-use crate::ledger::{Ending, Ledger, Reason};
+use crate::ledger::{Ending, Flow, Ledger, Reason};
 use crate::manager::Manager;
 use crate::runtime::Runtime;
 use crate::status::{CloseCause, CloseReport, Metrics, Status};
@@ -217,7 +217,7 @@ impl<M: Manager> Shared<M> {
         fresh: bool,
     ) -> Result<(), Idle<M::Connection>> {
         let home = entry.home;
-        self.waitlist.put(entry, home, fresh, |_| {})
+        self.waitlist.put(entry, home, fresh, false, |_| {})
     }
 
     /// Like [`put_idle`](Shared::put_idle) for a connection a guard gives back. Reads no
@@ -233,7 +233,7 @@ impl<M: Manager> Shared<M> {
     ) -> Result<(), Idle<M::Connection>> {
         entry.returned_ms = self.ledger.now_ms() | UNCONFIRMED;
         let home = entry.home;
-        self.waitlist.put(entry, home, false, |_| {})
+        self.waitlist.put(entry, home, false, true, |_| {})
     }
 
     /// At a maintenance tick (`now`, just read): an idle connection whose return is not
@@ -268,16 +268,22 @@ impl<M: Manager> Shared<M> {
         }
     }
 
+    /// Checkouts and returns the waitlist counted (see [`Waitlist::flow`]).
+    pub(crate) fn flow(&self) -> Flow {
+        let (taken, returned) = self.waitlist.flow();
+        Flow { taken, returned }
+    }
+
     pub(crate) fn status(&self) -> Status {
         Status {
             max_size: self.ledger.max_size(),
             size: self.ledger.slots(),
             idle: self.waitlist.idle(),
-            in_use: self.ledger.in_use(),
+            in_use: self.ledger.in_use(self.flow()),
             waiters: self.waitlist.waiting(),
             state: self.ledger.state(),
             actor_alive: self.ledger.actor_alive(),
-            counters: self.ledger.counters(),
+            counters: self.ledger.counters(self.flow()),
         }
     }
 }
