@@ -459,6 +459,21 @@ impl<M: Manager> Pool<M> {
             }
         })
         .await;
+        // A creation that did not finish at once made this call wait (nothing was idle): its
+        // wait is counted as any other, unless the call goes on to wait for the actor, which
+        // counts the whole of it.
+        let suspended = limits.is_some();
+        drop(limits);
+        let wait_over = matches!(made, Made::TimedOut) && budget.spent();
+        let rides_out = !shared.config.fail_fast
+            && match &made {
+                Made::Done(Ok(Ok(_))) | Made::Closing => false,
+                Made::TimedOut => !wait_over,
+                Made::Done(_) => true,
+            };
+        if suspended && !rides_out {
+            shared.ledger.record_wait(budget.waited());
+        }
         let failure = match made {
             Made::Done(Ok(Ok(conn))) => {
                 // The slot is the connection's now.
@@ -490,7 +505,7 @@ impl<M: Manager> Pool<M> {
                 });
             }
             Made::Closing => return Err(shared.closed_error()),
-            Made::TimedOut if budget.spent() => return Err(self.timed_out(budget)),
+            Made::TimedOut if wait_over => return Err(self.timed_out(budget)),
             Made::TimedOut => CreateFailure::Timeout(
                 create_timeout.expect("only a set timeout expires before the wait timeout"),
             ),

@@ -420,3 +420,31 @@ fn a_connection_made_as_the_close_starts_is_closed_once() {
     assert_eq!(m.inner.created(), 1);
     m.inner.assert_balanced();
 }
+
+#[test]
+fn a_creation_in_the_caller_that_does_not_finish_at_once_counts_as_a_wait() {
+    let m = Counting::new();
+    let rt = current_thread();
+    rt.block_on(async {
+        let pool = Pool::builder(m.clone())
+            .max_size(2)
+            .runtime(TokioRuntime::current())
+            .build()
+            .unwrap();
+        // Made on its first poll: the call never waited.
+        drop(pool.get().await.unwrap());
+        let c = pool.status().counters;
+        assert_eq!((c.gets, c.gets_waited), (1, 0));
+        let first = pool.get().await.unwrap();
+        // Nothing idle now, and the creation takes 30 ms: a wait, counted with its length.
+        m.set_create_delay(Duration::from_millis(30));
+        let second = pool.get().await.unwrap();
+        let c = pool.status().counters;
+        assert_eq!((c.gets, c.gets_waited), (3, 1), "{c:?}");
+        assert!(c.wait_total >= Duration::from_millis(25), "{c:?}");
+        drop((first, second));
+        let report = pool.close().await;
+        assert!(report.is_complete(), "{report:?}");
+    });
+    m.assert_balanced();
+}
