@@ -1,7 +1,7 @@
 //! The pool handle, its builder, and checkout.
 
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
@@ -144,19 +144,24 @@ impl<M: Manager> Pool<M> {
     ///   failure handed over at once, with [`Builder::fail_fast`] only.
     /// - [`Error::Closed`] once close has started (a waiter is woken with it), or
     ///   [`Error::RuntimeGone`] when the runtime the pool's actor ran on has shut down.
-    pub async fn get(&self) -> Result<Pooled<M>, Error<M::Error>> {
-        self.get_inner(self.shared.config.wait_timeout, true).await
+    // Not an `async fn` wrapping `get_inner`: that would be one more layer of future around
+    // it, which the caller copies as it awaits it. The future is `Send` when `M` is.
+    pub fn get(&self) -> impl Future<Output = Result<Pooled<M>, Error<M::Error>>> + '_ {
+        self.get_inner(self.shared.config.wait_timeout, true)
     }
 
     /// Like [`get`](Pool::get), but waits at most `timeout`.
-    pub async fn get_timeout(&self, timeout: Duration) -> Result<Pooled<M>, Error<M::Error>> {
-        self.get_inner(Some(timeout), true).await
+    pub fn get_timeout(
+        &self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Pooled<M>, Error<M::Error>>> + '_ {
+        self.get_inner(Some(timeout), true)
     }
 
     /// Checks out an idle connection if there is one, never waiting for a connection to be
     /// created or returned ([`Error::Exhausted`] then). Still runs the health check.
-    pub async fn try_get(&self) -> Result<Pooled<M>, Error<M::Error>> {
-        self.get_inner(None, false).await
+    pub fn try_get(&self) -> impl Future<Output = Result<Pooled<M>, Error<M::Error>>> + '_ {
+        self.get_inner(None, false)
     }
 
     /// Closes the pool and waits until it is closed. Idempotent: every caller gets the same
