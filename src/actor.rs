@@ -188,6 +188,7 @@ fn farewells<M: Manager>(
     }
 }
 
+/// One creation by the actor, bounded by the create timeout, its panic contained.
 async fn create<M: Manager>(
     shared: Arc<Shared<M>>,
 ) -> Result<M::Connection, CreateFailure<M::Error>> {
@@ -373,8 +374,10 @@ impl<M: Manager> PoolActor<M> {
                 Event::Msg(Msg::Close) => self.start_closing(),
                 Event::Msg(Msg::Farewells(conns)) => self.say_farewells(conns),
                 Event::Tick => {
-                    self.maintain();
-                    tick = shared.runtime.sleep(interval);
+                    let due = self.maintain();
+                    tick = shared
+                        .runtime
+                        .sleep(due.map_or(interval, |due| due.min(interval)));
                 }
                 Event::Deadline => {
                     // Checked-out connections did not all come back in time: finish now.
@@ -398,7 +401,14 @@ impl<M: Manager> PoolActor<M> {
         let shared = &self.shared;
         // No creation starts while creation pauses after a failure: a manager that fails at
         // once cannot make the actor spin, and the pause ends in a `BackoffOver` that grows.
-        if !shared.ledger.is_running() || self.paused.is_some() {
+        if !shared.ledger.is_running() {
+            return;
+        }
+        // A caller's own creation failed (it asked to grow after): pause as for ours.
+        if shared.ledger.take_pause_request() && self.paused.is_none() {
+            self.paused = Some(shared.runtime.sleep(self.backoff.failed()));
+        }
+        if self.paused.is_some() {
             return;
         }
         let growth = plan_growth(
@@ -412,7 +422,10 @@ impl<M: Manager> PoolActor<M> {
         let wave = (growth.for_waiters + growth.for_min_idle)
             .min(MAX_CREATING.saturating_sub(self.creating.len()));
         for _ in 0..wave {
-            shared.ledger.reserve_slot();
+            // A caller creating for itself may have taken the room meanwhile.
+            if !shared.ledger.try_reserve_slot() {
+                break;
+            }
             self.creating.push(Box::pin(create(shared.clone())));
         }
     }
@@ -423,6 +436,7 @@ impl<M: Manager> PoolActor<M> {
             Ok(conn) => {
                 shared.ledger.record_created();
                 self.backoff.succeeded();
+                shared.ledger.set_callers_may_create(true);
                 shared.set_last_create_error(None);
                 if !shared.ledger.is_running() {
                     self.retire(conn);
@@ -444,6 +458,7 @@ impl<M: Manager> PoolActor<M> {
             }
             Err(failure) => {
                 shared.ledger.release_slot();
+                shared.ledger.set_callers_may_create(false);
                 #[cfg(feature = "tracing")]
                 match &failure {
                     CreateFailure::Backend(error) => {
@@ -508,26 +523,51 @@ impl<M: Manager> PoolActor<M> {
         }
     }
 
-    /// Reaps idle connections past their idle timeout or lifetime, then tops up.
-    fn maintain(&mut self) {
+    /// Reaps idle connections past their idle timeout or lifetime, then tops up. Returns how
+    /// long until the next idle connection's idle timeout runs out, if one will before the
+    /// next tick: the actor wakes for it then, so that a return confirmed at this tick (its
+    /// stamp up to one interval after the real return) is still reaped within one interval
+    /// of its timeout.
+    fn maintain(&mut self) -> Option<std::time::Duration> {
         let shared = self.shared.clone();
         if !shared.ledger.is_running() {
-            return;
+            return None;
         }
+        let mut next_due: Option<u64> = None;
         if shared.config.idle_timeout.is_some() || shared.config.max_lifetime.is_some() {
+            // Read afresh: a return that lands between this read and the reaper's lock is
+            // confirmed one millisecond later than the read, which is after it.
+            let now = shared.ledger.tick_clock();
+            let idle_ms = shared.config.idle_timeout.map(|_| shared.idle_ms);
             // Each connection is judged once: the reason is counted as it is taken.
-            let expired = shared.waitlist.reap(|entry| match shared.expiry(entry) {
-                Some(reason) => {
-                    shared.ledger.record_reason(reason);
-                    true
+            let expired = shared.waitlist.reap(|entry| {
+                shared.confirm_return(entry, now + 1);
+                match shared.expiry(entry) {
+                    Some(reason) => {
+                        shared.ledger.record_reason(reason);
+                        true
+                    }
+                    None => {
+                        if let Some(idle_ms) = idle_ms {
+                            let due = entry.returned_ms.saturating_add(idle_ms);
+                            next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                        }
+                        false
+                    }
                 }
-                None => false,
             });
             for entry in expired {
                 self.retire(entry.conn);
             }
+            if let Some(due) = next_due {
+                self.grow();
+                return Some(std::time::Duration::from_millis(
+                    due.saturating_sub(now).max(1),
+                ));
+            }
         }
         self.grow();
+        None
     }
 
     fn start_closing(&mut self) {

@@ -69,11 +69,13 @@ impl<M: Manager> Shared<M> {
         event!(debug, ?cause, "close requested");
         // Closing the waitlist wakes every waiter with `Closed`, and makes every later
         // return fail, so returning guards close their connections instead. Before the actor
-        // is told: the idle connections it takes then are all there will ever be.
+        // is told: the idle connections it takes then are all there will ever be. A caller
+        // creating its own connection is told too: it abandons the creation.
         let tell_first = planted(Bug::TellBeforeClose);
         if !tell_first {
             self.waitlist.close();
         }
+        self.closing.notify(usize::MAX);
         let reached = self.ledger.actor_alive()
             && match self.mailbox_tx.try_send(Msg::Close) {
                 Ok(()) => true,
@@ -108,11 +110,13 @@ impl<M: Manager> Shared<M> {
         let drain_first = planted(Bug::DrainBeforeClose);
         if !drain_first {
             self.waitlist.close();
+            self.closing.notify(usize::MAX);
             self.mailbox_tx.close();
         }
         self.close_drained(self.waitlist.take_idle());
         if drain_first {
             self.waitlist.close();
+            self.closing.notify(usize::MAX);
             self.mailbox_tx.close();
         }
         self.finish_close(fallback);
@@ -202,8 +206,8 @@ impl<M: Manager> Shared<M> {
                 .unwrap_or((Instant::now(), CloseCause::Requested));
             let report = CloseReport {
                 cause,
-                counters: self.ledger.counters(),
-                checked_out: self.ledger.in_use(),
+                counters: self.ledger.counters(self.flow()),
+                checked_out: self.ledger.in_use(self.flow()),
                 fallback,
                 elapsed: started.elapsed(),
             };

@@ -37,6 +37,11 @@ impl<M: Manager> Pooled<M> {
         self.checking = false;
     }
 
+    /// Whether its health check passed (or none was due).
+    pub(crate) fn is_checked(&self) -> bool {
+        !self.checking
+    }
+
     /// What the pool knows of this connection: when it was created, when it was last given
     /// back (before this checkout), how many times it was checked out (this time included).
     /// An associated function (`Pooled::metrics(&conn)`), so it never hides a method of the
@@ -151,7 +156,8 @@ impl<M: Manager> Drop for Pooled<M> {
         }
         // Stamped with the real time if it goes idle: the idle timeout counts from here.
         match shared.put_returned(entry) {
-            Ok(()) => shared.ledger.check_in(),
+            // Counted as returned by the waitlist, under its lock.
+            Ok(()) => {}
             // A closed queue hands the connection back: close started after the check above;
             // or the runtime it was made under went away (the pool moved on).
             Err(entry) => {

@@ -39,10 +39,20 @@ pub(crate) enum Ending {
 pub(crate) struct Ledger {
     state: AtomicU8,
     actor_alive: AtomicBool,
-    /// Connections alive or being created: the figure `max_size` bounds. Only the actor adds.
+    /// Connections alive or being created: the figure `max_size` bounds.
     slots: AtomicUsize,
-    in_use: AtomicUsize,
-    waiters: AtomicUsize,
+    /// Callers may create (see `callers_may_create`).
+    callers_create: AtomicBool,
+    /// A caller's creation failed and the actor has not paused for it yet.
+    pause_asked: AtomicBool,
+    /// Checkouts and the ends of guards, beside those the waitlist counts under its lock
+    /// (see [`Flow`]): checkouts of connections a caller created itself, and guards that
+    /// ended other than by going back to the waitlist (retired, detached, refused at close).
+    /// `untaken`: entries the waitlist counted as taken that were refused before a guard was
+    /// made (expired, closed). Only grow; connections in use are what they add up to.
+    checkouts: AtomicU64,
+    checkins: AtomicU64,
+    untaken: AtomicU64,
     handles: AtomicUsize,
     created: AtomicU64,
     closed_graceful: AtomicU64,
@@ -51,8 +61,6 @@ pub(crate) struct Ledger {
     detached: AtomicU64,
     create_failed: AtomicU64,
     check_failed: AtomicU64,
-    /// Checkouts that succeeded: beside `in_use`, which every checkout touches anyway.
-    gets: AtomicU64,
     gets_waited: AtomicU64,
     gets_timed_out: AtomicU64,
     wait_ns_total: AtomicU64,
@@ -82,8 +90,11 @@ impl Ledger {
             state: AtomicU8::new(RUNNING),
             actor_alive: AtomicBool::new(false),
             slots: AtomicUsize::new(0),
-            in_use: AtomicUsize::new(0),
-            waiters: AtomicUsize::new(0),
+            callers_create: AtomicBool::new(true),
+            pause_asked: AtomicBool::new(false),
+            checkouts: AtomicU64::new(0),
+            checkins: AtomicU64::new(0),
+            untaken: AtomicU64::new(0),
             handles: AtomicUsize::new(1),
             created: AtomicU64::new(0),
             closed_graceful: AtomicU64::new(0),
@@ -92,7 +103,6 @@ impl Ledger {
             detached: AtomicU64::new(0),
             create_failed: AtomicU64::new(0),
             check_failed: AtomicU64::new(0),
-            gets: AtomicU64::new(0),
             gets_waited: AtomicU64::new(0),
             gets_timed_out: AtomicU64::new(0),
             wait_ns_total: AtomicU64::new(0),
@@ -169,9 +179,35 @@ impl Ledger {
         self.slots.load(SeqCst)
     }
 
-    /// A creation starts (the actor alone calls this).
-    pub(crate) fn reserve_slot(&self) {
-        self.slots.fetch_add(1, SeqCst);
+    /// A creation starts, if the pool has room: false at `max_size`. The actor and callers
+    /// that create (see `Runtime::is_current`) both reserve here, so the two never exceed it.
+    pub(crate) fn try_reserve_slot(&self) -> bool {
+        let max = self.max_size();
+        self.slots
+            .fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Whether a caller may create a connection itself: no creation failed since the last
+    /// one that succeeded in the actor. A failure closes it until the actor, past its backoff
+    /// pause, has made a connection again.
+    #[inline]
+    pub(crate) fn callers_may_create(&self) -> bool {
+        self.callers_create.load(Relaxed)
+    }
+
+    pub(crate) fn set_callers_may_create(&self, open: bool) {
+        self.callers_create.store(open, Relaxed);
+    }
+
+    /// A caller's creation failed: the actor is to pause creation, as after its own failure.
+    pub(crate) fn ask_pause(&self) {
+        self.pause_asked.store(true, SeqCst);
+    }
+
+    /// Whether a caller asked for a pause since the last time this was asked.
+    pub(crate) fn take_pause_request(&self) -> bool {
+        self.pause_asked.load(Relaxed) && self.pause_asked.swap(false, SeqCst)
     }
 
     /// A creation failed: its slot is free again.
@@ -220,8 +256,16 @@ impl Ledger {
         self.check_failed.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn in_use(&self) -> usize {
-        self.in_use.load(SeqCst)
+    /// Connections checked out now, with what the waitlist counted.
+    pub(crate) fn in_use(&self, flow: Flow) -> usize {
+        let ended = self.checkins.load(SeqCst) + self.untaken.load(SeqCst) + flow.returned;
+        let out = self.checkouts.load(SeqCst) + flow.taken;
+        out.saturating_sub(ended) as usize
+    }
+
+    /// An entry the waitlist counted as taken was refused before it was checked out.
+    pub(crate) fn untake(&self) {
+        self.untaken.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn max_size(&self) -> usize {
@@ -253,9 +297,10 @@ impl Ledger {
             .is_ok()
     }
 
+    /// A checkout the waitlist did not count (a connection the caller created itself, or
+    /// one a waiter took back from the list as it gave up).
     pub(crate) fn check_out(&self) {
-        self.in_use.fetch_add(1, Relaxed);
-        self.gets.fetch_add(1, Relaxed);
+        self.checkouts.fetch_add(1, Relaxed);
     }
 
     /// A caller that had to wait stopped waiting (served, failed, timed out or gone) after
@@ -264,7 +309,11 @@ impl Ledger {
         let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
         self.gets_waited.fetch_add(1, Relaxed);
         self.wait_ns_total.fetch_add(ns, Relaxed);
-        self.wait_ns_max.fetch_max(ns, Relaxed);
+        // Read first: a new longest wait is rare, and a read does not take the line away
+        // from the other threads as a write does.
+        if ns > self.wait_ns_max.load(Relaxed) {
+            self.wait_ns_max.fetch_max(ns, Relaxed);
+        }
     }
 
     pub(crate) fn record_timeout(&self) {
@@ -300,19 +349,7 @@ impl Ledger {
     }
 
     pub(crate) fn check_in(&self) {
-        self.in_use.fetch_sub(1, SeqCst);
-    }
-
-    pub(crate) fn waiters(&self) -> usize {
-        self.waiters.load(SeqCst)
-    }
-
-    pub(crate) fn add_waiter(&self) {
-        self.waiters.fetch_add(1, SeqCst);
-    }
-
-    pub(crate) fn remove_waiter(&self) {
-        self.waiters.fetch_sub(1, SeqCst);
+        self.checkins.fetch_add(1, SeqCst);
     }
 
     // --- clock -------------------------------------------------------------------------
@@ -337,7 +374,7 @@ impl Ledger {
         now
     }
 
-    pub(crate) fn counters(&self) -> Counters {
+    pub(crate) fn counters(&self, flow: Flow) -> Counters {
         Counters {
             created: self.created.load(Acquire),
             closed_graceful: self.closed_graceful.load(Acquire),
@@ -346,7 +383,8 @@ impl Ledger {
             detached: self.detached.load(Acquire),
             create_failed: self.create_failed.load(Relaxed),
             check_failed: self.check_failed.load(Relaxed),
-            gets: self.gets.load(Relaxed),
+            gets: (self.checkouts.load(Relaxed) + flow.taken)
+                .saturating_sub(self.untaken.load(Relaxed)),
             gets_waited: self.gets_waited.load(Relaxed),
             gets_timed_out: self.gets_timed_out.load(Relaxed),
             wait_total: std::time::Duration::from_nanos(self.wait_ns_total.load(Relaxed)),
@@ -360,6 +398,14 @@ impl Ledger {
             rehomed: self.homes.load(Relaxed).saturating_sub(1),
         }
     }
+}
+
+/// Checkouts and returns the waitlist counts under its lock: entries handed out to callers,
+/// and entries callers gave back.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Flow {
+    pub(crate) taken: u64,
+    pub(crate) returned: u64,
 }
 
 /// How many connections the actor should start creating now, and how many of those are for
@@ -444,19 +490,21 @@ mod tests {
     #[test]
     fn endings_free_slots_and_balance() {
         let l = Ledger::new();
+        l.set_limits(5, 0);
         for _ in 0..4 {
-            l.reserve_slot();
+            assert!(l.try_reserve_slot());
             l.record_created();
         }
-        l.reserve_slot();
+        assert!(l.try_reserve_slot());
+        assert!(!l.try_reserve_slot(), "max_size reached");
         l.release_slot();
         l.record_end(Ending::Graceful);
         l.record_end(Ending::Sync);
         l.record_end(Ending::Failed);
         assert_eq!(l.slots(), 1);
-        assert_eq!(l.counters().open(), 1);
+        assert_eq!(l.counters(Flow::default()).open(), 1);
         l.record_end(Ending::Detached);
-        let c = l.counters();
+        let c = l.counters(Flow::default());
         assert_eq!(c.open(), 0);
         assert_eq!(c.created_failed_check(), (4, 1));
     }

@@ -8,7 +8,8 @@
 //!
 //! - A **pool actor**, spawned on your runtime through a [`Runtime`] adapter
 //!   (`gracepool-tokio`, `gracepool-smol`, `gracepool-actix`), creates, checks, reaps and
-//!   closes connections. It is the only place connections are born.
+//!   closes connections. Connections are born on that runtime only: in the actor, or in a
+//!   caller that runs there ([`Runtime::is_current`]) when nobody waits and the pool has room.
 //! - [`Pool::get`] takes an idle connection without a round trip to the actor, and a
 //!   [`Pooled`] guard puts it back on drop.
 //! - [`Pool::close`] (or dropping the last handle, or the runtime going away) closes the pool;

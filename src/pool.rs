@@ -1,7 +1,7 @@
 //! The pool handle, its builder, and checkout.
 
 use std::fmt;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 use std::task::Poll;
@@ -13,11 +13,11 @@ use futures_lite::FutureExt;
 use crate::actor::PoolActor;
 use crate::config::{Config, ConfigError, QueueOrder, PREALLOCATED_IDLE_LIMIT};
 use crate::deadline::{self, Expire};
-use crate::error::Error;
+use crate::error::{CreateFailure, Error};
 use crate::guard::Pooled;
 use crate::ledger::{Ledger, Reason};
 use crate::manager::Manager;
-use crate::runtime::{timed_with, BoxFuture, Runtime, SpawnError};
+use crate::runtime::{BoxFuture, Runtime, SpawnError};
 use crate::shared::{CloseState, Idle, Msg, Shared};
 use crate::status::{CloseCause, CloseReport, Metrics, PoolState, Status};
 use crate::sync::Mutex;
@@ -131,9 +131,11 @@ impl<M: Manager> Pool<M> {
 
     /// Checks a connection out, waiting up to the configured wait timeout.
     ///
-    /// Takes an idle connection when there is one, with no round trip to the actor; otherwise
-    /// asks the actor to create one (never more than `max_size` alive) and waits, in FIFO order
-    /// with other waiters, first come, first served. The whole call, health check included,
+    /// Takes an idle connection when there is one, with no round trip to the actor. Otherwise,
+    /// when nobody waits ahead of it, the pool has room and the call runs on the pool's
+    /// runtime ([`Runtime::is_current`]), creates the connection itself; else asks the actor to
+    /// create one (never more than `max_size` alive) and waits, in FIFO order with other
+    /// waiters, first come, first served. The whole call, health check and creation included,
     /// keeps to the wait timeout.
     ///
     /// # Errors
@@ -145,19 +147,24 @@ impl<M: Manager> Pool<M> {
     ///   failure handed over at once, with [`Builder::fail_fast`] only.
     /// - [`Error::Closed`] once close has started (a waiter is woken with it), or
     ///   [`Error::RuntimeGone`] when the runtime the pool's actor ran on has shut down.
-    pub async fn get(&self) -> Result<Pooled<M>, Error<M::Error>> {
-        self.get_inner(self.shared.config.wait_timeout, true).await
+    // Not an `async fn` wrapping `get_inner`: that would be one more layer of future around
+    // it, which the caller copies as it awaits it. The future is `Send` when `M` is.
+    pub fn get(&self) -> impl Future<Output = Result<Pooled<M>, Error<M::Error>>> + '_ {
+        self.get_inner(self.shared.config.wait_timeout, true)
     }
 
     /// Like [`get`](Pool::get), but waits at most `timeout`.
-    pub async fn get_timeout(&self, timeout: Duration) -> Result<Pooled<M>, Error<M::Error>> {
-        self.get_inner(Some(timeout), true).await
+    pub fn get_timeout(
+        &self,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Pooled<M>, Error<M::Error>>> + '_ {
+        self.get_inner(Some(timeout), true)
     }
 
     /// Checks out an idle connection if there is one, never waiting for a connection to be
     /// created or returned ([`Error::Exhausted`] then). Still runs the health check.
-    pub async fn try_get(&self) -> Result<Pooled<M>, Error<M::Error>> {
-        self.get_inner(None, false).await
+    pub fn try_get(&self) -> impl Future<Output = Result<Pooled<M>, Error<M::Error>>> + '_ {
+        self.get_inner(None, false)
     }
 
     /// Closes the pool and waits until it is closed. Idempotent: every caller gets the same
@@ -330,9 +337,15 @@ impl<M: Manager> Pool<M> {
             match shared.waitlist.pop_idle() {
                 Ok(Some(entry)) => {
                     self.keep_min_idle();
-                    match self.checkout(entry, false, &mut budget).await? {
-                        Attempt::Got(guard) => return Ok(guard),
-                        Attempt::Expired | Attempt::Unhealthy => continue,
+                    // `checkout`, inlined: one nested future less in the hot path's.
+                    let mut guard = match self.prepare(entry, false, true, &budget)? {
+                        Prepared::Ready(guard) => return Ok(guard),
+                        Prepared::Retry(_) => continue,
+                        Prepared::Check(guard) => guard,
+                    };
+                    self.check(&mut guard, &mut budget).await?;
+                    if guard.is_checked() {
+                        return Ok(guard);
                     }
                 }
                 Ok(None) => break,
@@ -346,6 +359,14 @@ impl<M: Manager> Pool<M> {
         if !wait {
             self.ask_to_grow();
             return Err(Error::Exhausted);
+        }
+        // Nobody is ahead, the pool has room, and this task runs on the pool's runtime:
+        // create here rather than ask the actor and wait for its answer (a cold start pays
+        // no round trip per connection). Boxed for the reason the waiting future is.
+        if self.may_create_here() {
+            if let Some(guard) = Box::pin(self.create_here(&mut budget)).await? {
+                return Ok(guard);
+            }
         }
         // Boxed: the waiting future is several times the size of the hot path's, and as part
         // of this future it would be moved with it on every checkout. Waiting allocates
@@ -385,8 +406,141 @@ impl<M: Manager> Pool<M> {
         }
     }
 
+    /// Whether this caller may create a connection itself, and if so its slot is reserved:
+    /// nobody waits (they are ahead of it, and the actor creates for them), no creation
+    /// failed since the actor last made one (no caller creates during a backoff pause, nor
+    /// before the actor has made a connection after one), there is room below `max_size`,
+    /// and the caller runs on the pool's runtime.
+    fn may_create_here(&self) -> bool {
+        let shared = &self.shared;
+        shared.waitlist.waiting() == 0
+            && shared.ledger.callers_may_create()
+            && shared.ledger.slots() < shared.ledger.max_size()
+            && shared.runtime.is_current()
+            && shared.ledger.try_reserve_slot()
+    }
+
+    /// Creates a connection in the caller's task, on a slot [`may_create_here`] reserved,
+    /// bounded by the create timeout and what is left of the wait timeout; a panic is
+    /// contained. Close abandons it at once, as the actor abandons its own creations. `None`:
+    /// the creation failed and the caller is to wait while the actor retries (the default,
+    /// not fail-fast), or the connection came out expired.
+    ///
+    /// [`may_create_here`]: Pool::may_create_here
+    async fn create_here(&self, budget: &mut Budget) -> Result<Option<Pooled<M>>, Error<M::Error>> {
+        let shared = &self.shared;
+        // Owned from here: whatever ends this future before a connection is made (close, the
+        // wait timeout, the future dropped) gives the slot back.
+        let slot = Reserved { shared };
+        if !shared.ledger.is_running() {
+            return Err(shared.closed_error());
+        }
+        let mut attempt = std::pin::pin!(AssertUnwindSafe(shared.manager.create()).catch_unwind());
+        // Made only if the creation does not finish on its first poll.
+        let mut limits: Option<(Option<BoxFuture>, event_listener::EventListener)> = None;
+        let create_timeout = shared.config.create_timeout;
+        let made = poll_fn(|cx| {
+            if let Poll::Ready(out) = attempt.as_mut().poll(cx) {
+                return Poll::Ready(Made::Done(out));
+            }
+            if limits.is_none() {
+                // Listening before looking at the state: a close that starts after the look
+                // wakes the listener.
+                let listener = shared.closing.listen();
+                let limit = match (create_timeout, budget.remaining()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let timer = match limit {
+                    Some(Duration::ZERO) => return Poll::Ready(Made::TimedOut),
+                    Some(d) => Some(shared.runtime.sleep(d)),
+                    None => None,
+                };
+                limits = Some((timer, listener));
+            }
+            let (timer, listener) = limits.as_mut().expect("set just above");
+            if !shared.ledger.is_running() || std::pin::Pin::new(listener).poll(cx).is_ready() {
+                return Poll::Ready(Made::Closing);
+            }
+            match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Made::TimedOut),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        // A creation that did not finish at once made this call wait (nothing was idle): its
+        // wait is counted as any other, unless the call goes on to wait for the actor, which
+        // counts the whole of it.
+        let suspended = limits.is_some();
+        drop(limits);
+        let wait_over = matches!(made, Made::TimedOut) && budget.spent();
+        let rides_out = !shared.config.fail_fast
+            && match &made {
+                Made::Done(Ok(Ok(_))) | Made::Closing => false,
+                Made::TimedOut => !wait_over,
+                Made::Done(_) => true,
+            };
+        if suspended && !rides_out {
+            shared.ledger.record_wait(budget.waited());
+        }
+        let failure = match made {
+            Made::Done(Ok(Ok(conn))) => {
+                // The slot is the connection's now.
+                slot.keep();
+                shared.ledger.record_created();
+                if !shared.ledger.callers_may_create() {
+                    // A failure was recorded since this creation began: it no longer holds.
+                    // (Otherwise there is none to clear: failures close the way first.)
+                    shared.set_last_create_error(None);
+                }
+                // Real time: the actor's coarse clock may be behind, and the lifetime counts
+                // from here.
+                let now = shared.ledger.real_now_ms();
+                let entry = Idle {
+                    conn,
+                    created_ms: now,
+                    returned_ms: now,
+                    checkouts: 0,
+                    home: shared.waitlist.home(),
+                };
+                // Fresh from `create`: no health check is due.
+                return Ok(match self.prepare(entry, true, false, budget)? {
+                    Prepared::Ready(guard) => Some(guard),
+                    Prepared::Retry(_) => None,
+                    Prepared::Check(mut guard) => {
+                        self.check(&mut guard, budget).await?;
+                        guard.is_checked().then_some(guard)
+                    }
+                });
+            }
+            Made::Closing => return Err(shared.closed_error()),
+            Made::TimedOut if wait_over => return Err(self.timed_out(budget)),
+            Made::TimedOut => CreateFailure::Timeout(
+                create_timeout.expect("only a set timeout expires before the wait timeout"),
+            ),
+            Made::Done(Ok(Err(e))) => CreateFailure::Backend(e),
+            Made::Done(Err(_panic)) => CreateFailure::Panicked,
+        };
+        // Failed: callers stop creating, and the actor pauses before it retries, as after a
+        // failure of its own.
+        shared.ledger.set_callers_may_create(false);
+        shared.ledger.ask_pause();
+        slot.keep();
+        shared.ledger.release_slot();
+        let _ = shared.mailbox_tx.try_send(Msg::Grow);
+        let error: Error<M::Error> = failure.into();
+        event!(warn, error = %error, "the manager's create failed (in the caller)");
+        if shared.config.fail_fast {
+            return Err(error);
+        }
+        shared.report_create_error(&error);
+        shared.set_last_create_error(Some(error));
+        Ok(None)
+    }
+
     /// Taking an idle connection may leave fewer than `min_idle`: wake the actor to top up
     /// now rather than at its next maintenance tick.
+    #[inline]
     fn keep_min_idle(&self) {
         let min_idle = self.shared.ledger.min_idle();
         if min_idle > 0 && self.shared.waitlist.idle() < min_idle {
@@ -476,21 +630,26 @@ impl<M: Manager> Pool<M> {
                 }
             })
             .await;
-            // A timer of our own ran out: leave the queue; we may have been served meanwhile.
-            let outcome = match outcome {
+            // A timer of our own ran out: leave the queue; we may have been served meanwhile
+            // (what `cancel` gives back the waitlist did not count as taken).
+            let (outcome, counted) = match outcome {
                 Outcome::TimedOut => match queued.ticket.take() {
-                    Some(ticket) => shared.waitlist.cancel(ticket).unwrap_or(Outcome::TimedOut),
-                    None => Outcome::TimedOut,
+                    Some(ticket) => (
+                        shared.waitlist.cancel(ticket).unwrap_or(Outcome::TimedOut),
+                        false,
+                    ),
+                    None => (Outcome::TimedOut, true),
                 },
-                outcome => outcome,
+                outcome => (outcome, true),
             };
             drop(queued);
             match outcome {
-                Outcome::Got(entry, fresh) => match self.checkout(entry, fresh, &mut budget).await?
-                {
-                    Attempt::Got(guard) => return Ok(guard),
-                    Attempt::Expired | Attempt::Unhealthy => continue,
-                },
+                Outcome::Got(entry, fresh) => {
+                    match self.checkout(entry, fresh, counted, &mut budget).await? {
+                        Attempt::Got(guard) => return Ok(guard),
+                        Attempt::Expired | Attempt::Unhealthy => continue,
+                    }
+                }
                 Outcome::Failed(f) => return Err(f.into()),
                 Outcome::Closed => return Err(shared.closed_error()),
                 Outcome::TimedOut => return Err(self.timed_out(&budget)),
@@ -521,72 +680,213 @@ impl<M: Manager> Pool<M> {
         &self,
         entry: Idle<M::Connection>,
         fresh: bool,
+        counted: bool,
         budget: &mut Budget,
     ) -> Result<Attempt<M>, Error<M::Error>> {
+        let mut guard = match self.prepare(entry, fresh, counted, budget)? {
+            Prepared::Ready(guard) => return Ok(Attempt::Got(guard)),
+            Prepared::Retry(attempt) => return Ok(attempt),
+            Prepared::Check(guard) => guard,
+        };
+        self.check(&mut guard, budget).await?;
+        Ok(match guard.is_checked() {
+            true => Attempt::Got(guard),
+            false => Attempt::Unhealthy,
+        })
+    }
+
+    /// The part of a checkout that needs no waiting: refuses the entry after close, retires it
+    /// when expired (or stale, after this call's failed checks), and makes the guard. Its
+    /// health check, when one is due, is [`check`](Pool::check)'s. `counted`: the waitlist
+    /// counted the entry as taken (refused, it is counted back; else the checkout is counted
+    /// here).
+    #[inline]
+    fn prepare(
+        &self,
+        entry: Idle<M::Connection>,
+        fresh: bool,
+        counted: bool,
+        budget: &Budget,
+    ) -> Result<Prepared<M>, Error<M::Error>> {
+        let shared = &self.shared;
+        if let Some(refusal) = self.refusal(&entry, fresh, budget) {
+            if counted {
+                shared.ledger.untake();
+            }
+            shared.retire(entry.conn, entry.home, false);
+            return match refusal {
+                Refusal::Closed => Err(shared.closed_error()),
+                Refusal::Retry(attempt) => Ok(Prepared::Retry(attempt)),
+            };
+        }
+        if !counted {
+            shared.ledger.check_out();
+        }
+        // From here the guard owns the connection: if the check is dropped mid-way, the guard
+        // retires the connection rather than return it half-checked.
+        let mut guard = Pooled::checking(shared.clone(), entry);
+        if shared.config.check_on_checkout && !fresh {
+            return Ok(Prepared::Check(guard));
+        }
+        guard.checked();
+        Ok(Prepared::Ready(guard))
+    }
+
+    /// Why `entry` must not be checked out, if it must not (counting the reason).
+    #[inline]
+    fn refusal(
+        &self,
+        entry: &Idle<M::Connection>,
+        fresh: bool,
+        budget: &Budget,
+    ) -> Option<Refusal<M>> {
         let shared = &self.shared;
         if !shared.ledger.is_running() {
-            shared.retire(entry.conn, entry.home, false);
-            return Err(shared.closed_error());
+            return Some(Refusal::Closed);
         }
         if entry.home != shared.waitlist.home() {
             // Made under a runtime that went away since it was taken (the pool moved on).
             shared.ledger.record_reason(Reason::Moved);
-            shared.retire(entry.conn, entry.home, false);
-            return Ok(Attempt::Expired);
+            return Some(Refusal::Retry(Attempt::Expired));
         }
-        if let Some(reason) = shared.expiry(&entry) {
+        if let Some(reason) = shared.expiry(entry) {
             shared.ledger.record_reason(reason);
-            shared.retire(entry.conn, entry.home, false);
-            return Ok(Attempt::Expired);
+            return Some(Refusal::Retry(Attempt::Expired));
         }
         if !fresh && !budget.trusts_idle() {
             // Stale by the evidence of this call's failed checks: make room for a new one.
             shared.ledger.record_reason(Reason::Broken);
-            shared.retire(entry.conn, entry.home, false);
-            return Ok(Attempt::Unhealthy);
+            return Some(Refusal::Retry(Attempt::Unhealthy));
         }
-        shared.ledger.check_out();
-        // From here the guard owns the connection: if this future is dropped mid-check, the
-        // guard retires the connection rather than return it half-checked.
-        let mut guard = Pooled::checking(shared.clone(), entry);
-        if shared.config.check_on_checkout && !fresh {
-            let metrics = Pooled::metrics(&guard);
-            let check =
-                AssertUnwindSafe(shared.manager.check(guard.conn_mut(), &metrics)).catch_unwind();
-            // The clock is read only if the check does not finish on its first poll.
-            let check_timeout = shared.config.check_timeout;
-            let limit = || match (check_timeout, budget.remaining()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let checked = timed_with(&*shared.runtime, limit, check).await;
-            let healthy = matches!(checked, Some(Ok(Ok(()))));
-            if !healthy {
-                #[cfg(feature = "tracing")]
-                match &checked {
-                    Some(Ok(Err(unhealthy))) => {
-                        event!(warn, reason = %unhealthy, "the manager's check failed; closing the connection")
-                    }
-                    Some(Err(_)) => {
-                        event!(warn, "the manager's check panicked; closing the connection")
-                    }
-                    _ => event!(
-                        warn,
-                        "the manager's check timed out; closing the connection"
-                    ),
+        None
+    }
+
+    /// Runs the manager's health check on `guard`'s connection, its panic contained, bounded
+    /// by the check timeout and what is left of the wait timeout (the clock is read only if
+    /// the check does not finish on its first poll). Healthy: the guard is marked checked.
+    /// Not: the guard is dropped (a failed check, retired), and the call's count of failed
+    /// checks goes up. `Err` when the check took what was left of the wait timeout.
+    ///
+    /// One flat poll loop rather than nested async calls: this runs on every checkout of an
+    /// idle connection, and every level of nesting adds to the size of the `get` future, which
+    /// the caller copies as it awaits it.
+    async fn check(
+        &self,
+        guard: &mut Pooled<M>,
+        budget: &mut Budget,
+    ) -> Result<(), Error<M::Error>> {
+        let shared = &*self.shared;
+        let metrics = Pooled::metrics(guard);
+        let mut timer: Option<BoxFuture> = None;
+        let mut limited = false;
+        let checked = {
+            // In a block: the check borrows the connection until it is done.
+            let mut check = std::pin::pin!(AssertUnwindSafe(
+                shared.manager.check(guard.conn_mut(), &metrics)
+            )
+            .catch_unwind());
+            poll_fn(|cx| {
+                if let Poll::Ready(out) = check.as_mut().poll(cx) {
+                    return Poll::Ready(Some(out));
                 }
-                // Dropped while still checking: counted as a failed check, and retired.
-                drop(guard);
-                if checked.is_none() && budget.spent() {
-                    // The check took what was left of the wait timeout.
-                    return Err(self.timed_out(budget));
+                if !limited {
+                    limited = true;
+                    let limit = match (shared.config.check_timeout, budget.remaining()) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    match limit {
+                        Some(Duration::ZERO) => return Poll::Ready(None),
+                        Some(d) => timer = Some(shared.runtime.sleep(d)),
+                        None => {}
+                    }
                 }
-                budget.unhealthy += 1;
-                return Ok(Attempt::Unhealthy);
+                match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(None),
+                    _ => Poll::Pending,
+                }
+            })
+            .await
+        };
+        if matches!(checked, Some(Ok(Ok(())))) {
+            guard.checked();
+            return Ok(());
+        }
+        #[cfg(feature = "tracing")]
+        match &checked {
+            Some(Ok(Err(unhealthy))) => {
+                event!(warn, reason = %unhealthy, "the manager's check failed; closing the connection")
             }
+            Some(Err(_)) => {
+                event!(warn, "the manager's check panicked; closing the connection")
+            }
+            _ => event!(
+                warn,
+                "the manager's check timed out; closing the connection"
+            ),
         }
-        guard.checked();
-        Ok(Attempt::Got(guard))
+        if checked.is_none() && budget.spent() {
+            // The check took what was left of the wait timeout.
+            return Err(self.timed_out(budget));
+        }
+        budget.unhealthy += 1;
+        Ok(())
+    }
+}
+
+/// What a checkout's first step gave.
+enum Prepared<M: Manager> {
+    /// Checked out, no health check due.
+    Ready(Pooled<M>),
+    /// The entry was retired: try another.
+    Retry(Attempt<M>),
+    /// A health check is due (the guard is still checking).
+    Check(Pooled<M>),
+}
+
+/// Why an entry is not checked out (it is retired).
+enum Refusal<M: Manager> {
+    /// The pool is closing.
+    Closed,
+    /// Expired, moved or stale: try another.
+    Retry(Attempt<M>),
+}
+
+/// How a caller's own creation ended.
+enum Made<T> {
+    Done(T),
+    /// The create timeout or the wait timeout ran out first.
+    TimedOut,
+    /// The pool started closing.
+    Closing,
+}
+
+/// A slot a caller reserved to create a connection in. Dropped before the connection is
+/// made, it frees the slot, and tells the actor when that matters to it: a close waits for
+/// every slot, and waiters may be waiting for room.
+struct Reserved<'a, M: Manager> {
+    shared: &'a Shared<M>,
+}
+
+impl<M: Manager> Reserved<'_, M> {
+    /// The slot stays taken: by the connection made in it, or freed by the caller as a
+    /// failed creation.
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl<M: Manager> Drop for Reserved<'_, M> {
+    fn drop(&mut self) {
+        let shared = self.shared;
+        // Freed before the queue is read, as a waiter queues before it reads the slots: one
+        // of the two sees the other.
+        shared.ledger.abandon_slot();
+        if (!shared.ledger.is_running() || shared.waitlist.waiting() > 0)
+            && shared.ledger.actor_alive()
+        {
+            let _ = shared.mailbox_tx.try_send(Msg::Freed);
+        }
     }
 }
 
@@ -625,20 +925,19 @@ impl<M: Manager> Drop for Queued<'_, M> {
     }
 }
 
-/// Counts a caller as waiting for as long as it lives, and records its wait when it ends,
-/// however it ends (served, failed, timed out, or the future dropped).
+/// Records a caller's wait when it ends, however it ends (served, failed, timed out, or the
+/// future dropped). (How many wait is the waitlist's queue length, kept under its lock: no
+/// counter of its own for every caller to touch.)
 struct WaiterMark<'a>(&'a Ledger, Instant);
 
 impl<'a> WaiterMark<'a> {
     fn new(ledger: &'a Ledger, started: Instant) -> Self {
-        ledger.add_waiter();
         WaiterMark(ledger, started)
     }
 }
 
 impl Drop for WaiterMark<'_> {
     fn drop(&mut self) {
-        self.0.remove_waiter();
         self.0.record_wait(self.1.elapsed());
     }
 }
@@ -860,8 +1159,15 @@ impl<M: Manager> Builder<M> {
         ledger.set_limits(self.config.max_size, self.config.min_idle);
         let (mailbox_tx, mailbox_rx) = async_channel::unbounded();
         let ambient = runtime.ambient();
+        let ms = |d: Option<Duration>| {
+            d.map_or(u64::MAX, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+            })
+        };
         let shared = Arc::new(Shared {
             manager: self.manager,
+            lifetime_ms: ms(self.config.max_lifetime),
+            idle_ms: ms(self.config.idle_timeout),
             config: self.config,
             runtime,
             ambient,
@@ -872,6 +1178,7 @@ impl<M: Manager> Builder<M> {
             last_create_error: Mutex::new(None),
             on_create_error: self.on_create_error,
             closed: Event::new(),
+            closing: Event::new(),
             close: Mutex::new(CloseState::default()),
         });
         let pool = Pool { shared };

@@ -93,6 +93,17 @@ pub trait Runtime: Send + Sync + 'static {
     fn ambient(&self) -> bool {
         false
     }
+
+    /// Whether the calling thread is running on this runtime now (default: false).
+    ///
+    /// When true, a `get` that finds no idle connection, nobody waiting ahead of it and room
+    /// in the pool creates the connection itself, in its own task, instead of asking the
+    /// pool's actor and waiting for the answer: the connection is still made on the pool's
+    /// runtime, as the actor would make it, without the round trip. Say false when unsure:
+    /// the actor then makes every connection.
+    fn is_current(&self) -> bool {
+        false
+    }
 }
 
 /// A runtime refused to start the pool actor.

@@ -12,7 +12,7 @@ use event_listener::Event;
 use crate::config::Config;
 use crate::deadline::Expire;
 use crate::error::Error;
-use crate::ledger::{Ending, Ledger, Reason};
+use crate::ledger::{Ending, Flow, Ledger, Reason};
 use crate::manager::Manager;
 use crate::runtime::Runtime;
 use crate::status::{CloseCause, CloseReport, Metrics, Status};
@@ -39,10 +39,16 @@ pub(crate) enum Msg<C> {
     Farewells(std::collections::VecDeque<Idle<C>>),
 }
 
+/// Marks a return stamp as the actor's coarse clock at the return, which may be behind the real
+/// return: see [`Shared::put_returned`].
+pub(crate) const UNCONFIRMED: u64 = 1 << 63;
+
 /// A connection waiting in the idle queue, with the coarse times the reaper needs.
 pub(crate) struct Idle<C> {
     pub(crate) conn: C,
     pub(crate) created_ms: u64,
+    /// When it was last returned (or created), in the pool's milliseconds; with
+    /// [`UNCONFIRMED`] set, a lower bound only, until the reaper confirms it.
     pub(crate) returned_ms: u64,
     /// Times checked out so far.
     pub(crate) checkouts: u32,
@@ -57,6 +63,10 @@ pub(crate) type ErrorSink<E> = Box<dyn Fn(&Error<E>) + Send + Sync>;
 pub(crate) struct Shared<M: Manager> {
     pub(crate) manager: M,
     pub(crate) config: Config,
+    /// `config.max_lifetime` and `config.idle_timeout` in milliseconds, `u64::MAX` for none:
+    /// worked out once, not on every checkout.
+    pub(crate) lifetime_ms: u64,
+    pub(crate) idle_ms: u64,
     pub(crate) runtime: Arc<dyn Runtime>,
     /// The runtime follows the caller ([`Runtime::ambient`]): the actor is started by the
     /// first caller, and started again when its runtime goes away.
@@ -74,6 +84,8 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) on_create_error: Option<ErrorSink<M::Error>>,
     /// Notified when the close finishes.
     pub(crate) closed: Event,
+    /// Notified when the close starts: a caller creating a connection itself gives up.
+    pub(crate) closing: Event,
     pub(crate) close: Mutex<CloseState>,
 }
 
@@ -212,32 +224,31 @@ impl<M: Manager> Shared<M> {
         fresh: bool,
     ) -> Result<(), Idle<M::Connection>> {
         let home = entry.home;
-        self.waitlist.put(entry, home, fresh, |_| {})
+        self.waitlist.put(entry, home, fresh, false, |_| {})
     }
 
-    /// Like [`put_idle`](Shared::put_idle) for a connection a guard gives back, stamped with
-    /// the real time if it goes idle: its idle timeout counts from there. Handed straight to
-    /// a waiter it was never idle, and keeps the actor's coarse clock (no clock read).
+    /// Like [`put_idle`](Shared::put_idle) for a connection a guard gives back. Reads no
+    /// clock: the return is stamped with the actor's coarse clock, marked [`UNCONFIRMED`],
+    /// which may be behind the real return. An unconfirmed stamp never counts as idle time;
+    /// the actor's next maintenance tick replaces it with its own time, which is after the
+    /// real return (see [`Shared::confirm_return`]), so the idle timeout never runs out early,
+    /// and runs out at most one maintenance interval late.
     #[inline]
     pub(crate) fn put_returned(
         &self,
         mut entry: Idle<M::Connection>,
     ) -> Result<(), Idle<M::Connection>> {
-        // Read outside the lock when nobody seems to wait; re-read under it in the rare
-        // case a waiter left meanwhile.
-        let coarse = self.ledger.now_ms();
-        entry.returned_ms = if self.waitlist.waiting() == 0 {
-            self.ledger.real_now_ms()
-        } else {
-            coarse
-        };
-        let ledger = &self.ledger;
+        entry.returned_ms = self.ledger.now_ms() | UNCONFIRMED;
         let home = entry.home;
-        self.waitlist.put(entry, home, false, |entry| {
-            if entry.returned_ms == coarse {
-                entry.returned_ms = ledger.real_now_ms();
-            }
-        })
+        self.waitlist.put(entry, home, false, true, |_| {})
+    }
+
+    /// At a maintenance tick (`now`, just read): an idle connection whose return is not
+    /// confirmed was returned before `now`, which becomes its stamp.
+    pub(crate) fn confirm_return(&self, entry: &mut Idle<M::Connection>, now: u64) {
+        if entry.returned_ms & UNCONFIRMED != 0 {
+            entry.returned_ms = now;
+        }
     }
 
     /// What the pool knows of the connection in `entry`.
@@ -245,7 +256,7 @@ impl<M: Manager> Shared<M> {
         Metrics::at(
             self.ledger.epoch(),
             entry.created_ms,
-            entry.returned_ms,
+            entry.returned_ms & !UNCONFIRMED,
             u64::from(entry.checkouts),
         )
     }
@@ -253,16 +264,21 @@ impl<M: Manager> Shared<M> {
     /// Whether `entry` is past its lifetime or its idle timeout, and which.
     pub(crate) fn expiry(&self, entry: &Idle<M::Connection>) -> Option<Reason> {
         let now = self.ledger.now_ms();
-        let over = |since: u64, limit: Option<Duration>| {
-            limit.is_some_and(|l| now.saturating_sub(since) >= l.as_millis() as u64)
-        };
-        if over(entry.created_ms, self.config.max_lifetime) {
+        // A limit of u64::MAX is none: no difference of stamps reaches it.
+        let over = |since: u64, limit_ms: u64| now.saturating_sub(since) >= limit_ms;
+        if over(entry.created_ms, self.lifetime_ms) {
             Some(Reason::MaxLifetime)
-        } else if over(entry.returned_ms, self.config.idle_timeout) {
+        } else if entry.returned_ms & UNCONFIRMED == 0 && over(entry.returned_ms, self.idle_ms) {
             Some(Reason::IdleTimeout)
         } else {
             None
         }
+    }
+
+    /// Checkouts and returns the waitlist counted (see [`Waitlist::flow`]).
+    pub(crate) fn flow(&self) -> Flow {
+        let (taken, returned) = self.waitlist.flow();
+        Flow { taken, returned }
     }
 
     pub(crate) fn status(&self) -> Status {
@@ -270,11 +286,11 @@ impl<M: Manager> Shared<M> {
             max_size: self.ledger.max_size(),
             size: self.ledger.slots(),
             idle: self.waitlist.idle(),
-            in_use: self.ledger.in_use(),
-            waiters: self.ledger.waiters(),
+            in_use: self.ledger.in_use(self.flow()),
+            waiters: self.waitlist.waiting(),
             state: self.ledger.state(),
             actor_alive: self.ledger.actor_alive(),
-            counters: self.ledger.counters(),
+            counters: self.ledger.counters(self.flow()),
         }
     }
 }

@@ -176,10 +176,10 @@ impl CloseReport {
 /// and to [`Pool::retain`](crate::Pool::retain)'s predicate, and readable from a guard with
 /// [`Pooled::metrics`](crate::Pooled::metrics).
 ///
-/// Times are the pool's, to the millisecond: [`created`](Metrics::created) as the actor made
-/// the connection, [`last_returned`](Metrics::last_returned) as its guard dropped (within a
-/// maintenance interval when the pool was busy enough that the return needed no clock read of
-/// its own). Cheap to make: the instants are worked out only when asked for.
+/// Times are the pool's, to the millisecond: [`created`](Metrics::created) as the connection was
+/// made, [`last_returned`](Metrics::last_returned) as its guard dropped, to within one
+/// maintenance interval (a return reads no clock: it takes the actor's). Cheap to make: the
+/// instants are worked out only when asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Metrics {
     epoch: Instant,

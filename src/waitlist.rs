@@ -69,6 +69,11 @@ struct List<T, E> {
     home: u32,
     /// No actor serves the list: nobody may queue until a caller starts one.
     homeless: bool,
+    /// Entries handed out to callers (taken idle, or received as a waiter's outcome), and
+    /// entries given back with `returned`: counted here, under the lock every checkout and
+    /// return takes anyway, rather than with atomic operations of their own.
+    taken: u64,
+    returned: u64,
 }
 
 impl<T, E> List<T, E> {
@@ -143,6 +148,8 @@ impl<T, E> Waitlist<T, E> {
                 armed: None,
                 home: 0,
                 homeless,
+                taken: 0,
+                returned: 0,
             }),
             waiting: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
@@ -190,19 +197,20 @@ impl<T, E> Waitlist<T, E> {
         }
         let entry = list.take_one();
         if entry.is_some() {
+            list.taken += 1;
             self.publish_idle(&list);
         }
         Ok(entry)
     }
 
     /// Takes every idle connection that `expired` says is past its time, keeping the order
-    /// of the rest.
-    pub(crate) fn reap(&self, mut expired: impl FnMut(&T) -> bool) -> Vec<T> {
+    /// of the rest (which `expired` may update: the reaper confirms return stamps).
+    pub(crate) fn reap(&self, mut expired: impl FnMut(&mut T) -> bool) -> Vec<T> {
         let mut list = self.lock();
         let mut gone = Vec::new();
         let mut i = 0;
         while i < list.idle.len() {
-            if expired(&list.idle[i]) {
+            if expired(&mut list.idle[i]) {
                 gone.extend(list.idle.remove(i));
             } else {
                 i += 1;
@@ -231,6 +239,7 @@ impl<T, E> Waitlist<T, E> {
             return Join::Moved;
         }
         if let Some(entry) = list.take_one() {
+            list.taken += 1;
             self.publish_idle(&list);
             return Join::Idle(entry);
         }
@@ -279,6 +288,9 @@ impl<T, E> Waitlist<T, E> {
             place => match std::mem::replace(place, Place::Free) {
                 Place::Done(outcome) => {
                     list.free.push(ticket.0);
+                    if let Outcome::Got(..) = outcome {
+                        list.taken += 1;
+                    }
                     Poll::Ready(outcome)
                 }
                 _ => unreachable!("a ticket's place is free only once the ticket is spent"),
@@ -287,7 +299,7 @@ impl<T, E> Waitlist<T, E> {
     }
 
     /// The waiter gives up: leaves the queue. Returns what it had been given meanwhile (a
-    /// connection to put back, or a failure to drop).
+    /// connection to put back, or a failure to drop; not counted as taken).
     pub(crate) fn cancel(&self, ticket: Ticket) -> Option<Outcome<T, E>> {
         let mut list = self.lock();
         let was = std::mem::replace(&mut list.places[ticket.0], Place::Free);
@@ -329,20 +341,23 @@ impl<T, E> Waitlist<T, E> {
 
     /// Hands `entry` to the longest waiter, else makes it idle; gives it back once closed,
     /// and when it was made by an actor of another `home` than the list's (its runtime went
-    /// away). `fresh`: it comes straight from `create`. `going_idle` is called on an entry
-    /// about to go idle (to stamp it), under the lock.
+    /// away). `fresh`: it comes straight from `create`. `returned`: a caller gives it back
+    /// (counted, see [`Waitlist::flow`]). `going_idle` is called on an entry about to go idle
+    /// (to stamp it), under the lock.
     #[inline]
     pub(crate) fn put(
         &self,
         entry: T,
         home: u32,
         fresh: bool,
+        returned: bool,
         going_idle: impl FnOnce(&mut T),
     ) -> Result<(), T> {
         let mut list = self.lock();
         if list.closed || home != list.home {
             return Err(entry);
         }
+        list.returned += u64::from(returned);
         match list.queue.pop_front() {
             Some(index) => {
                 self.publish(&list);
@@ -358,6 +373,13 @@ impl<T, E> Waitlist<T, E> {
             }
         }
         Ok(())
+    }
+
+    /// Entries handed out to callers so far, and entries callers gave back (`put` with
+    /// `returned`), read together.
+    pub(crate) fn flow(&self) -> (u64, u64) {
+        let list = self.lock();
+        (list.taken, list.returned)
     }
 
     /// Gives a creation failure to the longest waiter; gives it back when nobody waits.

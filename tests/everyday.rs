@@ -306,6 +306,57 @@ fn idle_time_is_real_time() {
     assert_all_closed(&pool, &m);
 }
 
+/// A return reads no clock: it is stamped with the actor's coarse clock and confirmed at the
+/// next maintenance tick, whose time is after the real return. With an idle timeout much
+/// shorter than the interval, the actor wakes for the timeout rather than at the tick after
+/// it, so every connection is still reaped within one interval of its timeout.
+#[test]
+fn an_idle_timeout_shorter_than_the_interval_still_holds_within_one_interval() {
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    let (idle_timeout, interval) = (Duration::from_millis(50), Duration::from_millis(400));
+    let pool = builder(&m, &rt)
+        .max_size(4)
+        .idle_timeout(idle_timeout)
+        .maintenance_interval(interval)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(pool.get().await.unwrap());
+        }
+        // Returned 100 ms apart, so the returns fall at every phase of the actor's ticks.
+        let first_return = Instant::now();
+        let mut last_return = first_return;
+        while let Some(conn) = held.pop() {
+            drop(conn);
+            last_return = Instant::now();
+            if !held.is_empty() {
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let pool = &pool;
+        let reaped = |n: u64| move || pool.status().counters.closed_idle_timeout >= n;
+        assert!(eventually(Duration::from_secs(5), reaped(1)).await);
+        let first_reap = Instant::now();
+        assert!(eventually(Duration::from_secs(5), reaped(4)).await);
+        let last_reap = Instant::now();
+        assert!(
+            first_reap - last_return >= idle_timeout,
+            "reaped {:?} after its return",
+            first_reap - last_return
+        );
+        let slack = Duration::from_millis(150);
+        assert!(
+            last_reap - first_return <= idle_timeout + interval + slack,
+            "the first one returned was reaped only {:?} after",
+            last_reap - first_return
+        );
+        pool.close().await;
+    });
+    assert_all_closed(&pool, &m);
+}
+
 #[test]
 fn get_keeps_to_its_wait_timeout_when_the_check_hangs() {
     let (m, rt) = (Counting::new(), ExecRuntime::new());

@@ -110,3 +110,35 @@ fn connections_closed_are_counted_by_reason() {
     });
     m.assert_balanced();
 }
+
+/// A connection refused at checkout (past its lifetime) is neither a get nor in use: the
+/// waitlist counts what it hands out, and a refusal is counted back.
+#[test]
+fn a_connection_refused_at_checkout_is_not_counted_as_a_get() {
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    let pool = Pool::builder(m.clone())
+        .max_size(2)
+        .max_lifetime(Duration::from_millis(30))
+        .maintenance_interval(Duration::from_secs(60))
+        .runtime(rt.handle())
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        drop(pool.get().await.unwrap());
+        async_io::Timer::after(Duration::from_millis(60)).await;
+        // An event for the actor, so that its clock moves past the lifetime (no tick comes
+        // for a minute); then the idle connection is refused at checkout, and a new one made.
+        pool.resize(2).unwrap();
+        async_io::Timer::after(Duration::from_millis(20)).await;
+        let conn = pool.get().await.unwrap();
+        assert_eq!(conn.id, 2, "the first connection was past its lifetime");
+        let s = pool.status();
+        assert_eq!(s.counters.closed_max_lifetime, 1, "{s:?}");
+        assert_eq!((s.counters.gets, s.in_use), (2, 1), "{s:?}");
+        drop(conn);
+        let s = pool.status();
+        assert_eq!((s.counters.gets, s.in_use), (2, 0), "{s:?}");
+        pool.close().await;
+    });
+    assert_reasons_add_up(&pool.status().counters);
+}

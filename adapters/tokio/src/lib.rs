@@ -175,6 +175,12 @@ impl Runtime for TokioRuntime {
         Ok(())
     }
 
+    /// True on a thread inside this runtime (a task of it, or its `block_on`): a connection a
+    /// caller creates there is registered with the same runtime as one the actor creates.
+    fn is_current(&self) -> bool {
+        Handle::try_current().is_ok_and(|here| here.id() == self.handle.id())
+    }
+
     fn sleep(&self, duration: Duration) -> BoxFuture {
         let ours = self.tokio_timers.then(|| self.handle.id());
         Box::pin(async move {

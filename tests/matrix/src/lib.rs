@@ -188,7 +188,8 @@ const fn row(id: &'static str, what: &'static str) -> Scenario {
 }
 
 const NEVER_DROPPED: &str = "smol's global executor is never dropped: it lives until exit";
-const NO_ACTOR: &str = "no runtime runs the actor, the only maker of connections";
+const NO_ACTOR: &str =
+    "no runtime runs the actor, which makes every connection for callers off the pool's runtime";
 const ALWAYS_POLLED: &str = "worker threads keep polling after block_on returns";
 
 /// `Ok` when scenario `id` runs on `kind`, else why it does not apply.

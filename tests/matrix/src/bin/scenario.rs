@@ -304,7 +304,9 @@ fn s4(m: &Counting, kind: Kind) -> String {
         .build()
         .unwrap();
     let worst = if kind == Kind::None {
-        // Plain threads wait with a plain block_on; nothing creates, so all 32 wait.
+        // Plain threads wait with a plain block_on. Nothing creates: the actor is not polled,
+        // and a caller creates its own connection only on the pool's runtime
+        // (`Runtime::is_current`), which a plain thread is not. So all 32 wait.
         let waiters: Vec<_> = (0..WAITERS)
             .map(|_| {
                 let pool = pool.clone();
