@@ -154,7 +154,8 @@ impl<M: Manager> Drop for Pooled<M> {
             shared.retire(entry.conn, entry.home, true);
             return;
         }
-        // Stamped with the real time if it goes idle: the idle timeout counts from here.
+        // Stamped with the coarse clock, unconfirmed until the actor's next tick (see
+        // `Shared::put_returned`): a return reads no clock.
         match shared.put_returned(entry) {
             // Counted as returned by the waitlist, under its lock.
             Ok(()) => {}
