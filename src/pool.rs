@@ -909,7 +909,7 @@ fn poll_timer<T, E>(
 /// back to the pool.
 struct Queued<'a, M: Manager> {
     shared: &'a Shared<M>,
-    ticket: Option<Ticket>,
+    ticket: Option<Ticket<Idle<M::Connection>, M::Error>>,
 }
 
 impl<M: Manager> Drop for Queued<'_, M> {

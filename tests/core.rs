@@ -850,3 +850,25 @@ fn a_caller_arriving_while_others_wait_queues_behind_them() {
     });
     assert_all_closed(&pool, &m);
 }
+
+#[test]
+fn a_connection_handed_to_a_waiter_counts_as_in_use_until_the_waiter_gives_it_back() {
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    let pool = builder(&m, &rt).max_size(1).build().unwrap();
+    rt.block_on(async {
+        let held = pool.get().await.unwrap();
+        let gets = pool.status().counters.gets;
+        let mut waiter = Box::pin(pool.get());
+        assert!(futures_lite::future::poll_once(&mut waiter).await.is_none());
+        drop(held);
+        // Handed over; the waiter has not run since, and already holds it.
+        let s = pool.status();
+        assert_eq!((s.in_use, s.idle, s.waiters), (1, 0, 0), "{s:?}");
+        // It gives up before it runs: the connection goes back, and no get is counted.
+        drop(waiter);
+        let s = pool.status();
+        assert_eq!((s.in_use, s.idle, s.counters.gets), (0, 1, gets), "{s:?}");
+        pool.close().await;
+    });
+    assert_all_closed(&pool, &m);
+}
