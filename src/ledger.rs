@@ -400,8 +400,9 @@ impl Ledger {
     }
 }
 
-/// Checkouts and returns the waitlist counts under its lock: entries handed out to callers,
-/// and entries callers gave back.
+/// Checkouts and returns the waitlist counts under its lock: entries handed out to callers
+/// (taken idle, or handed to a waiter: counted as they are handed over, and counted back if
+/// the waiter gives up before taking its entry), and entries callers gave back.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Flow {
     pub(crate) taken: u64,

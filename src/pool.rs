@@ -332,8 +332,11 @@ impl<M: Manager> Pool<M> {
             futures_lite::future::yield_now().await;
         }
         let mut budget = Budget::new(timeout);
-        // Hot path: an idle connection is there and nobody is queued ahead of us.
-        while budget.trusts_idle() {
+        // Hot path: an idle connection is there and nobody is queued ahead of us. When callers
+        // are queued, nothing is idle (the waitlist keeps one of the two empty), and joining
+        // takes an idle connection itself should one be there by then: looking first would
+        // only take the waitlist's lock once more, which is what a busy pool contends on.
+        while budget.trusts_idle() && shared.waitlist.waiting() == 0 {
             match shared.waitlist.pop_idle() {
                 Ok(Some(entry)) => {
                     self.keep_min_idle();
@@ -906,7 +909,7 @@ fn poll_timer<T, E>(
 /// back to the pool.
 struct Queued<'a, M: Manager> {
     shared: &'a Shared<M>,
-    ticket: Option<Ticket>,
+    ticket: Option<Ticket<Idle<M::Connection>, M::Error>>,
 }
 
 impl<M: Manager> Drop for Queued<'_, M> {

@@ -114,7 +114,8 @@ pub struct Status {
     pub size: usize,
     /// Connections waiting in the idle queue.
     pub idle: usize,
-    /// Connections checked out in a [`Pooled`](crate::Pooled) guard.
+    /// Connections checked out in a [`Pooled`](crate::Pooled) guard, or handed to a waiting
+    /// caller that has not run since (it holds the connection as a guard holds it).
     pub in_use: usize,
     /// Callers waiting for a connection.
     pub waiters: usize,
@@ -150,8 +151,9 @@ pub struct CloseReport {
     /// [`rehomed`](Counters::rehomed) says how many times it moved before the close, and
     /// [`closed_moved`](Counters::closed_moved) how many connections those moves closed.
     pub counters: Counters,
-    /// Connections still checked out when the close finished (the deadline passed). Each is
-    /// closed synchronously when its guard drops.
+    /// Connections still checked out when the close finished (the deadline passed), counting
+    /// one handed to a waiting caller that has not run since. Each is closed synchronously
+    /// when its guard drops (or when that caller runs, or its `get` is dropped).
     pub checked_out: usize,
     /// Whether the synchronous fallback finished the close (the actor was gone, unpolled, or
     /// missed the deadline) rather than the actor.

@@ -9,11 +9,13 @@
 //! idle only when nobody waits, and a caller queues only when nothing is idle.
 //!
 //! Every operation is one short critical section: taking an idle connection, giving one back
-//! (to a waiter or to the idle queue), joining, taking one's outcome. A waiter's place is an
-//! index into a table of places that is reused, so waiting allocates nothing once the table
-//! has grown to the pool's largest crowd. Wakers are woken after the lock is released. Once
-//! closed, nothing more goes in: what is idle stays for whoever drains it, and a connection
-//! given back is handed back to its giver, who closes it.
+//! (to a waiter or to the idle queue), joining. A waiter's place has a lock of its own, taken
+//! under the list's by whoever settles it, and alone by the waiter to take its outcome: a
+//! waiter woken with a connection does not queue again on the lock every caller and every
+//! return contends on. A place is allocated as its waiter joins (before the list's lock is
+//! taken). Wakers are woken after the locks are released. Once closed, nothing more goes in:
+//! what is idle stays for whoever drains it, and a connection given back is handed back to
+//! its giver, who closes it.
 //!
 //! Deadlines: each waiter may carry one, and the list remembers the earliest deadline it has
 //! asked to be told about (`armed`). Joining reports a deadline to register only when it is
@@ -21,6 +23,8 @@
 //! [`Waitlist::expire`] on each one that falls due times every waiter out on time.
 
 use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -43,13 +47,19 @@ pub(crate) enum Outcome<T, E> {
 }
 
 enum Place<T, E> {
-    Waiting {
-        waker: Waker,
-        deadline: Option<Instant>,
-    },
+    Waiting(Waker),
     Done(Outcome<T, E>),
-    /// Not in use: on the free list.
-    Free,
+    /// Its outcome was taken, or its waiter gave up.
+    Spent,
+}
+
+/// A waiter's place, shared by the waiter (its ticket) and the queue. Locked after the list's
+/// lock, never before it.
+type Slot<T, E> = Arc<Mutex<Place<T, E>>>;
+
+fn lock_place<T, E>(slot: &Mutex<Place<T, E>>) -> MutexGuard<'_, Place<T, E>> {
+    // Every change under this lock is one assignment.
+    slot.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct List<T, E> {
@@ -57,10 +67,8 @@ struct List<T, E> {
     /// (LIFO).
     idle: VecDeque<T>,
     lifo: bool,
-    places: Vec<Place<T, E>>,
-    free: Vec<usize>,
-    /// Indices of waiting places, oldest first.
-    queue: VecDeque<usize>,
+    /// Waiting places and their deadlines, oldest first.
+    queue: VecDeque<(Slot<T, E>, Option<Instant>)>,
     closed: bool,
     /// The earliest deadline registered and not yet fallen due.
     armed: Option<Instant>,
@@ -69,7 +77,7 @@ struct List<T, E> {
     home: u32,
     /// No actor serves the list: nobody may queue until a caller starts one.
     homeless: bool,
-    /// Entries handed out to callers (taken idle, or received as a waiter's outcome), and
+    /// Entries handed out to callers (taken idle, or handed to a waiter), and
     /// entries given back with `returned`: counted here, under the lock every checkout and
     /// return takes anyway, rather than with atomic operations of their own.
     taken: u64,
@@ -101,20 +109,25 @@ pub(crate) struct Waitlist<T, E> {
 
 /// A waiter's place in the list. Given back through [`Waitlist::poll`] (once it is ready) or
 /// [`Waitlist::cancel`].
-#[derive(Debug)]
-pub(crate) struct Ticket(usize);
+pub(crate) struct Ticket<T, E>(Slot<T, E>);
+
+impl<T, E> fmt::Debug for Ticket<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Ticket")
+    }
+}
 
 /// The list is closed.
 #[derive(Debug)]
 pub(crate) struct Closed;
 
 /// What joining the list gave.
-pub(crate) enum Join<T> {
+pub(crate) enum Join<T, E> {
     /// Nobody was ahead and an idle connection was there.
     Idle(T),
     /// Queued. `arm`: a deadline the caller must have registered (see the module docs).
     Queued {
-        ticket: Ticket,
+        ticket: Ticket<T, E>,
         arm: Option<Instant>,
     },
     /// The pool is closing.
@@ -141,8 +154,6 @@ impl<T, E> Waitlist<T, E> {
             list: Mutex::new(List {
                 idle: VecDeque::with_capacity(capacity),
                 lifo,
-                places: Vec::new(),
-                free: Vec::new(),
                 queue: VecDeque::new(),
                 closed: false,
                 armed: None,
@@ -230,7 +241,10 @@ impl<T, E> Waitlist<T, E> {
 
     /// Joins the back of the queue, unless something is idle (then nobody is queued: it is
     /// taken). `waker` is woken once the outcome is there.
-    pub(crate) fn join(&self, deadline: Option<Instant>, waker: &Waker) -> Join<T> {
+    pub(crate) fn join(&self, deadline: Option<Instant>, waker: &Waker) -> Join<T, E> {
+        // Made before the lock is taken, to keep the critical section short; wasted only when
+        // something turns out to be idle, which a caller that came to wait rarely finds.
+        let slot: Slot<T, E> = Arc::new(Mutex::new(Place::Waiting(waker.clone())));
         let mut list = self.lock();
         if list.closed {
             return Join::Closed;
@@ -248,65 +262,48 @@ impl<T, E> Waitlist<T, E> {
             drop(list);
             list = self.lock();
         }
-        let place = Place::Waiting {
-            waker: waker.clone(),
-            deadline,
-        };
-        let index = match list.free.pop() {
-            Some(index) => {
-                list.places[index] = place;
-                index
-            }
-            None => {
-                list.places.push(place);
-                list.places.len() - 1
-            }
-        };
-        list.queue.push_back(index);
+        list.queue.push_back((slot.clone(), deadline));
         self.publish(&list);
         let arm = deadline.filter(|&at| list.armed.is_none_or(|armed| at < armed));
         if arm.is_some() {
             list.armed = arm;
         }
         Join::Queued {
-            ticket: Ticket(index),
+            ticket: Ticket(slot),
             arm,
         }
     }
 
-    /// The outcome, once there is one; the ticket is spent when this is ready.
-    pub(crate) fn poll(&self, ticket: &Ticket, cx: &mut Context<'_>) -> Poll<Outcome<T, E>> {
-        let mut list = self.lock();
-        let list = &mut *list;
-        match &mut list.places[ticket.0] {
-            Place::Waiting { waker, .. } => {
+    /// The outcome, once there is one; the ticket is spent when this is ready. Takes the
+    /// place's lock only (a connection was counted as taken when it was handed over).
+    pub(crate) fn poll(&self, ticket: &Ticket<T, E>, cx: &mut Context<'_>) -> Poll<Outcome<T, E>> {
+        let mut place = lock_place(&ticket.0);
+        match &mut *place {
+            Place::Waiting(waker) => {
                 if !waker.will_wake(cx.waker()) {
                     *waker = cx.waker().clone();
                 }
                 Poll::Pending
             }
-            place => match std::mem::replace(place, Place::Free) {
-                Place::Done(outcome) => {
-                    list.free.push(ticket.0);
-                    if let Outcome::Got(..) = outcome {
-                        list.taken += 1;
-                    }
-                    Poll::Ready(outcome)
-                }
-                _ => unreachable!("a ticket's place is free only once the ticket is spent"),
+            place => match std::mem::replace(place, Place::Spent) {
+                Place::Done(outcome) => Poll::Ready(outcome),
+                _ => unreachable!("a place is spent only once its ticket is"),
             },
         }
     }
 
     /// The waiter gives up: leaves the queue. Returns what it had been given meanwhile (a
     /// connection to put back, or a failure to drop; not counted as taken).
-    pub(crate) fn cancel(&self, ticket: Ticket) -> Option<Outcome<T, E>> {
+    pub(crate) fn cancel(&self, ticket: Ticket<T, E>) -> Option<Outcome<T, E>> {
         let mut list = self.lock();
-        let was = std::mem::replace(&mut list.places[ticket.0], Place::Free);
-        list.free.push(ticket.0);
+        let was = std::mem::replace(&mut *lock_place(&ticket.0), Place::Spent);
         match was {
-            Place::Waiting { .. } => {
-                if let Some(at) = list.queue.iter().position(|&i| i == ticket.0) {
+            Place::Waiting(_) => {
+                if let Some(at) = list
+                    .queue
+                    .iter()
+                    .position(|(s, _)| Arc::ptr_eq(s, &ticket.0))
+                {
                     list.queue.remove(at);
                 }
                 self.publish(&list);
@@ -314,27 +311,35 @@ impl<T, E> Waitlist<T, E> {
             }
             // A bug planted by the model checks: what the waiter was handed is dropped.
             Place::Done(_) if crate::sync::planted(crate::sync::Bug::CancelDrops) => None,
-            Place::Done(outcome) => Some(outcome),
-            Place::Free => None,
+            Place::Done(outcome) => {
+                if let Outcome::Got(..) = outcome {
+                    // Counted as taken when it was handed over; the waiter never took it.
+                    list.taken -= 1;
+                }
+                Some(outcome)
+            }
+            Place::Spent => None,
         }
     }
 
     /// Settles the oldest waiter with `outcome`; gives it back when nobody waits.
     fn settle_first(&self, outcome: Outcome<T, E>) -> Result<(), Outcome<T, E>> {
         let mut list = self.lock();
-        let Some(index) = list.queue.pop_front() else {
+        let Some((slot, _)) = list.queue.pop_front() else {
             return Err(outcome);
         };
         self.publish(&list);
-        let waker = Self::settle(&mut list, index, outcome);
+        let waker = Self::settle(&slot, outcome);
         drop(list);
         waker.wake();
         Ok(())
     }
 
-    fn settle(list: &mut List<T, E>, index: usize, outcome: Outcome<T, E>) -> Waker {
-        match std::mem::replace(&mut list.places[index], Place::Done(outcome)) {
-            Place::Waiting { waker, .. } => waker,
+    /// Gives a queued place its outcome (the list's lock is held: the place left the queue
+    /// under it).
+    fn settle(slot: &Slot<T, E>, outcome: Outcome<T, E>) -> Waker {
+        match std::mem::replace(&mut *lock_place(slot), Place::Done(outcome)) {
+            Place::Waiting(waker) => waker,
             _ => unreachable!("queued places are waiting"),
         }
     }
@@ -359,9 +364,11 @@ impl<T, E> Waitlist<T, E> {
         }
         list.returned += u64::from(returned);
         match list.queue.pop_front() {
-            Some(index) => {
+            Some((slot, _)) => {
                 self.publish(&list);
-                let waker = Self::settle(&mut list, index, Outcome::Got(entry, fresh));
+                // Counted here, under the list's lock, rather than as the waiter takes it.
+                list.taken += 1;
+                let waker = Self::settle(&slot, Outcome::Got(entry, fresh));
                 drop(list);
                 waker.wake();
             }
@@ -397,8 +404,8 @@ impl<T, E> Waitlist<T, E> {
         let mut list = self.lock();
         list.closed = true;
         let mut wakers = Vec::with_capacity(list.queue.len());
-        while let Some(index) = list.queue.pop_front() {
-            wakers.push(Self::settle(&mut list, index, Outcome::Closed));
+        while let Some((slot, _)) = list.queue.pop_front() {
+            wakers.push(Self::settle(&slot, Outcome::Closed));
         }
         self.publish(&list);
         drop(list);
@@ -417,8 +424,8 @@ impl<T, E> Waitlist<T, E> {
         list.homeless = true;
         let idle = std::mem::take(&mut list.idle);
         let mut wakers = Vec::with_capacity(list.queue.len());
-        while let Some(index) = list.queue.pop_front() {
-            wakers.push(Self::settle(&mut list, index, Outcome::Moved));
+        while let Some((slot, _)) = list.queue.pop_front() {
+            wakers.push(Self::settle(&slot, Outcome::Moved));
         }
         self.publish(&list);
         self.publish_idle(&list);
@@ -448,23 +455,17 @@ impl<T, E> Waitlist<T, E> {
         let mut next: Option<Instant> = None;
         let mut i = 0;
         while i < list.queue.len() {
-            let index = list.queue[i];
-            let due = match &list.places[index] {
-                Place::Waiting {
-                    deadline: Some(d), ..
-                } => {
-                    if *d <= now {
-                        true
-                    } else {
-                        next = Some(next.map_or(*d, |n| n.min(*d)));
-                        false
-                    }
+            let due = match list.queue[i].1 {
+                Some(d) if d <= now => true,
+                Some(d) => {
+                    next = Some(next.map_or(d, |n| n.min(d)));
+                    false
                 }
-                _ => false,
+                None => false,
             };
             if due {
-                list.queue.remove(i);
-                wakers.push(Self::settle(&mut list, index, Outcome::TimedOut));
+                let (slot, _) = list.queue.remove(i).expect("within the queue");
+                wakers.push(Self::settle(&slot, Outcome::TimedOut));
             } else {
                 i += 1;
             }
@@ -483,5 +484,62 @@ impl<T, E> Waitlist<T, E> {
         } else {
             None
         }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn queued(list: &Waitlist<u32, ()>) -> Ticket<u32, ()> {
+        match list.join(None, Waker::noop()) {
+            Join::Queued { ticket, .. } => ticket,
+            _ => panic!("nothing idle, open, served: the caller queues"),
+        }
+    }
+
+    #[test]
+    fn a_waiter_takes_its_outcome_without_the_lists_lock() {
+        let list = Waitlist::<u32, ()>::new(1, false, false);
+        let ticket = queued(&list);
+        assert!(list.put(7, 0, false, true, |_| {}).is_ok());
+        // Another caller holds the list's lock (joining, returning): the waiter served meanwhile
+        // still takes its connection.
+        let busy = list.lock();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut cx = Context::from_waker(Waker::noop());
+                let got = match list.poll(&ticket, &mut cx) {
+                    Poll::Ready(Outcome::Got(entry, false)) => Some(entry),
+                    _ => None,
+                };
+                let _ = tx.send(got);
+            });
+            let got = rx.recv_timeout(std::time::Duration::from_secs(2));
+            assert_eq!(got, Ok(Some(7)), "the waiter waited for the list's lock");
+            drop(busy);
+        });
+    }
+
+    #[test]
+    fn a_hand_over_counts_as_taken_and_a_cancel_counts_it_back() {
+        let list = Waitlist::<u32, ()>::new(1, false, false);
+        let ticket = queued(&list);
+        assert!(list.put(1, 0, false, true, |_| {}).is_ok());
+        // Handed over: out of the pool, as a checked-out connection is.
+        assert_eq!(list.flow(), (1, 1));
+        assert!(matches!(list.cancel(ticket), Some(Outcome::Got(1, false))));
+        // The waiter gave up before taking it: the giver of `cancel`'s outcome counts it.
+        assert_eq!(list.flow(), (0, 1));
+        let ticket = queued(&list);
+        assert!(list.put(2, 0, false, true, |_| {}).is_ok());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(
+            list.poll(&ticket, &mut cx),
+            Poll::Ready(Outcome::Got(2, false))
+        ));
+        // Taken once, whenever the waiter takes it.
+        assert_eq!(list.flow(), (1, 2));
     }
 }

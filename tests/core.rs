@@ -819,3 +819,56 @@ fn close_waits_for_a_connection_handed_to_a_waiter() {
     });
     assert_all_closed(&pool, &m);
 }
+
+#[test]
+fn a_caller_arriving_while_others_wait_queues_behind_them() {
+    // A `get` that finds callers queued goes straight to the back of the queue: it is served
+    // after them, in order, and counted as a wait like them.
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    let pool = builder(&m, &rt).max_size(1).build().unwrap();
+    rt.block_on(async {
+        let held = pool.get().await.unwrap();
+        let before = pool.status().counters;
+        let mut first = Box::pin(pool.get());
+        assert!(futures_lite::future::poll_once(&mut first).await.is_none());
+        let mut second = Box::pin(pool.get());
+        assert!(futures_lite::future::poll_once(&mut second).await.is_none());
+        assert_eq!(pool.status().waiters, 2);
+        drop(held);
+        // Handed to the first; the second, polled now, must not take it.
+        assert!(futures_lite::future::poll_once(&mut second).await.is_none());
+        let g = first.await.unwrap();
+        assert_eq!(pool.status().waiters, 1);
+        drop(g);
+        let g = second.await.unwrap();
+        let after = pool.status().counters;
+        assert_eq!(after.gets - before.gets, 2, "{after:?}");
+        assert_eq!(after.gets_waited - before.gets_waited, 2, "{after:?}");
+        assert_eq!(pool.status().in_use, 1);
+        drop(g);
+        pool.close().await;
+    });
+    assert_all_closed(&pool, &m);
+}
+
+#[test]
+fn a_connection_handed_to_a_waiter_counts_as_in_use_until_the_waiter_gives_it_back() {
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    let pool = builder(&m, &rt).max_size(1).build().unwrap();
+    rt.block_on(async {
+        let held = pool.get().await.unwrap();
+        let gets = pool.status().counters.gets;
+        let mut waiter = Box::pin(pool.get());
+        assert!(futures_lite::future::poll_once(&mut waiter).await.is_none());
+        drop(held);
+        // Handed over; the waiter has not run since, and already holds it.
+        let s = pool.status();
+        assert_eq!((s.in_use, s.idle, s.waiters), (1, 0, 0), "{s:?}");
+        // It gives up before it runs: the connection goes back, and no get is counted.
+        drop(waiter);
+        let s = pool.status();
+        assert_eq!((s.in_use, s.idle, s.counters.gets), (0, 1, gets), "{s:?}");
+        pool.close().await;
+    });
+    assert_all_closed(&pool, &m);
+}
