@@ -443,13 +443,7 @@ impl<M: Manager> PoolActor<M> {
                     return;
                 }
                 let now = shared.ledger.now_ms();
-                let entry = Idle {
-                    conn,
-                    created_ms: now,
-                    returned_ms: now,
-                    checkouts: 0,
-                    home: self.home,
-                };
+                let entry = Idle::fresh(conn, now, self.home);
                 if let Err(entry) = shared.put_idle(entry, true) {
                     self.retire(entry.conn);
                 }

@@ -499,13 +499,7 @@ impl<M: Manager> Pool<M> {
                 // Real time: the actor's coarse clock may be behind, and the lifetime counts
                 // from here.
                 let now = shared.ledger.real_now_ms();
-                let entry = Idle {
-                    conn,
-                    created_ms: now,
-                    returned_ms: now,
-                    checkouts: 0,
-                    home: shared.waitlist.home(),
-                };
+                let entry = Idle::fresh(conn, now, shared.waitlist.home());
                 // Fresh from `create`: no health check is due.
                 return Ok(match self.prepare(entry, true, false, budget)? {
                     Prepared::Ready(guard) => Some(guard),

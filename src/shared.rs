@@ -56,6 +56,19 @@ pub(crate) struct Idle<C> {
     pub(crate) home: u32,
 }
 
+impl<C> Idle<C> {
+    /// A connection fresh from `create` at `now_ms`, made by the actor of `home`.
+    pub(crate) fn fresh(conn: C, now_ms: u64, home: u32) -> Self {
+        Idle {
+            conn,
+            created_ms: now_ms,
+            returned_ms: now_ms,
+            checkouts: 0,
+            home,
+        }
+    }
+}
+
 /// A callback for creation failures.
 pub(crate) type ErrorSink<E> = Box<dyn Fn(&Error<E>) + Send + Sync>;
 

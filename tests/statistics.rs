@@ -3,21 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use gracepool::{Counters, Error, Pool};
-use gracepool_testkit::{until_status, Counting, ExecRuntime, Fault};
-
-/// Every ended connection is counted under exactly one reason.
-fn assert_reasons_add_up(c: &Counters) {
-    let ended = c.closed_graceful + c.closed_sync + c.close_failed;
-    let reasons = c.check_failed
-        + c.closed_broken
-        + c.closed_idle_timeout
-        + c.closed_max_lifetime
-        + c.closed_retained
-        + c.closed_resized
-        + c.closed_by_close();
-    assert_eq!(ended, reasons, "{c:?}");
-}
+use gracepool::{Error, Pool};
+use gracepool_testkit::{assert_accounted, until_status, Counting, ExecRuntime, Fault};
 
 #[test]
 fn gets_waits_and_timeouts_are_counted() {
@@ -106,7 +93,7 @@ fn connections_closed_are_counted_by_reason() {
             "{:?}",
             report.counters
         );
-        assert_reasons_add_up(&report.counters);
+        assert_accounted(&report.counters);
     });
     m.assert_balanced();
 }
@@ -140,5 +127,5 @@ fn a_connection_refused_at_checkout_is_not_counted_as_a_get() {
         assert_eq!((s.counters.gets, s.in_use), (2, 0), "{s:?}");
         pool.close().await;
     });
-    assert_reasons_add_up(&pool.status().counters);
+    assert_accounted(&pool.status().counters);
 }
