@@ -16,7 +16,7 @@ use crate::deadline::{self, Expire};
 use crate::error::{CreateFailure, Error};
 use crate::guard::Pooled;
 use crate::ledger::{Ledger, Reason};
-use crate::manager::Manager;
+use crate::manager::{Manager, Unhealthy};
 use crate::runtime::{BoxFuture, Runtime, SpawnError};
 use crate::shared::{CloseState, Idle, Msg, Shared};
 use crate::status::{CloseCause, CloseReport, Metrics, PoolState, Status};
@@ -54,15 +54,6 @@ impl<M: Manager> fmt::Debug for Pool<M> {
             .field("status", &self.status())
             .finish()
     }
-}
-
-/// What one checkout attempt ended with.
-enum Attempt<M: Manager> {
-    Got(Pooled<M>),
-    /// The connection was past its idle timeout or lifetime and was retired: try again.
-    Expired,
-    /// The connection failed its health check and was retired: try again.
-    Unhealthy,
 }
 
 /// A `get` that sees this many connections fail their health check takes the idle ones it
@@ -116,6 +107,55 @@ impl Budget {
     fn trusts_idle(&self) -> bool {
         self.unhealthy < UNHEALTHY_PER_GET
     }
+}
+
+/// Runs the manager's health check on a checking guard's connection, its panic contained,
+/// bounded by the check timeout and what is left of the wait timeout (the clock is read only
+/// if the check does not finish on its first poll); evaluates to [`Pool::checked`]'s result.
+///
+/// A macro, not an `async fn`: it runs on every checkout of an idle connection, from the
+/// hot path and from the waiting one, and an `async fn` called from both is a separate
+/// function the hot path calls rather than inlines. One flat poll loop rather than nested
+/// async calls: every level of nesting adds to the size of the `get` future, which the caller
+/// copies as it awaits it.
+macro_rules! run_check {
+    ($pool:expr, $guard:ident, $budget:ident) => {{
+        let pool = $pool;
+        let shared = &*pool.shared;
+        let metrics = Pooled::metrics(&$guard);
+        let mut timer: Option<BoxFuture> = None;
+        let mut limited = false;
+        let checked = {
+            // In a block: the check borrows the connection until it is done.
+            let mut check = std::pin::pin!(AssertUnwindSafe(
+                shared.manager.check($guard.conn_mut(), &metrics)
+            )
+            .catch_unwind());
+            poll_fn(|cx| {
+                if let Poll::Ready(out) = check.as_mut().poll(cx) {
+                    return Poll::Ready(Some(out));
+                }
+                if !limited {
+                    limited = true;
+                    let limit = match (shared.config.check_timeout, $budget.remaining()) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    match limit {
+                        Some(Duration::ZERO) => return Poll::Ready(None),
+                        Some(d) => timer = Some(shared.runtime.sleep(d)),
+                        None => {}
+                    }
+                }
+                match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(None),
+                    _ => Poll::Pending,
+                }
+            })
+            .await
+        };
+        pool.checked(&mut $guard, &mut $budget, checked)
+    }};
 }
 
 impl<M: Manager> Pool<M> {
@@ -340,13 +380,12 @@ impl<M: Manager> Pool<M> {
             match shared.waitlist.pop_idle() {
                 Ok(Some(entry)) => {
                     self.keep_min_idle();
-                    // `checkout`, inlined: one nested future less in the hot path's.
                     let mut guard = match self.prepare(entry, false, true, &budget)? {
                         Prepared::Ready(guard) => return Ok(guard),
-                        Prepared::Retry(_) => continue,
+                        Prepared::Retry => continue,
                         Prepared::Check(guard) => guard,
                     };
-                    self.check(&mut guard, &mut budget).await?;
+                    run_check!(self, guard, budget)?;
                     if guard.is_checked() {
                         return Ok(guard);
                     }
@@ -355,6 +394,40 @@ impl<M: Manager> Pool<M> {
                 Err(Closed) => return Err(shared.closed_error()),
             }
         }
+        if let Some(entry) = self.before_waiting(&mut budget, wait).await? {
+            match self.prepare(entry, true, false, &budget)? {
+                Prepared::Ready(guard) => return Ok(guard),
+                // Fresh from `create`, it is not checked; it came out expired (a lifetime
+                // shorter than its creation): wait for the actor's rather than make another.
+                Prepared::Check(_) | Prepared::Retry => {}
+            }
+        }
+        let mut wait = Waiting::start(shared, &mut budget);
+        loop {
+            let (entry, fresh, counted) = self.next_entry(&mut wait, &mut budget).await?;
+            let mut guard = match self.prepare(entry, fresh, counted, &budget)? {
+                Prepared::Ready(guard) => return Ok(guard),
+                Prepared::Retry => continue,
+                Prepared::Check(guard) => guard,
+            };
+            run_check!(self, guard, budget)?;
+            if guard.is_checked() {
+                return Ok(guard);
+            }
+        }
+    }
+
+    /// Nothing was idle for the caller: fails when the pool is closing, or with `Exhausted`
+    /// when the caller does not `wait`; gives the pool an actor if it has none; and when
+    /// nobody is ahead, the pool has room and this task runs on the pool's runtime, creates
+    /// a connection here rather than ask the actor and wait for its answer (a cold start pays
+    /// no round trip per connection). `None`: the caller is to queue.
+    async fn before_waiting(
+        &self,
+        budget: &mut Budget,
+        wait: bool,
+    ) -> Result<Option<Idle<M::Connection>>, Error<M::Error>> {
+        let shared = &self.shared;
         if !shared.ledger.is_running() {
             return Err(shared.closed_error());
         }
@@ -363,18 +436,12 @@ impl<M: Manager> Pool<M> {
             self.ask_to_grow();
             return Err(Error::Exhausted);
         }
-        // Nobody is ahead, the pool has room, and this task runs on the pool's runtime:
-        // create here rather than ask the actor and wait for its answer (a cold start pays
-        // no round trip per connection). Boxed for the reason the waiting future is.
-        if self.may_create_here() {
-            if let Some(guard) = Box::pin(self.create_here(&mut budget)).await? {
-                return Ok(guard);
-            }
+        if !self.may_create_here() {
+            return Ok(None);
         }
-        // Boxed: the waiting future is several times the size of the hot path's, and as part
-        // of this future it would be moved with it on every checkout. Waiting allocates
-        // anyway (a place in the waitlist); taking an idle connection does not.
-        Box::pin(self.wait_for_connection(budget)).await
+        // Boxed: its future is several times the size of the rest of `get`'s, which every
+        // caller copies; it runs at a cold start, rarely afterwards.
+        Box::pin(self.create_here(budget)).await
     }
 
     /// A pool whose runtime follows its callers and has no actor (never started, or its
@@ -427,10 +494,13 @@ impl<M: Manager> Pool<M> {
     /// bounded by the create timeout and what is left of the wait timeout; a panic is
     /// contained. Close abandons it at once, as the actor abandons its own creations. `None`:
     /// the creation failed and the caller is to wait while the actor retries (the default,
-    /// not fail-fast), or the connection came out expired.
+    /// not fail-fast).
     ///
     /// [`may_create_here`]: Pool::may_create_here
-    async fn create_here(&self, budget: &mut Budget) -> Result<Option<Pooled<M>>, Error<M::Error>> {
+    async fn create_here(
+        &self,
+        budget: &mut Budget,
+    ) -> Result<Option<Idle<M::Connection>>, Error<M::Error>> {
         let shared = &self.shared;
         // Owned from here: whatever ends this future before a connection is made (close, the
         // wait timeout, the future dropped) gives the slot back.
@@ -499,16 +569,7 @@ impl<M: Manager> Pool<M> {
                 // Real time: the actor's coarse clock may be behind, and the lifetime counts
                 // from here.
                 let now = shared.ledger.real_now_ms();
-                let entry = Idle::fresh(conn, now, shared.waitlist.home());
-                // Fresh from `create`: no health check is due.
-                return Ok(match self.prepare(entry, true, false, budget)? {
-                    Prepared::Ready(guard) => Some(guard),
-                    Prepared::Retry(_) => None,
-                    Prepared::Check(mut guard) => {
-                        self.check(&mut guard, budget).await?;
-                        guard.is_checked().then_some(guard)
-                    }
-                });
+                return Ok(Some(Idle::fresh(conn, now, shared.waitlist.home())));
             }
             Made::Closing => return Err(shared.closed_error()),
             Made::TimedOut if wait_over => return Err(self.timed_out(budget)),
@@ -564,40 +625,39 @@ impl<M: Manager> Pool<M> {
         }
     }
 
-    async fn wait_for_connection(&self, mut budget: Budget) -> Result<Pooled<M>, Error<M::Error>> {
+    /// Queues until a connection is handed over (`counted`: the waitlist counted it as taken),
+    /// or the wait ends in an error. A pool whose actor's runtime went away meanwhile gets a
+    /// new actor here, and the wait goes on.
+    async fn next_entry(
+        &self,
+        wait: &mut Waiting<'_, M>,
+        budget: &mut Budget,
+    ) -> Result<(Idle<M::Connection>, bool, bool), Error<M::Error>> {
         let shared = &self.shared;
-        crate::coop::reset();
-        let started = budget.start();
-        let deadline = budget.timeout.and_then(|t| started.checked_add(t));
-        // The deadline thread keeps every waiter's deadline (see `deadline`); a waiter arms a
-        // timer of its own only if that thread could not be started.
-        let kept = deadline.is_some() && deadline::available();
-        let _waiting = WaiterMark::new(&shared.ledger, started);
-        let mut timer: Option<BoxFuture> = None;
-        let mut again = false;
-        let mut moves = 0;
-        let mut started_here = false;
         loop {
-            // The clock was read just above on the first round; a later round follows a
-            // connection that failed its check, which may have taken time.
-            let spent = if again {
+            // The clock was read as the wait started on the first round; a later round follows
+            // a connection that failed its check, which may have taken time.
+            let spent = if wait.again {
                 budget.spent()
             } else {
                 budget.timeout == Some(Duration::ZERO)
             };
             if spent {
-                return Err(self.timed_out(&budget));
+                return Err(self.timed_out(budget));
             }
-            again = true;
+            wait.again = true;
             // Owned at once: if this future is dropped (cancelled, or its task dropped by a
             // runtime teardown), the place is given up and a connection handed to it goes back.
             let mut queued = Queued {
                 shared,
                 ticket: None,
             };
+            let deadline = wait.deadline.filter(|_| wait.kept);
+            let timer = &mut wait.timer;
+            let kept = wait.kept;
             let outcome = poll_fn(|cx| {
                 let Some(ticket) = &queued.ticket else {
-                    let joined = shared.waitlist.join(deadline.filter(|_| kept), cx.waker());
+                    let joined = shared.waitlist.join(deadline, cx.waker());
                     let (ticket, arm) = match joined {
                         Join::Idle(entry) => return Poll::Ready(Outcome::Got(entry, false)),
                         Join::Closed => return Poll::Ready(Outcome::Closed),
@@ -614,16 +674,16 @@ impl<M: Manager> Pool<M> {
                     // forgotten.
                     self.ask_to_grow();
                     if !kept && timer.is_none() {
-                        timer = budget.remaining().map(|d| shared.runtime.sleep(d));
+                        *timer = budget.remaining().map(|d| shared.runtime.sleep(d));
                     }
-                    return poll_timer(&mut timer, cx);
+                    return poll_timer(timer, cx);
                 };
                 match shared.waitlist.poll(ticket, cx) {
                     Poll::Ready(outcome) => {
                         queued.ticket = None;
                         Poll::Ready(outcome)
                     }
-                    Poll::Pending => poll_timer(&mut timer, cx),
+                    Poll::Pending => poll_timer(timer, cx),
                 }
             })
             .await;
@@ -641,55 +701,27 @@ impl<M: Manager> Pool<M> {
             };
             drop(queued);
             match outcome {
-                Outcome::Got(entry, fresh) => {
-                    match self.checkout(entry, fresh, counted, &mut budget).await? {
-                        Attempt::Got(guard) => return Ok(guard),
-                        Attempt::Expired | Attempt::Unhealthy => continue,
-                    }
-                }
+                Outcome::Got(entry, fresh) => return Ok((entry, fresh, counted)),
                 Outcome::Failed(f) => return Err(f.into()),
                 Outcome::Closed => return Err(shared.closed_error()),
-                Outcome::TimedOut => return Err(self.timed_out(&budget)),
+                Outcome::TimedOut => return Err(self.timed_out(budget)),
                 Outcome::Moved => {
                     // The actor's runtime went away while we waited: start the next actor
                     // here, and wait for it. Our own runtime dropping the actor we started as
                     // soon as it starts (it is shutting down) is given up on.
-                    if started_here {
-                        moves += 1;
-                        if moves > MOVES_PER_GET {
+                    if wait.started_here {
+                        wait.moves += 1;
+                        if wait.moves > MOVES_PER_GET {
                             return Err(Error::Spawn(SpawnError::new(
                                 "this caller's runtime keeps dropping the pool's actor as soon \
                                  as it starts: it is shutting down",
                             )));
                         }
                     }
-                    started_here = self.ensure_home()?;
+                    wait.started_here = self.ensure_home()?;
                 }
             }
         }
-    }
-
-    /// Turns an idle entry into a guard: refuses it after close, retires it when expired or
-    /// unhealthy. A `fresh` one, straight from `create`, is not checked; after
-    /// [`UNHEALTHY_PER_GET`] failed checks, one that waited in the pool is retired unchecked.
-    /// The check is bounded by the check timeout and by what is left of the wait timeout.
-    async fn checkout(
-        &self,
-        entry: Idle<M::Connection>,
-        fresh: bool,
-        counted: bool,
-        budget: &mut Budget,
-    ) -> Result<Attempt<M>, Error<M::Error>> {
-        let mut guard = match self.prepare(entry, fresh, counted, budget)? {
-            Prepared::Ready(guard) => return Ok(Attempt::Got(guard)),
-            Prepared::Retry(attempt) => return Ok(attempt),
-            Prepared::Check(guard) => guard,
-        };
-        self.check(&mut guard, budget).await?;
-        Ok(match guard.is_checked() {
-            true => Attempt::Got(guard),
-            false => Attempt::Unhealthy,
-        })
     }
 
     /// The part of a checkout that needs no waiting: refuses the entry after close, retires it
@@ -697,7 +729,7 @@ impl<M: Manager> Pool<M> {
     /// health check, when one is due, is [`check`](Pool::check)'s. `counted`: the waitlist
     /// counted the entry as taken (refused, it is counted back; else the checkout is counted
     /// here).
-    #[inline]
+    #[inline(always)]
     fn prepare(
         &self,
         entry: Idle<M::Connection>,
@@ -713,7 +745,7 @@ impl<M: Manager> Pool<M> {
             shared.retire(entry.conn, entry.home, false);
             return match refusal {
                 Refusal::Closed => Err(shared.closed_error()),
-                Refusal::Retry(attempt) => Ok(Prepared::Retry(attempt)),
+                Refusal::Retry => Ok(Prepared::Retry),
             };
         }
         if !counted {
@@ -736,7 +768,7 @@ impl<M: Manager> Pool<M> {
         entry: &Idle<M::Connection>,
         fresh: bool,
         budget: &Budget,
-    ) -> Option<Refusal<M>> {
+    ) -> Option<Refusal> {
         let shared = &self.shared;
         if !shared.ledger.is_running() {
             return Some(Refusal::Closed);
@@ -744,67 +776,31 @@ impl<M: Manager> Pool<M> {
         if entry.home != shared.waitlist.home() {
             // Made under a runtime that went away since it was taken (the pool moved on).
             shared.ledger.record_reason(Reason::Moved);
-            return Some(Refusal::Retry(Attempt::Expired));
+            return Some(Refusal::Retry);
         }
         if let Some(reason) = shared.expiry(entry) {
             shared.ledger.record_reason(reason);
-            return Some(Refusal::Retry(Attempt::Expired));
+            return Some(Refusal::Retry);
         }
         if !fresh && !budget.trusts_idle() {
             // Stale by the evidence of this call's failed checks: make room for a new one.
             shared.ledger.record_reason(Reason::Broken);
-            return Some(Refusal::Retry(Attempt::Unhealthy));
+            return Some(Refusal::Retry);
         }
         None
     }
 
-    /// Runs the manager's health check on `guard`'s connection, its panic contained, bounded
-    /// by the check timeout and what is left of the wait timeout (the clock is read only if
-    /// the check does not finish on its first poll). Healthy: the guard is marked checked.
-    /// Not: the guard is dropped (a failed check, retired), and the call's count of failed
-    /// checks goes up. `Err` when the check took what was left of the wait timeout.
-    ///
-    /// One flat poll loop rather than nested async calls: this runs on every checkout of an
-    /// idle connection, and every level of nesting adds to the size of the `get` future, which
-    /// the caller copies as it awaits it.
-    async fn check(
+    /// What a health check run by [`run_check!`] came to. Healthy: the guard is marked
+    /// checked. Not: the guard stays unchecked (dropped, it retires its connection as a failed
+    /// check), and the call's count of failed checks goes up. `Err` when the check took what
+    /// was left of the wait timeout. `checked` is `None` when the check ran out of time.
+    #[inline(always)]
+    fn checked(
         &self,
         guard: &mut Pooled<M>,
         budget: &mut Budget,
+        checked: Option<std::thread::Result<Result<(), Unhealthy<M::Error>>>>,
     ) -> Result<(), Error<M::Error>> {
-        let shared = &*self.shared;
-        let metrics = Pooled::metrics(guard);
-        let mut timer: Option<BoxFuture> = None;
-        let mut limited = false;
-        let checked = {
-            // In a block: the check borrows the connection until it is done.
-            let mut check = std::pin::pin!(AssertUnwindSafe(
-                shared.manager.check(guard.conn_mut(), &metrics)
-            )
-            .catch_unwind());
-            poll_fn(|cx| {
-                if let Poll::Ready(out) = check.as_mut().poll(cx) {
-                    return Poll::Ready(Some(out));
-                }
-                if !limited {
-                    limited = true;
-                    let limit = match (shared.config.check_timeout, budget.remaining()) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    };
-                    match limit {
-                        Some(Duration::ZERO) => return Poll::Ready(None),
-                        Some(d) => timer = Some(shared.runtime.sleep(d)),
-                        None => {}
-                    }
-                }
-                match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-                    Some(Poll::Ready(())) => Poll::Ready(None),
-                    _ => Poll::Pending,
-                }
-            })
-            .await
-        };
         if matches!(checked, Some(Ok(Ok(())))) {
             guard.checked();
             return Ok(());
@@ -836,17 +832,17 @@ enum Prepared<M: Manager> {
     /// Checked out, no health check due.
     Ready(Pooled<M>),
     /// The entry was retired: try another.
-    Retry(Attempt<M>),
+    Retry,
     /// A health check is due (the guard is still checking).
     Check(Pooled<M>),
 }
 
 /// Why an entry is not checked out (it is retired).
-enum Refusal<M: Manager> {
+enum Refusal {
     /// The pool is closing.
     Closed,
     /// Expired, moved or stale: try another.
-    Retry(Attempt<M>),
+    Retry,
 }
 
 /// How a caller's own creation ended.
@@ -918,6 +914,43 @@ impl<M: Manager> Drop for Queued<'_, M> {
                 }
                 self.shared.retire(entry.conn, entry.home, false);
             }
+        }
+    }
+}
+
+/// A caller's wait for a connection, across its rounds (a connection handed over may turn out
+/// expired or unhealthy, and the caller queues again).
+struct Waiting<'a, M: Manager> {
+    /// The wait deadline, if the call has a wait timeout.
+    deadline: Option<Instant>,
+    /// The deadline thread keeps `deadline` (see `deadline`); otherwise the waiter arms
+    /// `timer`, a timer of its own.
+    kept: bool,
+    timer: Option<BoxFuture>,
+    /// A round has run: the clock must be read to know what is left.
+    again: bool,
+    /// Actors this call started on its own runtime that went away at once.
+    moves: u32,
+    started_here: bool,
+    _mark: WaiterMark<'a>,
+    _pool: std::marker::PhantomData<M>,
+}
+
+impl<'a, M: Manager> Waiting<'a, M> {
+    /// The wait starts now (the clock is read, unless a check read it already).
+    fn start(shared: &'a Shared<M>, budget: &mut Budget) -> Self {
+        crate::coop::reset();
+        let started = budget.start();
+        let deadline = budget.timeout.and_then(|t| started.checked_add(t));
+        Waiting {
+            deadline,
+            kept: deadline.is_some() && deadline::available(),
+            timer: None,
+            again: false,
+            moves: 0,
+            started_here: false,
+            _mark: WaiterMark::new(&shared.ledger, started),
+            _pool: std::marker::PhantomData,
         }
     }
 }

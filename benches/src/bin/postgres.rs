@@ -202,7 +202,14 @@ fn main() {
         .expect("a tokio runtime");
     let results = rt.block_on(async {
         let mut benches = Vec::new();
+        // GRACEPOOL_PG_BENCH_ONLY=0..3 runs one pool alone (to profile it).
+        let only = std::env::var("GRACEPOOL_PG_BENCH_ONLY")
+            .ok()
+            .and_then(|v| v.parse().ok());
         for which in 0..4 {
+            if only.is_some_and(|o: usize| o != which) {
+                continue;
+            }
             let bench = Arc::new(Bench::build(which, &pg.conn_str("bench")).await);
             // Warm up: open every connection and prepare on it.
             round(&bench, Duration::from_millis(200)).await;
@@ -210,8 +217,12 @@ fn main() {
         }
         let mut per_round: Vec<Vec<f64>> = vec![Vec::new(); benches.len()];
         let mut waits: Vec<Vec<u64>> = vec![Vec::new(); benches.len()];
-        for _ in 0..rounds {
-            for (i, bench) in benches.iter().enumerate() {
+        for r in 0..rounds {
+            // Each round starts one pool further on: no pool always runs right after the
+            // same other one (bb8-postgres' rounds leave the server busiest).
+            for k in 0..benches.len() {
+                let i = (r + k) % benches.len();
+                let bench = &benches[i];
                 let (n, w) = round(bench, round_time).await;
                 per_round[i].push(n as f64 / round_time.as_secs_f64());
                 waits[i].extend(w);
