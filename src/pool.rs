@@ -680,7 +680,9 @@ impl<M: Manager> Pool<M> {
                 };
                 match shared.waitlist.poll(ticket, cx) {
                     Poll::Ready(outcome) => {
-                        queued.ticket = None;
+                        if let Some(ticket) = queued.ticket.take() {
+                            shared.waitlist.recycle(ticket);
+                        }
                         Poll::Ready(outcome)
                     }
                     Poll::Pending => poll_timer(timer, cx),

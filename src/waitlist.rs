@@ -12,8 +12,8 @@
 //! (to a waiter or to the idle queue), joining. A waiter's place has a lock of its own, taken
 //! under the list's by whoever settles it, and alone by the waiter to take its outcome: a
 //! waiter woken with a connection does not queue again on the lock every caller and every
-//! return contends on. A place is allocated as its waiter joins (before the list's lock is
-//! taken). Wakers are woken after the locks are released. Once closed, nothing more goes in:
+//! return contends on. A place is made as its waiter joins (before the list's lock is taken),
+//! or taken from the spare places of waiters already served ([`Waitlist::recycle`]). Wakers are woken after the locks are released. Once closed, nothing more goes in:
 //! what is idle stays for whoever drains it, and a connection given back is handed back to
 //! its giver, who closes it.
 //!
@@ -105,7 +105,17 @@ pub(crate) struct Waitlist<T, E> {
     idle: AtomicUsize,
     /// `home`, readable without the lock.
     home: AtomicU32,
+    /// Places whose waiters took their outcome, for the next waiters: in a pool where callers
+    /// keep waiting, joining allocates nothing. Nobody else holds a place kept here.
+    /// Under a lock of its own, taken alone and briefly: not the one every caller and every
+    /// return contends on. std's even under the model checks: nothing is shared through it but
+    /// places nobody else holds, and no model step runs while it is held.
+    spare: std::sync::Mutex<Vec<Slot<T, E>>>,
 }
+
+/// Spare places kept at most. A place is spare from the moment its waiter takes its outcome
+/// until another caller joins; a few are enough for every waiter served between two joins.
+const SPARE_PLACES: usize = 16;
 
 /// A waiter's place in the list. Given back through [`Waitlist::poll`] (once it is ready) or
 /// [`Waitlist::cancel`].
@@ -165,6 +175,7 @@ impl<T, E> Waitlist<T, E> {
             waiting: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
             home: AtomicU32::new(0),
+            spare: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -244,7 +255,7 @@ impl<T, E> Waitlist<T, E> {
     pub(crate) fn join(&self, deadline: Option<Instant>, waker: &Waker) -> Join<T, E> {
         // Made before the lock is taken, to keep the critical section short; wasted only when
         // something turns out to be idle, which a caller that came to wait rarely finds.
-        let slot: Slot<T, E> = Arc::new(Mutex::new(Place::Waiting(waker.clone())));
+        let slot = self.place(waker);
         let mut list = self.lock();
         if list.closed {
             return Join::Closed;
@@ -271,6 +282,35 @@ impl<T, E> Waitlist<T, E> {
         Join::Queued {
             ticket: Ticket(slot),
             arm,
+        }
+    }
+
+    /// A place waiting with `waker`: a spare one when there is one, else a new one.
+    fn place(&self, waker: &Waker) -> Slot<T, E> {
+        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match spare {
+            Some(mut slot) => {
+                let waiting = Place::Waiting(waker.clone());
+                match Arc::get_mut(&mut slot) {
+                    // Nobody else holds a spare place: no lock to take.
+                    Some(place) => *place.get_mut().unwrap_or_else(|p| p.into_inner()) = waiting,
+                    None => *lock_place(&slot) = waiting,
+                }
+                slot
+            }
+            None => Arc::new(Mutex::new(Place::Waiting(waker.clone()))),
+        }
+    }
+
+    /// A ticket whose outcome was taken: its place is kept for another waiter when nobody
+    /// else holds it any more (whoever settled it lets go before waking the waiter).
+    pub(crate) fn recycle(&self, ticket: Ticket<T, E>) {
+        let mut slot = ticket.0;
+        if Arc::get_mut(&mut slot).is_some() {
+            let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+            if spare.len() < SPARE_PLACES {
+                spare.push(slot);
+            }
         }
     }
 
@@ -330,6 +370,8 @@ impl<T, E> Waitlist<T, E> {
         };
         self.publish(&list);
         let waker = Self::settle(&slot, outcome);
+        // Let go of before the waiter can take its outcome: its place can then be recycled.
+        drop(slot);
         drop(list);
         waker.wake();
         Ok(())
@@ -369,6 +411,9 @@ impl<T, E> Waitlist<T, E> {
                 // Counted here, under the list's lock, rather than as the waiter takes it.
                 list.taken += 1;
                 let waker = Self::settle(&slot, Outcome::Got(entry, fresh));
+                // Let go of before the waiter can take its outcome: its place can then be
+                // recycled.
+                drop(slot);
                 drop(list);
                 waker.wake();
             }
@@ -520,6 +565,38 @@ mod tests {
             assert_eq!(got, Ok(Some(7)), "the waiter waited for the list's lock");
             drop(busy);
         });
+    }
+
+    #[test]
+    fn a_served_waiters_place_is_used_again_unless_held_elsewhere() {
+        let list = Waitlist::<u32, ()>::new(1, false, false);
+        let spares = || list.spare.lock().unwrap().len();
+        let mut cx = Context::from_waker(Waker::noop());
+        let serve = |ticket: &Ticket<u32, ()>, conn: u32| {
+            assert!(list.put(conn, 0, false, true, |_| {}).is_ok());
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(matches!(
+                list.poll(ticket, &mut cx),
+                Poll::Ready(Outcome::Got(c, false)) if c == conn
+            ));
+        };
+        let first = queued(&list);
+        serve(&first, 1);
+        list.recycle(first);
+        assert_eq!(spares(), 1, "a served place was not kept");
+        // The next waiter waits in it, set waiting again.
+        let second = queued(&list);
+        assert_eq!(spares(), 0, "the next waiter did not take the spare place");
+        assert!(list.poll(&second, &mut cx).is_pending());
+        serve(&second, 2);
+        // Still held elsewhere when it is given back: not kept (it would be shared).
+        let held = second.0.clone();
+        list.recycle(second);
+        assert_eq!(spares(), 0, "a place held elsewhere was kept");
+        let third = queued(&list);
+        assert!(!Arc::ptr_eq(&third.0, &held));
+        serve(&third, 3);
+        assert_eq!(list.flow(), (3, 3));
     }
 
     #[test]
