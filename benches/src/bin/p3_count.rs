@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use gracepool_bench::manager::Trivial;
-use gracepool_bench::pools::{Bb8, BenchPool, ChannelFloor, Dead, Grace, GraceUntimed, MutexFloor};
+use gracepool_bench::pools::{
+    Bb8, BenchPool, ChannelFloor, Dead, DeadTimed, Grace, GraceUntimed, MutexFloor,
+};
 
 const TASKS: u64 = 32;
 
@@ -74,6 +76,7 @@ fn main() {
             Grace::NAME => run::<Grace>(n).await,
             GraceUntimed::NAME => run::<GraceUntimed>(n).await,
             Dead::NAME => run::<Dead>(n).await,
+            DeadTimed::NAME => run::<DeadTimed>(n).await,
             Bb8::NAME => run::<Bb8>(n).await,
             ChannelFloor::NAME => run::<ChannelFloor>(n).await,
             MutexFloor::NAME => run::<MutexFloor>(n).await,
