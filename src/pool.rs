@@ -397,9 +397,14 @@ impl<M: Manager> Pool<M> {
         if let Some(entry) = self.before_waiting(&mut budget, wait).await? {
             match self.prepare(entry, true, false, &budget)? {
                 Prepared::Ready(guard) => return Ok(guard),
-                // Fresh from `create`, it is not checked; it came out expired (a lifetime
-                // shorter than its creation): wait for the actor's rather than make another.
-                Prepared::Check(_) | Prepared::Retry => {}
+                // Fresh from `create`: no check is due (`prepare` asks for none).
+                Prepared::Check(mut guard) => {
+                    guard.checked();
+                    return Ok(guard);
+                }
+                // It came out expired (a lifetime shorter than its creation), or the pool's
+                // home moved on meanwhile: wait for the actor's rather than make another.
+                Prepared::Retry => {}
             }
         }
         let mut wait = Waiting::start(shared, &mut budget);
@@ -728,7 +733,7 @@ impl<M: Manager> Pool<M> {
 
     /// The part of a checkout that needs no waiting: refuses the entry after close, retires it
     /// when expired (or stale, after this call's failed checks), and makes the guard. Its
-    /// health check, when one is due, is [`check`](Pool::check)'s. `counted`: the waitlist
+    /// health check, when one is due, is [`run_check!`]'s. `counted`: the waitlist
     /// counted the entry as taken (refused, it is counted back; else the checkout is counted
     /// here).
     #[inline(always)]
@@ -939,7 +944,7 @@ struct Waiting<'a, M: Manager> {
 }
 
 impl<'a, M: Manager> Waiting<'a, M> {
-    /// The wait starts now (the clock is read, unless a check read it already).
+    /// The wait starts now (the clock is read, unless a check or a creation read it already).
     fn start(shared: &'a Shared<M>, budget: &mut Budget) -> Self {
         crate::coop::reset();
         let started = budget.start();

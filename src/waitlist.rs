@@ -13,9 +13,10 @@
 //! under the list's by whoever settles it, and alone by the waiter to take its outcome: a
 //! waiter woken with a connection does not queue again on the lock every caller and every
 //! return contends on. A place is made as its waiter joins (before the list's lock is taken),
-//! or taken from the spare places of waiters already served ([`Waitlist::recycle`]). Wakers are woken after the locks are released. Once closed, nothing more goes in:
-//! what is idle stays for whoever drains it, and a connection given back is handed back to
-//! its giver, who closes it.
+//! or taken from the spare places of waiters already served ([`Waitlist::recycle`]). Wakers
+//! are woken after the locks are released. Once closed, nothing more goes in: what is idle
+//! stays for whoever drains it, and a connection given back is handed back to its giver, who
+//! closes it.
 //!
 //! Deadlines: each waiter may carry one, and the list remembers the earliest deadline it has
 //! asked to be told about (`armed`). Joining reports a deadline to register only when it is
@@ -117,8 +118,8 @@ pub(crate) struct Waitlist<T, E> {
 /// until another caller joins; a few are enough for every waiter served between two joins.
 const SPARE_PLACES: usize = 16;
 
-/// A waiter's place in the list. Given back through [`Waitlist::poll`] (once it is ready) or
-/// [`Waitlist::cancel`].
+/// A waiter's place in the list. Given back through [`Waitlist::poll`] (once it is ready; the
+/// ticket then goes to [`Waitlist::recycle`]) or [`Waitlist::cancel`].
 pub(crate) struct Ticket<T, E>(Slot<T, E>);
 
 impl<T, E> fmt::Debug for Ticket<T, E> {
@@ -253,20 +254,26 @@ impl<T, E> Waitlist<T, E> {
     /// Joins the back of the queue, unless something is idle (then nobody is queued: it is
     /// taken). `waker` is woken once the outcome is there.
     pub(crate) fn join(&self, deadline: Option<Instant>, waker: &Waker) -> Join<T, E> {
-        // Made before the lock is taken, to keep the critical section short; wasted only when
-        // something turns out to be idle, which a caller that came to wait rarely finds.
+        // Ready before the lock is taken, to keep the critical section short; kept as a spare
+        // again when the caller does not queue after all (something turned out to be idle,
+        // which a caller that came to wait rarely finds, or the list is closed or homeless).
         let slot = self.place(waker);
         let mut list = self.lock();
-        if list.closed {
-            return Join::Closed;
-        }
-        if list.homeless {
-            return Join::Moved;
-        }
-        if let Some(entry) = list.take_one() {
+        let unqueued = if list.closed {
+            Some(Join::Closed)
+        } else if list.homeless {
+            Some(Join::Moved)
+        } else if let Some(entry) = list.take_one() {
             list.taken += 1;
             self.publish_idle(&list);
-            return Join::Idle(entry);
+            Some(Join::Idle(entry))
+        } else {
+            None
+        };
+        if let Some(join) = unqueued {
+            drop(list);
+            self.keep_spare(slot);
+            return join;
         }
         if crate::sync::planted(crate::sync::Bug::SplitJoin) {
             // A bug planted by the model checks: the lock let go between looking and queuing.
@@ -305,12 +312,19 @@ impl<T, E> Waitlist<T, E> {
     /// A ticket whose outcome was taken: its place is kept for another waiter when nobody
     /// else holds it any more (whoever settled it lets go before waking the waiter).
     pub(crate) fn recycle(&self, ticket: Ticket<T, E>) {
-        let mut slot = ticket.0;
-        if Arc::get_mut(&mut slot).is_some() {
-            let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-            if spare.len() < SPARE_PLACES {
-                spare.push(slot);
-            }
+        self.keep_spare(ticket.0);
+    }
+
+    /// Keeps `slot` as a spare place, emptied (no waker, no outcome), if nobody else holds it
+    /// and there is room; else drops it. Never called with the list's lock held.
+    fn keep_spare(&self, mut slot: Slot<T, E>) {
+        let Some(place) = Arc::get_mut(&mut slot) else {
+            return;
+        };
+        *place.get_mut().unwrap_or_else(|p| p.into_inner()) = Place::Spent;
+        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < SPARE_PLACES {
+            spare.push(slot);
         }
     }
 
@@ -597,6 +611,16 @@ mod tests {
         assert!(!Arc::ptr_eq(&third.0, &held));
         serve(&third, 3);
         assert_eq!(list.flow(), (3, 3));
+        list.recycle(third);
+        assert_eq!(spares(), 1);
+        // A caller that does not queue after all (the list is closed) leaves it spare.
+        list.close();
+        assert!(matches!(list.join(None, Waker::noop()), Join::Closed));
+        assert_eq!(
+            spares(),
+            1,
+            "a caller that did not queue used up a spare place"
+        );
     }
 
     #[test]
