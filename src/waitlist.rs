@@ -106,17 +106,70 @@ pub(crate) struct Waitlist<T, E> {
     idle: AtomicUsize,
     /// `home`, readable without the lock.
     home: AtomicU32,
-    /// Places whose waiters took their outcome, for the next waiters: in a pool where callers
-    /// keep waiting, joining allocates nothing. Nobody else holds a place kept here.
-    /// Under a lock of its own, taken alone and briefly: not the one every caller and every
-    /// return contends on. std's even under the model checks: nothing is shared through it but
-    /// places nobody else holds, and no model step runs while it is held.
-    spare: std::sync::Mutex<Vec<Slot<T, E>>>,
 }
 
-/// Spare places kept at most. A place is spare from the moment its waiter takes its outcome
-/// until another caller joins; a few are enough for every waiter served between two joins.
+/// Spare places kept at most, per thread. A place is spare from the moment its waiter takes
+/// its outcome until another caller on the same thread joins; a few are enough for every
+/// waiter served between two joins.
+#[cfg(not(loom))]
 const SPARE_PLACES: usize = 16;
+
+// Places whose waiters took their outcome, kept for the next waiters on the same thread: in a
+// pool where callers keep waiting, joining allocates nothing. Per thread, so that no lock is
+// shared for them (one shared by the runtime's workers cost a busy pool a fifth of its
+// checkouts); of any pool's type, hence `Any`. Nobody else holds a place kept here, and it
+// holds no waker and no connection. Not under the model checks: there every place is new.
+#[cfg(not(loom))]
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Arc<dyn std::any::Any + Send + Sync>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A spare place of this type from this thread's, if there is one.
+#[cfg(not(loom))]
+fn take_spare<T: Send + 'static, E: Send + 'static>() -> Option<Slot<T, E>> {
+    SPARE
+        .try_with(|spare| {
+            let mut spare = spare.try_borrow_mut().ok()?;
+            match spare.pop()?.downcast::<Mutex<Place<T, E>>>() {
+                Ok(slot) => Some(slot),
+                // Another pool's: left where it was.
+                Err(other) => {
+                    spare.push(other);
+                    None
+                }
+            }
+        })
+        .ok()
+        .flatten()
+}
+
+/// Keeps an emptied place nobody else holds among this thread's spare ones, if there is
+/// room (else, or while the thread ends, it is dropped).
+#[cfg(not(loom))]
+fn give_spare<T: Send + 'static, E: Send + 'static>(slot: Slot<T, E>) {
+    let _ = SPARE.try_with(|spare| {
+        if let Ok(mut spare) = spare.try_borrow_mut() {
+            if spare.len() < SPARE_PLACES {
+                spare.push(slot);
+            }
+        }
+    });
+}
+
+#[cfg(loom)]
+fn take_spare<T, E>() -> Option<Slot<T, E>> {
+    None
+}
+
+#[cfg(loom)]
+fn give_spare<T, E>(_slot: Slot<T, E>) {}
+
+/// How many places this thread keeps spare.
+#[cfg(all(test, not(loom)))]
+fn spare_count() -> usize {
+    SPARE.with(|spare| spare.borrow().len())
+}
 
 /// A waiter's place in the list. Given back through [`Waitlist::poll`] (once it is ready; the
 /// ticket then goes to [`Waitlist::recycle`]) or [`Waitlist::cancel`].
@@ -156,7 +209,7 @@ pub(crate) enum Claim {
     Served,
 }
 
-impl<T, E> Waitlist<T, E> {
+impl<T: Send + 'static, E: Send + 'static> Waitlist<T, E> {
     /// `capacity`: idle connections room is made for up front. `lifo`: the most recently
     /// returned idle connection is taken first. `homeless`: no actor serves it yet (one is
     /// started by the first caller, [`Waitlist::claim_home`]).
@@ -176,7 +229,6 @@ impl<T, E> Waitlist<T, E> {
             waiting: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
             home: AtomicU32::new(0),
-            spare: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -294,8 +346,7 @@ impl<T, E> Waitlist<T, E> {
 
     /// A place waiting with `waker`: a spare one when there is one, else a new one.
     fn place(&self, waker: &Waker) -> Slot<T, E> {
-        let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        match spare {
+        match take_spare() {
             Some(mut slot) => {
                 let waiting = Place::Waiting(waker.clone());
                 match Arc::get_mut(&mut slot) {
@@ -322,10 +373,7 @@ impl<T, E> Waitlist<T, E> {
             return;
         };
         *place.get_mut().unwrap_or_else(|p| p.into_inner()) = Place::Spent;
-        let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        if spare.len() < SPARE_PLACES {
-            spare.push(slot);
-        }
+        give_spare(slot);
     }
 
     /// The outcome, once there is one; the ticket is spent when this is ready. Takes the
@@ -584,7 +632,7 @@ mod tests {
     #[test]
     fn a_served_waiters_place_is_used_again_unless_held_elsewhere() {
         let list = Waitlist::<u32, ()>::new(1, false, false);
-        let spares = || list.spare.lock().unwrap().len();
+        let spares = spare_count;
         let mut cx = Context::from_waker(Waker::noop());
         let serve = |ticket: &Ticket<u32, ()>, conn: u32| {
             assert!(list.put(conn, 0, false, true, |_| {}).is_ok());
@@ -621,6 +669,15 @@ mod tests {
             1,
             "a caller that did not queue used up a spare place"
         );
+        // A caller of a pool of another type on this thread makes a place of its own and leaves
+        // this one spare.
+        let other = Waitlist::<u64, ()>::new(1, false, false);
+        let ticket = match other.join(None, Waker::noop()) {
+            Join::Queued { ticket, .. } => ticket,
+            _ => panic!("nothing idle, open, served: the caller queues"),
+        };
+        assert_eq!(spares(), 1, "another pool's place was taken or dropped");
+        assert!(other.cancel(ticket).is_none());
     }
 
     #[test]
