@@ -402,8 +402,8 @@ impl<M: Manager> Pool<M> {
                     guard.checked();
                     return Ok(guard);
                 }
-                // It came out expired (a lifetime shorter than its creation), or the pool's
-                // home moved on meanwhile: wait for the actor's rather than make another.
+                // Refused: the pool's home moved on while it was made (or a lifetime or idle
+                // timeout of zero): wait for the actor's rather than make another.
                 Prepared::Retry => {}
             }
         }
