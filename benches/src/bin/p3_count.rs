@@ -1,9 +1,11 @@
 //! P3 as a fixed count, for instruction counters: `p3_count N [POOL] [WORKERS]` runs 32 tasks
 //! sharing a pool of one connection, each looping get, `yield_now` while holding, return, until
 //! N pairs are done in all, on a tokio runtime with WORKERS worker threads (0, the default: a
-//! current_thread runtime, where every run does the same work). POOL as for `p1_count`. The
-//! difference between two counts divided by the difference of N is what one waited pair costs,
-//! the runtime's scheduling included.
+//! current_thread runtime, where every run does the same work). POOL as for `p1_count`, or
+//! `gracepool-no-timeout`, or `deadpool-timeout`. The difference between two counts divided by
+//! the difference of N is what one waited pair costs, the runtime's scheduling included. With
+//! `P3_SIZES` set, it first prints the size of gracepool's `get` future (what every caller
+//! copies as it awaits it).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
