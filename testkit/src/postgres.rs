@@ -206,6 +206,52 @@ impl PgServer {
             .saturating_sub(self.ended_by_server(Some(app)))
     }
 
+    /// The server's side of a pool's graceful close, for the connections named `app`: once
+    /// every session of `app` has ended (waits up to 5 s), each of the `made` connections the
+    /// pool made ended with the client's Terminate, but the `killed` that the server ended
+    /// itself; and every session beyond the `made` is a creation the close abandoned (the
+    /// close drops a creation under way, half-made: the server saw its client vanish, an
+    /// unexpected EOF), at most `free` of them (the slots no live connection held as the close
+    /// began). Read from one snapshot of the log. Returns how many creations were abandoned;
+    /// panics, with the log's tail, on anything else.
+    pub fn assert_goodbyes(&self, app: &str, made: usize, killed: usize, free: usize) -> usize {
+        self.wait_for_backends_of(app, 0, Duration::from_secs(5));
+        let log = self.log();
+        let tag = format!(" app={app} ");
+        let count = |needle: &str| {
+            log.lines()
+                .filter(|l| l.contains(needle) && l.contains(tag.as_str()))
+                .count()
+        };
+        let sessions = count("disconnection: session time");
+        let eofs = count("unexpected EOF on client connection");
+        let by_server = count("FATAL:  terminating connection");
+        let tail = || {
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        assert!(
+            sessions >= made,
+            "{sessions} sessions of {app} ended, for {made} connections made\n{}",
+            tail()
+        );
+        let abandoned = sessions - made;
+        assert!(
+            abandoned <= free,
+            "{abandoned} sessions of {app} beyond the {made} made, {free} slots free\n{}",
+            tail()
+        );
+        assert_eq!(by_server, killed, "sessions the server ended\n{}", tail());
+        // Every session without Terminate is an abandoned creation, none a made connection.
+        assert_eq!(
+            eofs,
+            abandoned,
+            "sessions of {app} without Terminate\n{}",
+            tail()
+        );
+        abandoned
+    }
+
     fn count_lines(&self, needle: &str, app: Option<&str>) -> usize {
         let tag = app.map(|a| format!(" app={a} "));
         self.log()

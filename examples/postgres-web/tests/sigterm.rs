@@ -149,14 +149,10 @@ fn sigterm_scenario(test: &str, service: &str, app: &str) {
     assert_eq!(field("graceful"), created, "{report}");
     assert_eq!(field("still_open"), 0, "{report}");
 
-    // The server's side: every session ended, each with Terminate.
-    let until = Instant::now() + Duration::from_secs(5);
-    while pg.disconnections(Some(app)) < created && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(pg.disconnections(Some(app)), created);
-    assert_eq!(pg.unexpected_eofs(Some(app)), 0, "{}", pg.log_tail(30));
-    assert_eq!(pg.goodbyes(app), created);
+    // The server's side: every session ended, each connection made with Terminate (a
+    // creation under way as the close began is abandoned, its client vanishing; the service's
+    // pool has 8 slots).
+    pg.assert_goodbyes(app, created, 0, 8 - created);
     assert_eq!(
         pg.wait_for_backends_of(app, 0, std::time::Duration::from_secs(2)),
         0
