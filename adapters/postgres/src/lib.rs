@@ -122,6 +122,10 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, Config, Socket, Statement};
 
 pub use tokio_postgres;
+#[cfg(feature = "rustls")]
+mod tls;
+#[cfg(feature = "rustls")]
+pub use tls::{rustls, RustlsConnect, RustlsStream, RustlsTlsConnect, TlsError, Verify};
 pub use tokio_postgres::NoTls;
 
 /// A gracepool pool of PostgreSQL connections.
