@@ -188,21 +188,93 @@ fn farewells<M: Manager>(
     }
 }
 
-/// One creation by the actor, bounded by the create timeout, its panic contained.
+/// One creation by the actor (with the after-create hook), bounded by the create timeout,
+/// its panic contained.
 async fn create<M: Manager>(
     shared: Arc<Shared<M>>,
 ) -> Result<M::Connection, CreateFailure<M::Error>> {
-    let attempt = AssertUnwindSafe(shared.manager.create()).catch_unwind();
-    match timed(&*shared.runtime, shared.config.create_timeout, attempt).await {
-        Some(Ok(Ok(conn))) => Ok(conn),
-        Some(Ok(Err(e))) => Err(CreateFailure::Backend(e)),
-        Some(Err(_panic)) => Err(CreateFailure::Panicked),
+    match timed(
+        &*shared.runtime,
+        shared.config.create_timeout,
+        shared.make(),
+    )
+    .await
+    {
+        Some(made) => made,
         None => Err(CreateFailure::Timeout(
             shared
                 .config
                 .create_timeout
                 .expect("only a set timeout can expire"),
         )),
+    }
+}
+
+/// Holds a returned connection while the after-return hook runs on it. Dropped before the hook
+/// is done (the close deadline, a runtime teardown), it closes the connection synchronously;
+/// it counts as checked out until then.
+struct Returning<M: Manager> {
+    shared: Arc<Shared<M>>,
+    entry: Option<Idle<M::Connection>>,
+}
+
+impl<M: Manager> Drop for Returning<M> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            self.shared.ledger.check_in();
+            self.shared.close_sync(entry.conn);
+        }
+    }
+}
+
+/// Runs the after-return hook on a connection a guard gave back, bounded by the check
+/// timeout, its panic contained; then puts it back in the idle queue, or retires it as broken
+/// when the hook failed (or the pool closed meanwhile).
+fn recycle<M: Manager>(
+    shared: Arc<Shared<M>>,
+    entry: Idle<M::Connection>,
+) -> impl Future<Output = ()> + Send {
+    let mut holder = Returning {
+        shared,
+        entry: Some(entry),
+    };
+    async move {
+        let shared = holder.shared.clone();
+        if !shared.ledger.is_running() {
+            // Closing: no hook for a connection that is about to end.
+            let entry = holder.entry.take().expect("set just above");
+            shared.retire(entry.conn, entry.home, true);
+            return;
+        }
+        let outcome = {
+            let entry = holder.entry.as_mut().expect("set just above");
+            let metrics = shared.metrics_of(entry);
+            let hook = shared
+                .hooks
+                .after_return
+                .as_ref()
+                .expect("only sent when the hook is set");
+            timed(
+                &*shared.runtime,
+                shared.config.check_timeout,
+                crate::hooks::run(hook, &mut entry.conn, &metrics),
+            )
+            .await
+        };
+        let entry = holder.entry.take().expect("taken only here");
+        if !matches!(outcome, Some(Ok(()))) {
+            shared.ledger.record_hook_failed();
+            shared.ledger.record_reason(crate::ledger::Reason::Broken);
+            event!(
+                warn,
+                "the after-return hook failed or timed out; closing the connection"
+            );
+            shared.retire(entry.conn, entry.home, true);
+            return;
+        }
+        if let Err(entry) = shared.put_returned(entry) {
+            shared.retire(entry.conn, entry.home, true);
+        }
     }
 }
 
@@ -373,6 +445,17 @@ impl<M: Manager> PoolActor<M> {
                 }
                 Event::Msg(Msg::Close) => self.start_closing(),
                 Event::Msg(Msg::Farewells(conns)) => self.say_farewells(conns),
+                Event::Msg(Msg::Returned(entry)) => {
+                    // Polled with the farewells: a close waits for it as for them.
+                    let mut job: BoxFuture = Box::pin(recycle(shared.clone(), entry));
+                    if job
+                        .as_mut()
+                        .poll(&mut Context::from_waker(Waker::noop()))
+                        .is_pending()
+                    {
+                        self.closing.push(job);
+                    }
+                }
                 Event::Tick => {
                     let due = self.maintain();
                     tick = shared
@@ -462,15 +545,17 @@ impl<M: Manager> PoolActor<M> {
                         event!(warn, ?limit, "the manager's create timed out")
                     }
                     CreateFailure::Panicked => event!(warn, "the manager's create panicked"),
+                    CreateFailure::Permanent(error) => {
+                        event!(warn, error = %error, "the manager's create failed, permanently: every waiter is told")
+                    }
+                    // Told where it failed.
+                    CreateFailure::Hook(_) => {}
                 }
                 // Fail-fast: the longest waiter learns why at once. Otherwise waiters keep
                 // waiting while creation is retried, and one whose wait times out gets this
                 // failure as the source of its timeout.
-                let kept = if shared.config.fail_fast {
-                    shared.waitlist.fail_first(failure)
-                } else {
-                    Some(failure)
-                };
+                // A permanent failure goes to every waiter at once.
+                let kept = shared.fail_waiters(failure);
                 if let Some(failure) = kept {
                     let error = failure.into();
                     shared.report_create_error(&error);

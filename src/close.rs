@@ -150,6 +150,10 @@ impl<M: Manager> Shared<M> {
                         count(self.close_uncounted(entry.conn));
                     }
                 }
+                Msg::Returned(entry) => {
+                    self.ledger.check_in();
+                    count(self.close_uncounted(entry.conn));
+                }
                 Msg::Grow | Msg::Freed => drained.nudge = true,
                 Msg::Close => drained.close_asked = true,
             }

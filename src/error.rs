@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::ConfigError;
+use crate::hooks::HookError;
 use crate::runtime::SpawnError;
 
 /// Which manager method a panic or timeout happened in.
@@ -18,6 +19,13 @@ pub enum Stage {
     /// [`Counters::check_failed`](crate::Counters::check_failed)). Kept so a future error
     /// about a check has a name for it.
     Check,
+    /// The after-create hook ([`Builder::after_create`](crate::Builder::after_create)).
+    AfterCreate,
+    /// The before-checkout hook
+    /// ([`Builder::before_checkout`](crate::Builder::before_checkout)).
+    BeforeCheckout,
+    /// The after-return hook ([`Builder::after_return`](crate::Builder::after_return)).
+    AfterReturn,
 }
 
 impl fmt::Display for Stage {
@@ -25,6 +33,9 @@ impl fmt::Display for Stage {
         f.write_str(match self {
             Stage::Create => "create",
             Stage::Check => "check",
+            Stage::AfterCreate => "after-create hook",
+            Stage::BeforeCheckout => "before-checkout hook",
+            Stage::AfterReturn => "after-return hook",
         })
     }
 }
@@ -54,6 +65,22 @@ pub enum Error<E> {
     Exhausted,
     /// The manager failed to create a connection.
     Backend(E),
+    /// Creating a connection failed for a reason retrying cannot fix, as the manager judged
+    /// it ([`Manager::is_permanent`](crate::Manager::is_permanent)): a wrong password, a
+    /// database that does not exist, a certificate that does not verify. Every caller waiting
+    /// for a connection at that moment gets it at once, each with the same error; the pool
+    /// still retries with backoff for later callers (the password may be fixed).
+    Permanent(Arc<E>),
+    /// The after-create hook rejected a new connection (it was ended at once), or failed,
+    /// timed out or panicked; with [`Builder::fail_fast`](crate::Builder::fail_fast) only, as
+    /// for any creation failure. Otherwise it is the `last_error` of a
+    /// [`Timeout`](Error::Timeout).
+    Hook {
+        /// The hook that failed.
+        stage: Stage,
+        /// What it failed with (a panic reads "the hook panicked: ...").
+        error: HookError,
+    },
     /// A manager method did not finish within its timeout.
     ManagerTimeout {
         /// The method that took too long.
@@ -101,6 +128,11 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
                 "no idle connection right now: use get() to wait for one",
             ),
             Error::Backend(e) => write!(f, "the manager failed to create a connection: {e}"),
+            Error::Permanent(e) => write!(
+                f,
+                "creating a connection failed, and retrying will not help until this is fixed: {e}"
+            ),
+            Error::Hook { stage, error } => write!(f, "the {stage} failed: {error}"),
             Error::ManagerTimeout { stage, limit } => write!(
                 f,
                 "the manager's {stage} did not finish within {limit:?}: is the backend reachable? raise the {stage} timeout if it is slow"
@@ -119,6 +151,8 @@ impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Backend(e) => Some(e),
+            Error::Permanent(e) => Some(&**e),
+            Error::Hook { error, .. } => Some(&**error),
             Error::Timeout {
                 last_error: Some(e),
                 ..
@@ -135,6 +169,10 @@ pub(crate) enum CreateFailure<E> {
     Backend(E),
     Timeout(Duration),
     Panicked,
+    /// The manager judged the error permanent: shared by every waiter it fails.
+    Permanent(Arc<E>),
+    /// The after-create hook failed (the connection was ended).
+    Hook(HookError),
 }
 
 impl<E> From<CreateFailure<E>> for Error<E> {
@@ -147,6 +185,11 @@ impl<E> From<CreateFailure<E>> for Error<E> {
             },
             CreateFailure::Panicked => Error::ManagerPanicked {
                 stage: Stage::Create,
+            },
+            CreateFailure::Permanent(e) => Error::Permanent(e),
+            CreateFailure::Hook(error) => Error::Hook {
+                stage: Stage::AfterCreate,
+                error,
             },
         }
     }

@@ -154,6 +154,11 @@ impl<M: Manager> Drop for Pooled<M> {
             shared.retire(entry.conn, entry.home, true);
             return;
         }
+        if shared.hooks.after_return.is_some() {
+            // The actor runs the hook, then puts it back (see `Shared::recycle`).
+            shared.recycle(entry);
+            return;
+        }
         // Stamped with the coarse clock, unconfirmed until the actor's next tick (see
         // `Shared::put_returned`): a return reads no clock.
         match shared.put_returned(entry) {

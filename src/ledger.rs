@@ -61,6 +61,7 @@ pub(crate) struct Ledger {
     detached: AtomicU64,
     create_failed: AtomicU64,
     check_failed: AtomicU64,
+    hook_failed: AtomicU64,
     gets_waited: AtomicU64,
     gets_timed_out: AtomicU64,
     wait_ns_total: AtomicU64,
@@ -103,6 +104,7 @@ impl Ledger {
             detached: AtomicU64::new(0),
             create_failed: AtomicU64::new(0),
             check_failed: AtomicU64::new(0),
+            hook_failed: AtomicU64::new(0),
             gets_waited: AtomicU64::new(0),
             gets_timed_out: AtomicU64::new(0),
             wait_ns_total: AtomicU64::new(0),
@@ -256,6 +258,12 @@ impl Ledger {
         self.check_failed.fetch_add(1, Relaxed);
     }
 
+    /// A hook failed, timed out or panicked (its connection is closed, and counted under the
+    /// reason that step closes with).
+    pub(crate) fn record_hook_failed(&self) {
+        self.hook_failed.fetch_add(1, Relaxed);
+    }
+
     /// Connections checked out now, with what the waitlist counted.
     pub(crate) fn in_use(&self, flow: Flow) -> usize {
         let ended = self.checkins.load(SeqCst) + self.untaken.load(SeqCst) + flow.returned;
@@ -383,6 +391,7 @@ impl Ledger {
             detached: self.detached.load(Acquire),
             create_failed: self.create_failed.load(Relaxed),
             check_failed: self.check_failed.load(Relaxed),
+            hook_failed: self.hook_failed.load(Relaxed),
             gets: (self.checkouts.load(Relaxed) + flow.taken)
                 .saturating_sub(self.untaken.load(Relaxed)),
             gets_waited: self.gets_waited.load(Relaxed),

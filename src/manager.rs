@@ -56,8 +56,21 @@ pub trait Manager: Send + Sync + 'static {
 
     /// Opens a new connection. Bounded by the pool's create timeout; a future that is dropped
     /// (timeout, runtime teardown) must not leak what it had half made. A failure is retried
-    /// by the pool with backoff.
+    /// by the pool with backoff; one that [`is_permanent`](Manager::is_permanent) is also
+    /// handed to every waiting caller at once.
     fn create(&self) -> impl Future<Output = Result<Self::Connection, Self::Error>> + Send;
+
+    /// Whether a creation error is one that retrying cannot fix — the server rejected the
+    /// credentials, the database does not exist, a certificate does not verify — as opposed
+    /// to a transient one (the server refused the connection, is starting up, has too many
+    /// clients). Callers waiting for a connection get a permanent error at once, as
+    /// [`Error::Permanent`](crate::Error::Permanent), instead of waiting out their wait
+    /// timeout while the pool retries; the pool still retries with backoff for later
+    /// callers. Default: every error is transient.
+    fn is_permanent(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
 
     /// Checks a connection before it is handed out again: every checkout of a connection that
     /// has waited in the pool, but not the first checkout of a connection handed straight from

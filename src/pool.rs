@@ -15,6 +15,7 @@ use crate::config::{Config, ConfigError, QueueOrder, PREALLOCATED_IDLE_LIMIT};
 use crate::deadline::{self, Expire};
 use crate::error::{CreateFailure, Error};
 use crate::guard::Pooled;
+use crate::hooks::{HookFuture, Hooks};
 use crate::ledger::{Ledger, Reason};
 use crate::manager::{Manager, Unhealthy};
 use crate::runtime::{BoxFuture, Runtime, SpawnError};
@@ -128,7 +129,7 @@ macro_rules! run_check {
         let checked = {
             // In a block: the check borrows the connection until it is done.
             let mut check = std::pin::pin!(AssertUnwindSafe(
-                shared.manager.check($guard.conn_mut(), &metrics)
+                shared.check_idle($guard.conn_mut(), &metrics)
             )
             .catch_unwind());
             poll_fn(|cx| {
@@ -166,6 +167,7 @@ impl<M: Manager> Pool<M> {
             config: Config::default(),
             runtime: None,
             on_create_error: None,
+            hooks: Hooks::default(),
         }
     }
 
@@ -516,7 +518,7 @@ impl<M: Manager> Pool<M> {
         if !shared.ledger.is_running() {
             return Err(shared.closed_error());
         }
-        let mut attempt = std::pin::pin!(AssertUnwindSafe(shared.manager.create()).catch_unwind());
+        let mut attempt = std::pin::pin!(shared.make());
         // Made only if the creation does not finish on its first poll.
         let mut limits: Option<(Option<BoxFuture>, event_listener::EventListener)> = None;
         let create_timeout = shared.config.create_timeout;
@@ -557,7 +559,9 @@ impl<M: Manager> Pool<M> {
         let wait_over = matches!(made, Made::TimedOut) && budget.spent();
         let rides_out = !shared.config.fail_fast
             && match &made {
-                Made::Done(Ok(Ok(_))) | Made::Closing => false,
+                Made::Done(Ok(_))
+                | Made::Done(Err(CreateFailure::Permanent(_)))
+                | Made::Closing => false,
                 Made::TimedOut => !wait_over,
                 Made::Done(_) => true,
             };
@@ -565,7 +569,7 @@ impl<M: Manager> Pool<M> {
             shared.ledger.record_wait(budget.waited());
         }
         let failure = match made {
-            Made::Done(Ok(Ok(conn))) => {
+            Made::Done(Ok(conn)) => {
                 // The slot is the connection's now.
                 slot.keep();
                 shared.ledger.record_created();
@@ -584,8 +588,7 @@ impl<M: Manager> Pool<M> {
             Made::TimedOut => CreateFailure::Timeout(
                 create_timeout.expect("only a set timeout expires before the wait timeout"),
             ),
-            Made::Done(Ok(Err(e))) => CreateFailure::Backend(e),
-            Made::Done(Err(_panic)) => CreateFailure::Panicked,
+            Made::Done(Err(failure)) => failure,
         };
         // Failed: callers stop creating, and the actor pauses before it retries, as after a
         // failure of its own.
@@ -594,8 +597,24 @@ impl<M: Manager> Pool<M> {
         slot.keep();
         shared.ledger.release_slot();
         let _ = shared.mailbox_tx.try_send(Msg::Grow);
+        if let CreateFailure::Permanent(e) = &failure {
+            // Retrying will not help: this caller and every waiter learn it now.
+            shared
+                .waitlist
+                .fail_all(|| CreateFailure::Permanent(e.clone()));
+        }
+        let permanent = matches!(failure, CreateFailure::Permanent(_));
         let error: Error<M::Error> = failure.into();
         event!(warn, error = %error, "the manager's create failed (in the caller)");
+        if permanent {
+            let last = match &error {
+                Error::Permanent(e) => Error::Permanent(e.clone()),
+                _ => unreachable!("converted from a permanent failure"),
+            };
+            shared.report_create_error(&last);
+            shared.set_last_create_error(Some(last));
+            return Err(error);
+        }
         if shared.config.fail_fast {
             return Err(error);
         }
@@ -764,7 +783,7 @@ impl<M: Manager> Pool<M> {
         // From here the guard owns the connection: if the check is dropped mid-way, the guard
         // retires the connection rather than return it half-checked.
         let mut guard = Pooled::checking(shared.clone(), entry);
-        if shared.config.check_on_checkout && !fresh {
+        if shared.checks_idle && !fresh {
             return Ok(Prepared::Check(guard));
         }
         guard.checked();
@@ -993,6 +1012,7 @@ pub struct Builder<M: Manager> {
     config: Config,
     runtime: Option<Arc<dyn Runtime>>,
     on_create_error: Option<crate::shared::ErrorSink<M::Error>>,
+    hooks: Hooks<M::Connection>,
 }
 
 impl<M: Manager> fmt::Debug for Builder<M> {
@@ -1000,6 +1020,7 @@ impl<M: Manager> fmt::Debug for Builder<M> {
         f.debug_struct("Builder")
             .field("config", &self.config)
             .field("runtime", &self.runtime.is_some())
+            .field("hooks", &self.hooks.names())
             .finish()
     }
 }
@@ -1123,6 +1144,116 @@ impl<M: Manager> Builder<M> {
         self
     }
 
+    /// Runs `hook` on every new connection before the pool hands it out or keeps it: the
+    /// per-connection setup a session needs (`SET statement_timeout`, a `search_path`, a
+    /// role, a `PRAGMA`). It runs where the connection was made (the pool's actor, or a caller
+    /// creating for itself), inside the create timeout. When it fails, times out or panics,
+    /// the new connection is ended at once (the manager's goodbye) and never counts as
+    /// created; the failure counts as a failed creation (`create_failed`, `hook_failed`) and
+    /// is retried with backoff like any other — a caller sees it as [`Error::Hook`] with
+    /// `fail_fast`, or as its timeout's `last_error`.
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime};
+    /// # let rt = ExecRuntime::new();
+    /// let pool = gracepool::Pool::builder(Counting::new())
+    ///     .after_create(|conn, _metrics| {
+    ///         Box::pin(async move {
+    ///             // Here: `conn.batch_execute("SET statement_timeout = '5s'").await?;`
+    ///             let _ = conn;
+    ///             Ok(())
+    ///         })
+    ///     })
+    ///     .runtime(rt.handle())
+    ///     .build()
+    ///     .unwrap();
+    /// # rt.block_on(async { drop(pool.get().await.unwrap()); pool.close().await });
+    /// ```
+    pub fn after_create(
+        mut self,
+        hook: impl for<'a> Fn(&'a mut M::Connection, &'a Metrics) -> HookFuture<'a>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.hooks.after_create = Some(Box::new(hook));
+        self
+    }
+
+    /// Runs `hook` on a connection that waited in the pool, before it is handed out — after
+    /// the manager's check when `check_on_checkout` is on, and whether or not it is. Not run
+    /// on a connection handed out fresh from `create`. Bounded, with the check, by the check
+    /// timeout and the caller's wait timeout. When it fails, times out or panics, the
+    /// connection is closed as a failed check (`check_failed`, `hook_failed`) and the caller
+    /// gets another one.
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime};
+    /// # let rt = ExecRuntime::new();
+    /// use std::time::Duration;
+    ///
+    /// // Ping only connections idle for more than 30 s, say.
+    /// let pool = gracepool::Pool::builder(Counting::new())
+    ///     .before_checkout(|_conn, metrics| {
+    ///         let stale = metrics.idle_for() > Duration::from_secs(30);
+    ///         Box::pin(async move {
+    ///             if stale {
+    ///                 return Err("idle too long".into());
+    ///             }
+    ///             Ok(())
+    ///         })
+    ///     })
+    ///     .runtime(rt.handle())
+    ///     .build()
+    ///     .unwrap();
+    /// # rt.block_on(async { drop(pool.get().await.unwrap()); drop(pool.get().await.unwrap()); pool.close().await });
+    /// ```
+    pub fn before_checkout(
+        mut self,
+        hook: impl for<'a> Fn(&'a mut M::Connection, &'a Metrics) -> HookFuture<'a>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.hooks.before_checkout = Some(Box::new(hook));
+        self
+    }
+
+    /// Runs `hook` on a connection a guard gave back, before it goes back to the idle queue:
+    /// a session reset (`DISCARD ALL`, `RESET ALL`), a rollback of whatever the last user left
+    /// open. A guard's drop cannot await, so the pool's actor runs it, bounded by the check
+    /// timeout; the connection counts as in use until then. When it fails, times out or
+    /// panics, the connection is closed as broken (`closed_broken`, `hook_failed`). A
+    /// connection given back while the pool is closing, or when no actor runs, skips it and
+    /// is closed.
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime};
+    /// # let rt = ExecRuntime::new();
+    /// let pool = gracepool::Pool::builder(Counting::new())
+    ///     .after_return(|conn, _metrics| {
+    ///         Box::pin(async move {
+    ///             // Here: `conn.batch_execute("DISCARD ALL").await?;`
+    ///             let _ = conn;
+    ///             Ok(())
+    ///         })
+    ///     })
+    ///     .runtime(rt.handle())
+    ///     .build()
+    ///     .unwrap();
+    /// # rt.block_on(async { drop(pool.get().await.unwrap()); pool.close().await });
+    /// ```
+    pub fn after_return(
+        mut self,
+        hook: impl for<'a> Fn(&'a mut M::Connection, &'a Metrics) -> HookFuture<'a>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.hooks.after_return = Some(Box::new(hook));
+        self
+    }
+
     /// Which idle connection a checkout takes: the one idle longest ([`QueueOrder::Fifo`], the
     /// default: connections take turns, so all stay warm) or the one returned last
     /// ([`QueueOrder::Lifo`]: the same few do the work, and the rest sit idle until
@@ -1204,6 +1335,7 @@ impl<M: Manager> Builder<M> {
                 u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
             })
         };
+        let checks_idle = self.config.check_on_checkout || self.hooks.before_checkout.is_some();
         let shared = Arc::new(Shared {
             manager: self.manager,
             lifetime_ms: ms(self.config.max_lifetime),
@@ -1217,6 +1349,8 @@ impl<M: Manager> Builder<M> {
             mailbox_rx,
             last_create_error: Mutex::new(None),
             on_create_error: self.on_create_error,
+            checks_idle,
+            hooks: self.hooks,
             closed: Event::new(),
             closing: Event::new(),
             close: Mutex::new(CloseState::default()),

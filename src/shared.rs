@@ -8,13 +8,15 @@ use std::time::{Duration, Instant};
 
 use async_channel::{Receiver, Sender};
 use event_listener::Event;
+use futures_lite::FutureExt;
 
 use crate::config::Config;
 use crate::deadline::Expire;
-use crate::error::Error;
+use crate::error::{CreateFailure, Error};
+use crate::hooks::{self, Hooks};
 use crate::ledger::{Ending, Flow, Ledger, Reason};
 use crate::manager::Manager;
-use crate::runtime::Runtime;
+use crate::runtime::{timed, Runtime};
 use crate::status::{CloseCause, CloseReport, Metrics, Status};
 use crate::sync::Mutex;
 use crate::waitlist::Waitlist;
@@ -37,6 +39,9 @@ pub(crate) enum Msg<C> {
     /// Idle connections taken at close whose goodbyes are still to be said: the rest of a
     /// batch whose farewell did not finish at once.
     Farewells(std::collections::VecDeque<Idle<C>>),
+    /// A connection a guard gave back, for the after-return hook to run on before it goes
+    /// back to the idle queue (it counts as checked out until then).
+    Returned(Idle<C>),
 }
 
 /// Marks a return stamp as the actor's coarse clock at the return, which may be behind the real
@@ -69,6 +74,21 @@ impl<C> Idle<C> {
     }
 }
 
+/// A connection the after-create hook has not accepted yet: not the pool's, not counted.
+/// Dropped with it still inside, it is closed with the manager's synchronous `close`.
+struct Unpooled<'a, M: Manager> {
+    shared: &'a Shared<M>,
+    conn: Option<M::Connection>,
+}
+
+impl<M: Manager> Drop for Unpooled<'_, M> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            let _ = self.shared.close_uncounted(conn);
+        }
+    }
+}
+
 /// A callback for creation failures.
 pub(crate) type ErrorSink<E> = Box<dyn Fn(&Error<E>) + Send + Sync>;
 
@@ -95,6 +115,11 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) last_create_error: Mutex<Option<Arc<Error<M::Error>>>>,
     /// Told of every creation failure no caller receives (`Builder::on_create_error`).
     pub(crate) on_create_error: Option<ErrorSink<M::Error>>,
+    /// The application's hooks (`Builder::after_create` and the others).
+    pub(crate) hooks: Hooks<M::Connection>,
+    /// A connection that waited in the pool gets a step before its checkout: the manager's
+    /// check (`check_on_checkout`), the before-checkout hook, or both.
+    pub(crate) checks_idle: bool,
     /// Notified when the close finishes.
     pub(crate) closed: Event,
     /// Notified when the close starts: a caller creating a connection itself gives up.
@@ -112,6 +137,100 @@ pub(crate) struct CloseState {
 }
 
 impl<M: Manager> Shared<M> {
+    /// The manager's `create`, then the after-create hook when there is one, each panic
+    /// contained: what the actor and a caller creating for itself both run, bounded by their
+    /// timeouts. A connection the hook rejects is ended here, with the manager's goodbye
+    /// (bounded by the shutdown timeout): it was never the pool's, and is not counted as
+    /// created.
+    pub(crate) async fn make(&self) -> Result<M::Connection, CreateFailure<M::Error>> {
+        let made = AssertUnwindSafe(self.manager.create()).catch_unwind().await;
+        let conn = match made {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(error)) => return Err(self.create_failure(error)),
+            Err(_panic) => return Err(CreateFailure::Panicked),
+        };
+        let Some(hook) = &self.hooks.after_create else {
+            return Ok(conn);
+        };
+        // Held so that a creation cut short while the hook runs (the create timeout, a close,
+        // a runtime teardown) closes the connection, synchronously.
+        let mut unpooled = Unpooled {
+            shared: self,
+            conn: Some(conn),
+        };
+        let now = self.ledger.real_now_ms();
+        let metrics = Metrics::at(self.ledger.epoch(), now, now, 0);
+        let conn = unpooled.conn.as_mut().expect("set just above");
+        let outcome = hooks::run(hook, conn, &metrics).await;
+        let conn = unpooled.conn.take().expect("taken only here");
+        match outcome {
+            Ok(()) => Ok(conn),
+            Err(error) => {
+                self.ledger.record_hook_failed();
+                event!(warn, error = %error, "the after-create hook failed; ending the new connection");
+                let farewell =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| self.manager.shutdown(conn)));
+                if let Ok(farewell) = farewell {
+                    let farewell = AssertUnwindSafe(farewell).catch_unwind();
+                    let _ = timed(&*self.runtime, self.config.shutdown_timeout, farewell).await;
+                }
+                Err(CreateFailure::Hook(error))
+            }
+        }
+    }
+
+    /// The step before a checkout of a connection that waited in the pool: the manager's
+    /// check (with `check_on_checkout`), then the before-checkout hook, if set. The caller
+    /// bounds it and contains its panic. A failing hook reads as an unhealthy connection.
+    #[inline(always)]
+    pub(crate) async fn check_idle(
+        &self,
+        conn: &mut M::Connection,
+        metrics: &Metrics,
+    ) -> Result<(), crate::manager::Unhealthy<M::Error>> {
+        if self.config.check_on_checkout {
+            self.manager.check(conn, metrics).await?;
+        }
+        if let Some(hook) = &self.hooks.before_checkout {
+            if let Err(_error) = hooks::run(hook, conn, metrics).await {
+                self.ledger.record_hook_failed();
+                event!(warn, error = %_error, "the before-checkout hook failed; closing the connection");
+                return Err(crate::manager::Unhealthy::Closed);
+            }
+        }
+        Ok(())
+    }
+
+    /// A creation error as the pool treats it: permanent when the manager says so (a panic
+    /// in `is_permanent` counts as transient).
+    pub(crate) fn create_failure(&self, error: M::Error) -> CreateFailure<M::Error> {
+        let permanent =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.manager.is_permanent(&error)))
+                .unwrap_or(false);
+        if permanent {
+            CreateFailure::Permanent(Arc::new(error))
+        } else {
+            CreateFailure::Backend(error)
+        }
+    }
+
+    /// A permanent creation failure: every waiter is told at once. Returns the failure to
+    /// record as the last one.
+    pub(crate) fn fail_waiters(
+        &self,
+        failure: CreateFailure<M::Error>,
+    ) -> Option<CreateFailure<M::Error>> {
+        match failure {
+            CreateFailure::Permanent(error) => {
+                self.waitlist
+                    .fail_all(|| CreateFailure::Permanent(error.clone()));
+                Some(CreateFailure::Permanent(error))
+            }
+            failure if self.config.fail_fast => self.waitlist.fail_first(failure),
+            failure => Some(failure),
+        }
+    }
+
     /// The error a caller gets once close has started.
     pub(crate) fn closed_error(&self) -> Error<M::Error> {
         match self.lock_close().started {
@@ -201,6 +320,29 @@ impl<M: Manager> Shared<M> {
             // have callers waiting for one.
             let _ = self.mailbox_tx.try_send(Msg::Freed);
         }
+    }
+
+    /// Hands a connection a guard gave back to the actor, for the after-return hook; closes
+    /// it instead (as broken: its hook cannot run) when no actor can take it — the pool is
+    /// closing, or a pool whose runtime follows its callers is between runtimes.
+    pub(crate) fn recycle(&self, entry: Idle<M::Connection>) {
+        let entry = if self.ledger.actor_alive() && entry.home == self.waitlist.home() {
+            match self.mailbox_tx.try_send(Msg::Returned(entry)) {
+                Ok(()) => return,
+                Err(e) => match e.into_inner() {
+                    Msg::Returned(entry) => entry,
+                    _ => unreachable!("try_send hands back the message it was given"),
+                },
+            }
+        } else {
+            entry
+        };
+        if entry.home != self.waitlist.home() {
+            self.ledger.record_reason(crate::ledger::Reason::Moved);
+        } else if self.ledger.is_running() {
+            self.ledger.record_reason(crate::ledger::Reason::Broken);
+        }
+        self.retire(entry.conn, entry.home, true);
     }
 
     /// Closes a connection with the manager's synchronous `close`, containing any panic.

@@ -36,6 +36,12 @@ pub struct Counters {
     pub create_failed: u64,
     /// Health checks that failed, timed out or panicked (the connection was closed).
     pub check_failed: u64,
+    /// Hooks that failed, timed out or panicked, all three kinds: an after-create failure
+    /// ended its new connection (never counted as created, its creation counted in
+    /// `create_failed`); a before-checkout failure closed its connection as a failed check
+    /// (also in `check_failed`); an after-return failure closed it as broken (also in
+    /// `closed_broken`).
+    pub hook_failed: u64,
     /// Checkouts that succeeded.
     pub gets: u64,
     /// Calls to `get` that had to wait (nothing idle, or others ahead), however they ended.

@@ -127,7 +127,7 @@ thread_local! {
 
 /// A spare place of this type from this thread's, if there is one.
 #[cfg(not(loom))]
-fn take_spare<T: Send + 'static, E: Send + 'static>() -> Option<Slot<T, E>> {
+fn take_spare<T: Send + 'static, E: Send + Sync + 'static>() -> Option<Slot<T, E>> {
     SPARE
         .try_with(|spare| {
             let mut spare = spare.try_borrow_mut().ok()?;
@@ -147,7 +147,7 @@ fn take_spare<T: Send + 'static, E: Send + 'static>() -> Option<Slot<T, E>> {
 /// Keeps an emptied place nobody else holds among this thread's spare ones, if there is
 /// room (else, or while the thread ends, it is dropped).
 #[cfg(not(loom))]
-fn give_spare<T: Send + 'static, E: Send + 'static>(slot: Slot<T, E>) {
+fn give_spare<T: Send + 'static, E: Send + Sync + 'static>(slot: Slot<T, E>) {
     let _ = SPARE.try_with(|spare| {
         if let Ok(mut spare) = spare.try_borrow_mut() {
             if spare.len() < SPARE_PLACES {
@@ -209,7 +209,7 @@ pub(crate) enum Claim {
     Served,
 }
 
-impl<T: Send + 'static, E: Send + 'static> Waitlist<T, E> {
+impl<T: Send + 'static, E: Send + Sync + 'static> Waitlist<T, E> {
     /// `capacity`: idle connections room is made for up front. `lifo`: the most recently
     /// returned idle connection is taken first. `homeless`: no actor serves it yet (one is
     /// started by the first caller, [`Waitlist::claim_home`]).
@@ -503,6 +503,21 @@ impl<T: Send + 'static, E: Send + 'static> Waitlist<T, E> {
             Err(Outcome::Failed(failure)) => Some(failure),
             Err(_) => unreachable!("given back as it was given"),
         }
+    }
+
+    /// Gives every waiter a creation failure made by `failure` (a permanent one, shared by
+    /// all); returns how many it failed.
+    pub(crate) fn fail_all(&self, mut failure: impl FnMut() -> CreateFailure<E>) -> usize {
+        let mut list = self.lock();
+        let mut wakers = Vec::with_capacity(list.queue.len());
+        while let Some((slot, _)) = list.queue.pop_front() {
+            wakers.push(Self::settle(&slot, Outcome::Failed(failure())));
+        }
+        self.publish(&list);
+        drop(list);
+        let failed = wakers.len();
+        wakers.into_iter().for_each(Waker::wake);
+        failed
     }
 
     /// Wakes every waiter with `Closed`, and turns away every later one and every later

@@ -92,6 +92,7 @@ pub struct Stats {
     close_panics: AtomicBool,
     broken: AtomicBool,
     create_delay_ms: AtomicU64,
+    permanent: AtomicBool,
 }
 
 /// A connection made by [`Counting`]: an id, where it was born, and a record of whether it
@@ -165,6 +166,11 @@ impl Counting {
     /// Whether `is_broken` reports returning connections as broken from now on.
     pub fn set_broken(&self, broken: bool) {
         self.stats.broken.store(broken, SeqCst);
+    }
+
+    /// Whether `is_permanent` calls every creation error permanent.
+    pub fn set_permanent(&self, permanent: bool) {
+        self.stats.permanent.store(permanent, SeqCst);
     }
 
     /// `create` waits this long (on an `async-io` timer, which works under any runtime).
@@ -274,6 +280,11 @@ impl Manager for Counting {
         self.stats.checked.fetch_add(1, SeqCst);
         let fault = Fault::from_code(self.stats.check_fault.load(SeqCst));
         async move { Ok(act(fault, "check").await?) }
+    }
+
+    fn is_permanent(&self, error: &TestError) -> bool {
+        let _ = error;
+        self.stats.permanent.load(SeqCst)
     }
 
     fn is_broken(&self, conn: &mut Conn) -> bool {
