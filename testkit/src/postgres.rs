@@ -25,11 +25,16 @@
 //! - trust authentication for [`USER`], and a password for [`PASSWORD_USER`] (a test of bad
 //!   credentials needs one that can be refused).
 //!
+//! [`PgServer::start_with_tls`] starts one with `ssl = on`, its certificate made by the test
+//! ([`TlsFiles`]: a test CA, the server's certificate that CA signed, and a second, unrelated
+//! CA), and a role, [`TLS_USER`], that the server admits over TLS only (`hostssl`), so that a
+//! client falling back to plaintext is refused by the server itself.
+//!
 //! Helpers speak to the server with `psql` (from the same package), so they work from any
 //! thread and need no runtime: also after the test's runtime is gone.
 
 use std::fs::{File, OpenOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,6 +51,13 @@ pub const PASSWORD_USER: &str = "gracepool_pw";
 
 /// [`PASSWORD_USER`]'s password.
 pub const PASSWORD: &str = "right-password";
+
+/// A user admitted over TLS only (`hostssl ... trust`, `hostnossl ... reject`), on servers
+/// started with [`PgServer::start_with_tls`].
+pub const TLS_USER: &str = "gracepool_tls";
+
+/// The names the server certificate of [`PgServer::start_with_tls`] is valid for.
+pub const TLS_NAMES: &[&str] = &["127.0.0.1", "localhost"];
 
 /// The application name the helpers' own `psql` connections use (they end cleanly, and the
 /// counts of [`PgServer::unexpected_eofs`] leave them out when asked about another name).
@@ -66,6 +78,24 @@ pub struct PgServer {
     bin: PathBuf,
     port: u16,
     owner: Option<(u32, u32)>,
+    tls: Option<TlsFiles>,
+}
+
+/// The certificates of a server started with [`PgServer::start_with_tls`]: PEM files in the
+/// server's temporary directory, gone with it.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The test CA's certificate: the root that verifies the server (libpq's `sslrootcert`).
+    pub ca_cert: PathBuf,
+    /// A second CA's certificate, which signed nothing the server holds: a client that trusts
+    /// only this one must refuse the server.
+    pub other_ca_cert: PathBuf,
+    /// The server's certificate, signed by the test CA (`ssl_cert_file`).
+    pub server_cert: PathBuf,
+    /// The server's private key (`ssl_key_file`): mode 0600, owned by the server's user.
+    pub server_key: PathBuf,
+    /// The names the server's certificate is valid for (IP addresses as IP entries).
+    pub names: Vec<String>,
 }
 
 impl PgServer {
@@ -73,6 +103,26 @@ impl PgServer {
     /// `SKIPPED <test>: ...` line when PostgreSQL is not installed; panics instead under
     /// `CI=true`, and when the server cannot be started.
     pub fn start(test: &str) -> Option<PgServer> {
+        PgServer::start_inner(test, None).map(|(server, _)| server)
+    }
+
+    /// Starts a fresh server for `test` with TLS on (`ssl = on`), its certificate valid for
+    /// [`TLS_NAMES`] and signed by a test CA made for it; see [`TlsFiles`]. Plaintext
+    /// connections are still accepted, but for [`TLS_USER`]. Skips and fails as
+    /// [`start`](PgServer::start) does.
+    pub fn start_with_tls(test: &str) -> Option<(PgServer, TlsFiles)> {
+        PgServer::start_with_tls_for(test, TLS_NAMES)
+    }
+
+    /// [`start_with_tls`](PgServer::start_with_tls), with a server certificate valid for
+    /// `names` only (DNS names, or IP addresses such as `127.0.0.1`): for a test of a host name
+    /// the certificate does not list.
+    pub fn start_with_tls_for(test: &str, names: &[&str]) -> Option<(PgServer, TlsFiles)> {
+        PgServer::start_inner(test, Some(names))
+            .map(|(server, tls)| (server, tls.expect("started with TLS")))
+    }
+
+    fn start_inner(test: &str, tls_names: Option<&[&str]>) -> Option<(PgServer, Option<TlsFiles>)> {
         let postgres = require_binary("postgres", &[BIN_DIR], "postgresql", test)?;
         let bin = postgres
             .parent()
@@ -109,12 +159,14 @@ impl PgServer {
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
                 .expect("root can hand the temporary directory to the postgres user");
         }
+        let tls = tls_names.map(|names| write_tls_files(dir.path(), names, owner));
         let mut server = PgServer {
             process: None,
             dir,
             bin,
             port: 0,
             owner,
+            tls,
         };
         server.initdb();
         // A port found free may be taken before the server binds it: try a few.
@@ -129,7 +181,11 @@ impl PgServer {
         server.psql_as_helper(&format!(
             "CREATE ROLE {PASSWORD_USER} LOGIN PASSWORD '{PASSWORD}'"
         ));
-        Some(server)
+        if server.tls.is_some() {
+            server.psql_as_helper(&format!("CREATE ROLE {TLS_USER} LOGIN"));
+        }
+        let tls = server.tls.clone();
+        Some((server, tls))
     }
 
     /// The port the server listens on, on 127.0.0.1.
@@ -152,6 +208,20 @@ impl PgServer {
             "host=127.0.0.1 port={} user={USER} dbname=postgres application_name={app}",
             self.port
         )
+    }
+
+    /// A key-value connection string for `user` (no password) on database `postgres`, naming
+    /// the client `app`: for [`TLS_USER`], or [`USER`] with another host or `sslmode`.
+    pub fn conn_str_for(&self, user: &str, app: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} dbname=postgres application_name={app}",
+            self.port
+        )
+    }
+
+    /// The certificates, on a server started with [`start_with_tls`](PgServer::start_with_tls).
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
     }
 
     /// A connection string for `user` with `password`, naming the client `app`.
@@ -379,9 +449,19 @@ impl PgServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        // Trust for the test user and the helpers; a password for the second user.
+        // Trust for the test user and the helpers; a password for the second user; with TLS,
+        // the TLS user over TLS only (the first matching line decides).
+        let tls_only = if self.tls.is_some() {
+            format!(
+                "hostssl all {TLS_USER} 127.0.0.1/32 trust\n\
+                 hostnossl all {TLS_USER} 127.0.0.1/32 reject\n"
+            )
+        } else {
+            String::new()
+        };
         let hba = format!(
             "local all all trust\n\
+             {tls_only}\
              host all {USER} 127.0.0.1/32 trust\n\
              host all all 127.0.0.1/32 scram-sha-256\n"
         );
@@ -418,6 +498,7 @@ impl PgServer {
             .args(["-c", "full_page_writes=off"])
             .args(["-c", "shared_buffers=16MB"])
             .args(["-c", "max_connections=100"])
+            .args(self.tls_settings())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
             .spawn()
@@ -442,6 +523,22 @@ impl PgServer {
         }
         self.process = Some(process);
         Ok(())
+    }
+
+    /// `-c` settings turning TLS on, for a server started with TLS (`ssl = off` otherwise, the
+    /// default).
+    fn tls_settings(&self) -> Vec<String> {
+        let Some(tls) = &self.tls else {
+            return Vec::new();
+        };
+        [
+            "ssl=on".to_owned(),
+            format!("ssl_cert_file={}", tls.server_cert.display()),
+            format!("ssl_key_file={}", tls.server_key.display()),
+        ]
+        .into_iter()
+        .flat_map(|setting| ["-c".to_owned(), setting])
+        .collect()
     }
 
     /// Whether the postmaster `pid` says it is ready: the status line of `postmaster.pid`
@@ -489,6 +586,67 @@ impl std::fmt::Debug for PgServer {
             .field("dir", &self.dir.path())
             .finish()
     }
+}
+
+/// Makes a test CA, a server certificate for `names` signed by it, and an unrelated CA, and
+/// writes them as PEM files into `dir`. The key is mode 0600 and, when the server runs as
+/// another user (`owner`), owned by that user: PostgreSQL refuses a key file that others can
+/// read, or that is owned by neither itself nor root.
+fn write_tls_files(dir: &Path, names: &[&str], owner: Option<(u32, u32)>) -> TlsFiles {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    use std::os::unix::fs::PermissionsExt;
+
+    let make_ca = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("no names is valid");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate().expect("rcgen makes an ECDSA key");
+        let cert = params
+            .self_signed(&key)
+            .expect("a self-signed CA certificate");
+        (cert, Issuer::new(params, key))
+    };
+    let (ca_cert, ca) = make_ca("gracepool test CA");
+    let (other_ca_cert, _) = make_ca("gracepool unrelated test CA");
+
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut params = CertificateParams::new(names.clone()).expect("valid server names");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "gracepool test server");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().expect("rcgen makes an ECDSA key");
+    let server_cert = params
+        .signed_by(&key, &ca)
+        .expect("the CA signs the server certificate");
+
+    let files = TlsFiles {
+        ca_cert: dir.join("ca.crt"),
+        other_ca_cert: dir.join("other-ca.crt"),
+        server_cert: dir.join("server.crt"),
+        server_key: dir.join("server.key"),
+        names,
+    };
+    for (path, pem) in [
+        (&files.ca_cert, ca_cert.pem()),
+        (&files.other_ca_cert, other_ca_cert.pem()),
+        (&files.server_cert, server_cert.pem()),
+        (&files.server_key, key.serialize_pem()),
+    ] {
+        std::fs::write(path, pem).expect("the server's directory is writable");
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .expect("root can hand the files to the postgres user");
+        }
+    }
+    std::fs::set_permissions(&files.server_key, std::fs::Permissions::from_mode(0o600))
+        .expect("the key file's mode can be set");
+    files
 }
 
 /// Stops the servers that test processes now gone left behind (a test killed before its
@@ -650,6 +808,69 @@ mod tests {
         assert!(reap_orphans() >= 1);
         assert!(!alive(pid), "the orphan server was stopped");
         assert!(!Path::new(dir).exists(), "its directory was removed");
+    }
+
+    /// libpq, an independent client, checks what `start_with_tls` made: `verify-full`
+    /// against the test CA passes for 127.0.0.1, fails against the unrelated CA, and the TLS
+    /// user is refused over plaintext. The server keeps TLS across a restart.
+    #[test]
+    fn a_tls_server_is_verified_by_libpq() {
+        let Some((mut pg, tls)) =
+            PgServer::start_with_tls("testkit::postgres::a_tls_server_is_verified_by_libpq")
+        else {
+            return;
+        };
+        let key_mode = std::fs::metadata(&tls.server_key).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&key_mode) & 0o777,
+            0o600
+        );
+        // The port stays the same across a restart.
+        let (bin, port) = (pg.bin.clone(), pg.port);
+        let psql = |user: &str, sslmode: &str, root: &Path| {
+            let out = Command::new(bin.join("psql"))
+                .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+                .arg(format!(
+                    "host=127.0.0.1 port={} user={user} dbname=postgres sslmode={sslmode} sslrootcert={}",
+                    port,
+                    root.display()
+                ))
+                .args(["-c", "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"])
+                .env("PGAPPNAME", HELPER_APP)
+                .env("PGCONNECT_TIMEOUT", "10")
+                .stdin(Stdio::null())
+                .output()
+                .expect("psql can be run");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+                    + &String::from_utf8_lossy(&out.stderr),
+            )
+        };
+        assert_eq!(
+            psql(USER, "verify-full", &tls.ca_cert),
+            (true, "t".to_owned())
+        );
+        assert_eq!(
+            psql(TLS_USER, "verify-full", &tls.ca_cert),
+            (true, "t".to_owned())
+        );
+        let (ok, said) = psql(USER, "verify-ca", &tls.other_ca_cert);
+        assert!(!ok && said.contains("certificate verify failed"), "{said}");
+        let (ok, said) = psql(TLS_USER, "disable", &tls.ca_cert);
+        assert!(!ok && said.contains("no encryption"), "{said}");
+        // Plaintext is still open to the other users.
+        assert_eq!(psql(USER, "disable", &tls.ca_cert), (true, "f".to_owned()));
+
+        pg.restart_fast();
+        assert_eq!(
+            psql(USER, "verify-full", &tls.ca_cert),
+            (true, "t".to_owned())
+        );
+        assert_eq!(
+            pg.tls_files().map(|t| t.names.clone()),
+            Some(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        );
     }
 
     #[test]
