@@ -1,76 +1,7 @@
-//! TLS on [rustls], with the checks of libpq's `sslmode`: [`RustlsConnect`] (feature `rustls`).
-//!
-//! ```no_run
-//! use std::path::Path;
-//!
-//! use gracepool_postgres::{Manager, Pool, RustlsConnect, Verify};
-//! use gracepool_tokio::TokioRuntime;
-//!
-//! #[tokio::main]
-//! async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//!     // libpq's `sslmode=verify-full sslrootcert=/etc/app/root.crt`.
-//!     let tls = RustlsConnect::from_root_cert_file(Verify::Full, Path::new("/etc/app/root.crt"))?;
-//!     // `sslmode=require`: without it a server that declines TLS gets a plaintext connection.
-//!     let config = "host=db.example.com user=app dbname=app sslmode=require".parse()?;
-//!     let pool: Pool<RustlsConnect> = Pool::builder(Manager::with_tls(config, tls))
-//!         .runtime(TokioRuntime::current())
-//!         .build()?;
-//!
-//!     let conn = pool.get().await?;
-//!     let row = conn
-//!         .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
-//!         .await?;
-//!     assert!(row.get::<_, bool>(0));
-//!     drop(conn);
-//!     pool.close().await;
-//!     Ok(())
-//! }
-//! ```
-//!
-//! # What is checked
-//!
-//! [`Verify`] is libpq's `sslmode` from `require` up: [`Verify::None`] encrypts and checks
-//! nothing, [`Verify::Ca`] checks that the server's certificate chains to one of the given
-//! roots, [`Verify::Full`] also that it is valid for the host connected to (a name, or an IP
-//! address such as `127.0.0.1`). The connector only ever does TLS: whether TLS is *required* is
-//! the [`Config`](tokio_postgres::Config)'s `sslmode`. tokio-postgres' default, `prefer`, falls
-//! back to plaintext when the server declines TLS, whatever the connector; set
-//! `sslmode=require` ([`SslMode::Require`](tokio_postgres::config::SslMode::Require)) for every
-//! [`Verify`], as libpq's `verify-ca` and `verify-full` imply it.
-//!
-//! libpq's `require` turns into `verify-ca` when a root certificate file is present; here the
-//! [`Verify`] given is the one that holds.
-//!
-//! A failed check fails the connection's creation: tokio-postgres' "error performing TLS
-//! handshake", whose source is a [`TlsError::Handshake`] that says what was wrong with the
-//! certificate and what to do ([`TlsError::certificate_error`] tells it to code), and whose
-//! source in turn is rustls' own error.
-//!
-//! # Crypto provider: ring
-//!
-//! The connector uses rustls' *ring* provider, set on each connector (never the process-wide
-//! default, so it works whatever other crates install or enable). ring builds quickly with a C
-//! compiler alone, on every target; aws-lc-rs, rustls' default, is a much larger C and C++
-//! build that needs cmake (and nasm on Windows without its prebuilt copy) beyond the mainstream
-//! targets. What ring lacks is post-quantum key exchange (X25519MLKEM768), which is why
-//! rustls 0.23.48 deprecates it (0.24 moves it to the `rustls-ring` crate); PostgreSQL
-//! servers offer that exchange only when built with OpenSSL 3.5 or later. The suites, the
-//! protocol versions (TLS 1.2 and 1.3) and the certificate checks are the same with both.
-//!
-//! # Channel binding
-//!
-//! The TLS stream offers `tls-server-end-point` channel binding (RFC 5929): the hash of the
-//! server's certificate, with the hash of its signature algorithm (SHA-256 for MD5 and SHA-1
-//! signatures), as PostgreSQL computes it. With SCRAM authentication over TLS the client then
-//! proves that the server it authenticated to is the one at the end of the TLS session
-//! (`channel_binding=require` insists on it). Certificates signed with an algorithm that names
-//! no hash (Ed25519, RSA-PSS) offer none, as with libpq.
-//!
-//! # Not here
-//!
-//! Client certificates (`sslcert`/`sslkey`), revocation lists (`sslcrl`) and the system's
-//! root store (`sslrootcert=system`): build a [`rustls::RootCertStore`] from `webpki-roots` or
-//! `rustls-native-certs` and pass it to [`RustlsConnect::new`].
+//! TLS on rustls with the checks of libpq's `sslmode` (feature `rustls`): [`RustlsConnect`],
+//! [`Verify`], [`TlsError`]. The module is private and its types are re-exported at the crate
+//! root, so the guide (an example, what is checked, the crypto provider, channel binding) is
+//! on [`RustlsConnect`], where rustdoc shows it.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -117,12 +48,83 @@ impl fmt::Display for Verify {
     }
 }
 
-/// Makes TLS connections with rustls for a [`Manager`](crate::Manager):
-/// `Manager::with_tls(config, connector)`.
+/// Makes TLS connections with [rustls] for a [`Manager`](crate::Manager):
+/// `Manager::with_tls(config, connector)`, checking the server's certificate as libpq's
+/// `sslmode` does. Cheap to clone (the rustls configuration is shared).
 ///
-/// Cheap to clone (the rustls configuration is shared). Every connection it makes does TLS
-/// with the checks of its [`Verify`]; see the [module docs](self) for why the config's
-/// `sslmode` must still be `require`.
+/// ```no_run
+/// use std::path::Path;
+///
+/// use gracepool_postgres::{Manager, Pool, RustlsConnect, Verify};
+/// use gracepool_tokio::TokioRuntime;
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+///     // libpq's `sslmode=verify-full sslrootcert=/etc/app/root.crt`.
+///     let tls = RustlsConnect::from_root_cert_file(Verify::Full, Path::new("/etc/app/root.crt"))?;
+///     // `sslmode=require`: without it a server that declines TLS gets a plaintext connection.
+///     let config = "host=db.example.com user=app dbname=app sslmode=require".parse()?;
+///     let pool: Pool<RustlsConnect> = Pool::builder(Manager::with_tls(config, tls))
+///         .runtime(TokioRuntime::current())
+///         .build()?;
+///
+///     let conn = pool.get().await?;
+///     let row = conn
+///         .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+///         .await?;
+///     assert!(row.get::<_, bool>(0));
+///     drop(conn);
+///     pool.close().await;
+///     Ok(())
+/// }
+/// ```
+///
+/// # What is checked
+///
+/// [`Verify`] is libpq's `sslmode` from `require` up: [`Verify::None`] encrypts and checks
+/// nothing, [`Verify::Ca`] checks that the server's certificate chains to one of the given
+/// roots, [`Verify::Full`] also that it is valid for the host connected to (a name, or an IP
+/// address such as `127.0.0.1`). The connector only ever does TLS: whether TLS is *required* is
+/// the [`Config`](tokio_postgres::Config)'s `sslmode`. tokio-postgres' default, `prefer`, falls
+/// back to plaintext when the server declines TLS, whatever the connector; set
+/// `sslmode=require` ([`SslMode::Require`](tokio_postgres::config::SslMode::Require)) for every
+/// [`Verify`], as libpq's `verify-ca` and `verify-full` imply it.
+///
+/// libpq's `require` turns into `verify-ca` when a root certificate file is present; here the
+/// [`Verify`] given is the one that holds.
+///
+/// A failed check fails the connection's creation: tokio-postgres' "error performing TLS
+/// handshake", whose source is a [`TlsError::Handshake`] that says what was wrong with the
+/// certificate and what to do ([`TlsError::certificate_error`] tells it to code), and whose
+/// source in turn is rustls' own error.
+///
+/// # Crypto provider: ring
+///
+/// The connector uses rustls' *ring* provider, set on each connector (never the process-wide
+/// default, so it works whatever other crates install or enable). ring builds quickly with a C
+/// compiler alone; aws-lc-rs, rustls' default, is a much larger C and C++ build, which needs
+/// cmake beyond the common targets. What ring lacks is post-quantum key exchange
+/// (X25519MLKEM768), which is why rustls 0.23.48 deprecates it (0.24 moves it to the
+/// `rustls-ring` crate); PostgreSQL servers offer that exchange only when built with OpenSSL
+/// 3.5 or later. The protocol versions (TLS 1.2 and 1.3) and the certificate checks are the
+/// same with both.
+///
+/// # Channel binding
+///
+/// The TLS stream offers `tls-server-end-point` channel binding (RFC 5929): the hash of the
+/// server's certificate, with the hash of its signature algorithm (SHA-256 for MD5 and SHA-1
+/// signatures), as PostgreSQL computes it. With SCRAM authentication over TLS the client then
+/// proves that the server it authenticated to is the one at the end of the TLS session
+/// (`channel_binding=require` insists on it). A certificate signed with an algorithm that
+/// names no hash (Ed25519, RSA-PSS) offers none, as PostgreSQL cannot compute one for it
+/// either: SCRAM then goes without binding, and `channel_binding=require` fails.
+///
+/// # Not here
+///
+/// Client certificates (`sslcert`/`sslkey`) and revocation lists (`sslcrl`) are not
+/// supported. For the system's root store (libpq's `sslrootcert=system`), build a
+/// [`rustls::RootCertStore`] with `rustls-native-certs` (or Mozilla's, with `webpki-roots`)
+/// and pass it to [`RustlsConnect::new`].
 #[derive(Clone)]
 pub struct RustlsConnect {
     config: Arc<ClientConfig>,
@@ -539,7 +541,7 @@ impl ServerCertVerifier for Verifier {
 /// The `tls-server-end-point` channel binding data of a server certificate (RFC 5929 4.1):
 /// its hash with the hash of its signature algorithm, SHA-256 for MD5 and SHA-1. `None` for an
 /// algorithm that names no hash (Ed25519, RSA-PSS) or a certificate that does not parse;
-/// PostgreSQL offers no binding for those either.
+/// PostgreSQL cannot compute a binding for those either.
 fn end_point_hash(cert: &[u8]) -> Option<Vec<u8>> {
     let algorithm = match signature_algorithm(cert)? {
         MD5_RSA | SHA1_RSA | SHA256_RSA | SHA1_ECDSA | SHA256_ECDSA => &ring::digest::SHA256,
@@ -626,7 +628,7 @@ mod tests {
         assert_eq!(signature_algorithm(&p384), Some(SHA384_ECDSA));
         assert_eq!(end_point_hash(&p384).map(|h| h.len()), Some(48));
 
-        // No hash in the algorithm: no binding, as PostgreSQL.
+        // No hash in the algorithm: no binding (PostgreSQL cannot compute one either).
         let ed25519 = cert_signed_with(&rcgen::PKCS_ED25519);
         assert!(signature_algorithm(&ed25519).is_some());
         assert_eq!(end_point_hash(&ed25519), None);
