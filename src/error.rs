@@ -132,7 +132,17 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
                 f,
                 "creating a connection failed, and retrying will not help until this is fixed: {e}"
             ),
-            Error::Hook { stage, error } => write!(f, "the {stage} failed: {error}"),
+            Error::Hook { stage, error } => {
+                // A hook's error is often a driver's whose own text is terse ("db error"),
+                // with the server's message in its sources: say them all.
+                write!(f, "the {stage} failed: {error}")?;
+                let mut source = error.source();
+                while let Some(e) = source {
+                    write!(f, ": {e}")?;
+                    source = e.source();
+                }
+                Ok(())
+            }
             Error::ManagerTimeout { stage, limit } => write!(
                 f,
                 "the manager's {stage} did not finish within {limit:?}: is the backend reachable? raise the {stage} timeout if it is slow"

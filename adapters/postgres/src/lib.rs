@@ -109,24 +109,38 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::ops::Deref;
-use std::str::FromStr;
-use std::sync::Mutex;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use gracepool::{Goodbye, Unhealthy};
 use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, Socket, Statement};
 
-pub use tokio_postgres;
+#[cfg(feature = "serde")]
+mod file_config;
+mod options;
+mod statements;
 #[cfg(feature = "rustls")]
 mod tls;
+mod transaction;
+
+#[cfg(feature = "serde")]
+pub use file_config::PgConfig;
+pub use options::{defaults, ConfigError, ConnectOptions, SslMode};
+pub use statements::StatementCache;
 #[cfg(feature = "rustls")]
 pub use tls::{rustls, RustlsConnect, RustlsStream, RustlsTlsConnect, TlsError, Verify};
+pub use tokio_postgres;
 pub use tokio_postgres::NoTls;
+pub use transaction::{Transaction, TransactionBuilder};
+
+use statements::Cache;
 
 /// A gracepool pool of PostgreSQL connections.
 pub type Pool<T = NoTls> = gracepool::Pool<Manager<T>>;
@@ -141,6 +155,8 @@ pub type PoolError = gracepool::Error<tokio_postgres::Error>;
 
 /// How a connection is checked before it is handed out again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 #[non_exhaustive]
 pub enum CheckMethod {
     /// Only whether the client is closed: no round trip. Catches every connection whose driver
@@ -160,18 +176,35 @@ pub struct Manager<T = NoTls> {
     config: Config,
     tls: T,
     check: CheckMethod,
+    cache: StatementCache,
+    /// Bumped by [`Manager::clear_statement_caches`]; every connection's cache reads it.
+    generation: Arc<AtomicU64>,
 }
 
 impl Manager<NoTls> {
-    /// A manager connecting without TLS with `config`.
+    /// A manager connecting without TLS with `config`, taken as it is (no network defaults
+    /// added: see [`ConnectOptions`] for those).
     pub fn new(config: Config) -> Self {
         Manager::with_tls(config, NoTls)
     }
 
     /// A manager connecting without TLS, configured by a connection string: key-value
-    /// (`host=127.0.0.1 user=app dbname=app`) or a URL (`postgresql://app@127.0.0.1/app`).
-    pub fn from_conn_str(s: &str) -> Result<Self, tokio_postgres::Error> {
-        Ok(Manager::new(Config::from_str(s)?))
+    /// (`host=127.0.0.1 user=app dbname=app`) or a URL (`postgresql://app@127.0.0.1/app`),
+    /// read by [`ConnectOptions::parse`] (libpq's `sslmode` values, the network
+    /// [`defaults`] where the string says nothing).
+    ///
+    /// Without TLS it refuses a string that asks for TLS (`sslmode=require`, `verify-ca`,
+    /// `verify-full`: [`ConfigError::TlsRequired`]) rather than connect in plaintext; with
+    /// `prefer` (libpq's default) it connects in plaintext. For TLS, enable the `rustls`
+    /// feature and use [`ConnectOptions::manager_rustls`].
+    pub fn from_conn_str(s: &str) -> Result<Self, ConfigError> {
+        ConnectOptions::parse(s)?.manager()
+    }
+
+    /// A manager without TLS configured by the environment: `DATABASE_URL` and the libpq
+    /// `PG*` variables ([`ConnectOptions::from_env`]).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        ConnectOptions::from_env()?.manager()
     }
 }
 
@@ -182,6 +215,8 @@ impl<T> Manager<T> {
             config,
             tls,
             check: CheckMethod::default(),
+            cache: StatementCache::default(),
+            generation: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -190,6 +225,22 @@ impl<T> Manager<T> {
     pub fn check_method(mut self, check: CheckMethod) -> Self {
         self.check = check;
         self
+    }
+
+    /// How many prepared statements each connection keeps for
+    /// [`prepare_cached`](PgConnection::prepare_cached) ([`StatementCache::Bounded`] at 100
+    /// by default; [`StatementCache::Disabled`] behind PgBouncer's transaction pooling).
+    pub fn statement_cache(mut self, cache: StatementCache) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Empties every connection's statement cache — after a migration changed a table that
+    /// cached statements read, or a `DISCARD ALL` — idle and checked-out connections alike:
+    /// each cache empties itself the next time it is used. Reach it through the pool:
+    /// `pool.manager().clear_statement_caches()`.
+    pub fn clear_statement_caches(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The configuration connections are made with.
@@ -204,6 +255,7 @@ impl<T> fmt::Debug for Manager<T> {
         f.debug_struct("Manager")
             .field("config", &self.config)
             .field("check", &self.check)
+            .field("statement_cache", &self.cache)
             .finish_non_exhaustive()
     }
 }
@@ -211,8 +263,9 @@ impl<T> fmt::Debug for Manager<T> {
 /// What the driver task finishes with.
 type DriverResult = Result<(), tokio_postgres::Error>;
 
-/// A pooled PostgreSQL connection: the [`Client`] (which it derefs to), its driver task, and
-/// the statements it prepared with [`prepare_cached`](PgConnection::prepare_cached).
+/// A pooled PostgreSQL connection: the [`Client`] (which it derefs to, mutably too, so
+/// `transaction()` works as on a bare client), its driver task, and the statements it
+/// prepared with [`prepare_cached`](PgConnection::prepare_cached).
 ///
 /// Dropping it aborts the driver (no runtime needed), which closes the socket without
 /// Terminate; the pool's graceful close says goodbye first.
@@ -223,52 +276,67 @@ pub struct PgConnection {
     client: Client,
     // After the client: a statement dropped once the client is gone asks nothing of the
     // server (the session's end deallocates it).
-    statements: Mutex<HashMap<String, Statement>>,
+    statements: Cache,
 }
 
 impl PgConnection {
     /// The statement for `sql`, prepared on this connection the first time and taken from this
-    /// connection's cache afterwards. Only successful preparations are kept.
+    /// connection's cache afterwards (see [`StatementCache`]: bounded, least recently used
+    /// first out; with the cache disabled, prepared every time). Only successful preparations
+    /// are kept.
     pub async fn prepare_cached(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
-        if let Some(stmt) = self.cached(sql) {
+        self.prepare_typed_cached(sql, &[]).await
+    }
+
+    /// Like [`prepare_cached`](PgConnection::prepare_cached), with the parameter types given
+    /// (cached by SQL text and types together).
+    pub async fn prepare_typed_cached(
+        &self,
+        sql: &str,
+        types: &[Type],
+    ) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(stmt) = self.statements.get(sql, types) {
             return Ok(stmt);
         }
-        let stmt = self.client.prepare(sql).await?;
-        self.statements
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(sql.to_owned(), stmt.clone());
+        let stmt = self.client.prepare_typed(sql, types).await?;
+        self.statements.insert(sql, types, stmt.clone());
         Ok(stmt)
     }
 
-    fn cached(&self, sql: &str) -> Option<Statement> {
-        self.statements
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(sql)
-            .cloned()
+    /// Begins a transaction: [`Client::transaction`], with this connection's statement cache
+    /// ([`Transaction::prepare_cached`]). Dropped without commit — a cancelled request
+    /// included — it rolls back before the connection can be handed out again.
+    pub async fn transaction(&mut self) -> Result<Transaction<'_>, tokio_postgres::Error> {
+        let txn = self.client.transaction().await?;
+        Ok(Transaction::new(txn, &self.statements))
+    }
+
+    /// A transaction with options (isolation level, read-only, deferrable):
+    /// [`Client::build_transaction`], with this connection's statement cache.
+    pub fn build_transaction(&mut self) -> TransactionBuilder<'_> {
+        TransactionBuilder::new(self.client.build_transaction(), &self.statements)
     }
 
     /// How many statements this connection has cached.
     pub fn statement_cache_len(&self) -> usize {
-        self.statements
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .len()
+        self.statements.len()
     }
 
     /// Forgets this connection's cached statements (after `DISCARD ALL` or a schema change);
-    /// the server deallocates each once no copy of it is in use.
+    /// the server deallocates each once no copy of it is in use. For every connection of a
+    /// pool at once: [`Manager::clear_statement_caches`].
     pub fn clear_statement_cache(&self) {
-        self.statements
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clear();
+        self.statements.clear();
     }
 
     /// The client, for APIs that take a `&Client` explicitly.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The client, mutably (for APIs that take `&mut Client`).
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
     }
 }
 
@@ -277,6 +345,12 @@ impl Deref for PgConnection {
 
     fn deref(&self) -> &Client {
         &self.client
+    }
+}
+
+impl DerefMut for PgConnection {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
     }
 }
 
@@ -289,24 +363,62 @@ impl fmt::Debug for PgConnection {
     }
 }
 
-/// The driver task's handle; dropping it aborts the task.
+/// The driver task's handle, and whether the pool asked it to end; dropping it aborts the
+/// task.
 ///
 /// `JoinHandle::abort` only marks the task cancelled and, if it is idle, hands it to its
 /// scheduler: it needs no runtime context, and once the runtime is gone there is no task left
 /// to cancel (the runtime dropped it on shutdown). The tests check both.
-struct Driver(JoinHandle<DriverResult>);
+struct Driver {
+    task: JoinHandle<DriverResult>,
+    /// Set before the pool ends the connection, so the driver's end is not reported as a
+    /// failure.
+    ending: Arc<AtomicBool>,
+}
 
 impl Driver {
     /// Waits for the driver to finish; `None` when it panicked or was cancelled.
     async fn finished(&mut self) -> Option<DriverResult> {
-        (&mut self.0).await.ok()
+        (&mut self.task).await.ok()
     }
 }
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        self.0.abort();
+        self.ending.store(true, Ordering::Relaxed);
+        self.task.abort();
     }
+}
+
+/// Runs a connection's driver, and reports (as a `tracing` warning, with the `tracing`
+/// feature) how it ended when the pool did not end it: the server ended the session (a
+/// restart, `pg_terminate_backend`, an idle timeout of its own) or the network failed. The
+/// connection is then found closed by the next check and replaced.
+async fn drive<S, TS>(
+    connection: tokio_postgres::Connection<S, TS>,
+    ending: Arc<AtomicBool>,
+) -> DriverResult
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    TS: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let ended = connection.await;
+    if !ending.load(Ordering::Relaxed) {
+        #[cfg(feature = "tracing")]
+        match &ended {
+            Err(error) => tracing::warn!(
+                target: "gracepool_postgres",
+                %error,
+                sqlstate = error.code().map(|c| c.code()),
+                "a connection's driver ended outside a close: the connection is lost"
+            ),
+            Ok(()) => tracing::warn!(
+                target: "gracepool_postgres",
+                "a connection's driver ended outside a close: the server closed the connection"
+            ),
+        }
+    }
+    ended
 }
 
 /// How the end of a driver that was asked to say goodbye reads.
@@ -323,6 +435,36 @@ fn goodbye(ended: Option<DriverResult>) -> Goodbye<tokio_postgres::Error> {
     }
 }
 
+/// Whether a creation error is one retrying cannot fix: the server refused the credentials
+/// (class 28), the database does not exist (`3D000`), the role may not connect (`42501`), or
+/// the settings or TLS are wrong on this side. Transient, and retried: a refused or reset
+/// connection, a timeout, `53300` too many connections, `57P03` cannot connect now (starting
+/// up or shutting down), `08xxx`.
+pub fn is_permanent(error: &tokio_postgres::Error) -> bool {
+    if let Some(db) = error.as_db_error() {
+        let code = db.code();
+        return code.code().starts_with("28")
+            || *code == SqlState::INVALID_CATALOG_NAME
+            || *code == SqlState::INSUFFICIENT_PRIVILEGE;
+    }
+    // Not from the server: an I/O error, a timeout, a closed connection are transient; a TLS
+    // certificate that does not verify, or a setting the client cannot use, is not.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>().is_some() {
+            return false;
+        }
+        #[cfg(feature = "rustls")]
+        if let Some(tls) = e.downcast_ref::<TlsError>() {
+            return tls.certificate_error().is_some();
+        }
+        source = e.source();
+    }
+    let shown = error.to_string();
+    shown.starts_with("invalid configuration")
+        || shown.starts_with("error performing TLS handshake")
+}
+
 impl<T> gracepool::Manager for Manager<T>
 where
     T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
@@ -335,16 +477,22 @@ where
 
     fn create(&self) -> impl Future<Output = Result<PgConnection, tokio_postgres::Error>> + Send {
         let connecting = self.config.connect(self.tls.clone());
+        let statements = Cache::new(self.cache, self.generation.clone());
         async move {
             let (client, connection) = connecting.await?;
+            let ending = Arc::new(AtomicBool::new(false));
             // Runs on the pool's runtime: `create` is polled inside the pool actor's task.
-            let driver = Driver(tokio::spawn(connection));
+            let task = tokio::spawn(drive(connection, ending.clone()));
             Ok(PgConnection {
-                driver,
+                driver: Driver { task, ending },
                 client,
-                statements: Mutex::new(HashMap::new()),
+                statements,
             })
         }
+    }
+
+    fn is_permanent(&self, error: &tokio_postgres::Error) -> bool {
+        is_permanent(error)
     }
 
     fn check(
@@ -378,6 +526,7 @@ where
             client,
             statements,
         } = conn;
+        driver.ending.store(true, Ordering::Relaxed);
         let open = !client.is_closed();
         // Dropping the last client is the goodbye: the driver writes Terminate, closes the
         // socket and finishes. The cached statements go after it, so they ask nothing of the
@@ -413,6 +562,21 @@ mod tests {
         let shown = format!("{m:?}");
         assert!(shown.contains("app"), "{shown}");
         assert!(!shown.contains("sekrit"), "{shown}");
+    }
+
+    #[test]
+    fn a_manager_without_tls_refuses_a_string_that_asks_for_it() {
+        for mode in ["require", "verify-ca", "verify-full"] {
+            let e = Manager::from_conn_str(&format!("host=db user=app sslmode={mode}"))
+                .expect_err("no plaintext when TLS is required");
+            assert!(matches!(e, ConfigError::TlsRequired(_)), "{e}");
+            assert!(e.to_string().contains("rustls"), "{e}");
+        }
+        let plain = Manager::from_conn_str("host=db user=app sslmode=prefer").expect("plaintext");
+        assert_eq!(
+            plain.config().get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
     }
 
     #[test]

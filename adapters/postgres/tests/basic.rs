@@ -261,12 +261,11 @@ fn bad_credentials_reach_the_caller() {
             good.shutdown(conn).await,
             gracepool::Goodbye::Said
         ));
-        // ... the wrong one reaches the caller of get(), with the server's error in the chain.
+        // ... the wrong one reaches the caller of get() at once, with the server's error in
+        // the chain: retrying cannot fix it (`is_permanent`), so nobody waits it out.
         let bad =
             || Manager::from_conn_str(&pg.conn_str_as(PASSWORD_USER, "wrong", "creds")).unwrap();
-        let wait = Duration::from_millis(400);
-        // By default the caller rides the failure out for its wait timeout (the pool retries
-        // with backoff meanwhile), then gets Timeout with the last creation error as source.
+        let wait = Duration::from_secs(10);
         let pool: Pool = Pool::builder(bad())
             .wait_timeout(wait)
             .runtime(TokioRuntime::current())
@@ -274,27 +273,12 @@ fn bad_credentials_reach_the_caller() {
             .unwrap();
         let start = Instant::now();
         let err = pool.get().await.expect_err("a wrong password is refused");
-        let took = start.elapsed();
-        assert!(matches!(err, gracepool::Error::Timeout { .. }), "{err:?}");
-        assert!(took >= wait, "rode it out: {took:?}");
+        assert!(start.elapsed() < wait / 2, "at once: {:?}", start.elapsed());
+        assert!(matches!(err, gracepool::Error::Permanent(_)), "{err:?}");
         assert_eq!(invalid_password(&err), 1, "{err}");
         let report = pool.close().await;
         assert_eq!(report.counters.created, 0);
-        assert!(report.counters.create_failed >= 2, "retried: {report:?}");
-
-        // In fail-fast mode the first failure goes to the caller at once, as Backend.
-        let pool: Pool = Pool::builder(bad())
-            .wait_timeout(wait)
-            .fail_fast(true)
-            .runtime(TokioRuntime::current())
-            .build()
-            .unwrap();
-        let start = Instant::now();
-        let err = pool.get().await.expect_err("a wrong password is refused");
-        assert!(start.elapsed() < wait, "at once: {:?}", start.elapsed());
-        assert!(matches!(err, gracepool::Error::Backend(_)), "{err:?}");
-        assert_eq!(invalid_password(&err), 1, "{err}");
-        assert_eq!(pool.close().await.counters.created, 0);
+        assert!(report.counters.create_failed >= 1, "{report:?}");
     });
 }
 
