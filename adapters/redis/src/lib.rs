@@ -220,6 +220,31 @@ impl ConnectionLike for Connection {
     }
 }
 
+/// Whether a creation error is one retrying cannot fix: the server refused the credentials
+/// (`WRONGPASS`, `NOAUTH`, redis-rs' authentication failure), an ACL forbids what connecting
+/// needs (`NOPERM`), the URL asks for a database the server does not have, or the client's
+/// settings are invalid. Transient, and retried: I/O errors (refused, reset, timed out),
+/// `LOADING` (a server loading its data set), `BUSY`, `TRYAGAIN`, `MASTERDOWN`.
+pub fn is_permanent(error: &RedisError) -> bool {
+    use redis::ErrorKind;
+    if error.is_io_error() || error.is_timeout() || error.is_connection_dropped() {
+        return false;
+    }
+    match error.kind() {
+        ErrorKind::AuthenticationFailed
+        | ErrorKind::InvalidClientConfig
+        | ErrorKind::RESP3NotSupported => true,
+        _ => match error.code() {
+            Some("WRONGPASS" | "NOAUTH" | "NOPERM") => true,
+            // `SELECT` of a database the server does not have.
+            Some("ERR") => error
+                .detail()
+                .is_some_and(|d| d.contains("DB index") || d.contains("invalid DB")),
+            _ => false,
+        },
+    }
+}
+
 impl gracepool::Manager for Manager {
     type Connection = Connection;
     type Error = RedisError;
@@ -233,6 +258,12 @@ impl gracepool::Manager for Manager {
             inner,
             broken: false,
         })
+    }
+
+    /// Permanent (every waiter told at once, see [`is_permanent`]): credentials refused,
+    /// settings the server or the client cannot use. Everything else is ridden out.
+    fn is_permanent(&self, error: &RedisError) -> bool {
+        is_permanent(error)
     }
 
     /// A connection that saw an I/O error is [`Unhealthy::Closed`] at once; any other is

@@ -117,6 +117,50 @@ fn smol_own_executor_set_get_close() {
     async_io::block_on(ex.run(set_get_close(&pool, &server)));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_the_server_lacks_is_permanent_and_a_stopped_server_is_ridden_out() {
+    let test = "a_database_the_server_lacks_is_permanent_and_a_stopped_server_is_ridden_out";
+    let Some(mut server) = RedisServer::start(test) else {
+        return;
+    };
+    // Database 99 of a server with 16: permanent.
+    let url = format!("redis://127.0.0.1:{}/99", server.port());
+    let pool: Pool = Pool::builder(Manager::new(url).expect("a valid URL"))
+        .wait_timeout(Duration::from_secs(20))
+        .runtime(TokioRuntime::current())
+        .build()
+        .expect("a valid configuration");
+    let started = std::time::Instant::now();
+    let err = pool.get().await.map(drop).expect_err("no such database");
+    assert!(matches!(err, gracepool::Error::Permanent(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    pool.close().await;
+
+    // The server stopped: connections refused, transient. The caller rides it out and is
+    // served once the server is back.
+    let pool: Pool = Pool::builder(Manager::new(server.url()).expect("a valid URL"))
+        .wait_timeout(Duration::from_millis(300))
+        .runtime(TokioRuntime::current())
+        .build()
+        .expect("a valid configuration");
+    server.stop();
+    let err = pool.get().await.map(drop).expect_err("the server is down");
+    assert!(
+        matches!(
+            err,
+            gracepool::Error::Timeout {
+                last_error: Some(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    server.restart();
+    let served = pool.get_timeout(Duration::from_secs(20)).await.map(drop);
+    assert!(served.is_ok(), "{served:?}");
+    pool.close().await;
+}
+
 #[test]
 fn a_bad_url_is_an_error_at_once() {
     let err = Manager::new("http://127.0.0.1:6379/").expect_err("not a redis URL");
@@ -132,14 +176,33 @@ async fn bad_credentials_fail_get_with_the_reason() {
     let url = server.url().replace("s3cret", "wrong");
     let pool: Pool = Pool::builder(Manager::new(url).expect("a valid URL"))
         .max_size(2)
-        .wait_timeout(Duration::from_millis(500))
+        .wait_timeout(Duration::from_secs(20))
         .runtime(TokioRuntime::current())
         .build()
         .expect("a valid configuration");
+    // Retrying cannot fix a wrong password: every waiting caller is told at once, not at its
+    // wait timeout.
+    let started = std::time::Instant::now();
+    let waiters: Vec<_> = (0..6)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.get().await.map(drop) })
+        })
+        .collect();
+    for waiter in waiters {
+        let err = waiter.await.expect("a task").expect_err("refused");
+        assert!(matches!(err, gracepool::Error::Permanent(_)), "{err:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     let err = match pool.get().await {
         Ok(_) => panic!("a wrong password must not give a connection"),
         Err(e) => e,
     };
+    assert!(matches!(err, gracepool::Error::Permanent(_)), "{err:?}");
     // The reason (the server refused the password) reaches the caller, as the error or in
     // its sources.
     let mut chain = format!("{err} / {err:?}");
