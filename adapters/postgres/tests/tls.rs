@@ -333,3 +333,72 @@ fn scram_over_tls_binds_the_channel() {
         assert_eq!(pool.close().await.counters.closed_graceful, 1);
     });
 }
+
+#[test]
+fn sslmode_from_a_connection_string_chooses_the_checks() {
+    use gracepool_postgres::ConnectOptions;
+    let Some((pg, files)) =
+        PgServer::start_with_tls("tls::sslmode_from_a_connection_string_chooses_the_checks")
+    else {
+        return;
+    };
+    let rt = tokio_rt();
+    let url = |host: &str, mode: &str, root: &std::path::Path, app: &str| {
+        format!(
+            "postgresql://{USER}@{host}:{}/postgres?sslmode={mode}&sslrootcert={}&application_name={app}",
+            pg.port(),
+            root.display()
+        )
+    };
+    rt.block_on(async {
+        // verify-full and verify-ca with the right root: encrypted sessions.
+        for (mode, app) in [("verify-full", "cs_full"), ("verify-ca", "cs_ca")] {
+            let manager = ConnectOptions::parse(&url("127.0.0.1", mode, &files.ca_cert, app))
+                .unwrap()
+                .manager_rustls()
+                .unwrap();
+            let pool = Pool::builder(manager)
+                .fail_fast(true)
+                .runtime(TokioRuntime::current())
+                .build()
+                .unwrap();
+            let conn = pool.get().await.expect("a TLS connection");
+            let row = conn.query_one(SSL_OF_THIS_SESSION, &[]).await.unwrap();
+            assert!(row.get::<_, bool>(0), "{mode}: encrypted");
+            drop(conn);
+            let report = pool.close().await;
+            assert_eq!(report.counters.closed_graceful, 1, "{mode}");
+        }
+        // The wrong root: refused, and permanent (every waiter told at once, not retried).
+        let manager = ConnectOptions::parse(&url(
+            "127.0.0.1",
+            "verify-full",
+            &files.other_ca_cert,
+            "cs_wrong",
+        ))
+        .unwrap()
+        .manager_rustls()
+        .unwrap();
+        let pool = Pool::builder(manager)
+            .wait_timeout(Duration::from_secs(20))
+            .runtime(TokioRuntime::current())
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let err = get_fails(&pool).await;
+        assert!(
+            matches!(err, gracepool::Error::Permanent(_)),
+            "a certificate that does not verify is permanent: {err:?}"
+        );
+        assert!(started.elapsed() < FAIL_WITHIN);
+        assert!(chain(&err).contains("not signed by"), "{}", chain(&err));
+        pool.close().await;
+        // A manager without TLS refuses the string outright.
+        let refused = ConnectOptions::parse(&url("127.0.0.1", "require", &files.ca_cert, "x"))
+            .unwrap()
+            .manager()
+            .unwrap_err();
+        assert!(refused.to_string().contains("needs TLS"), "{refused}");
+    });
+    assert_no_session(&pg, "cs_wrong");
+}
