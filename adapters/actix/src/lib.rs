@@ -3,6 +3,10 @@
 //!
 //! - [`ActixRuntime`] implements [`gracepool::Runtime`]: it spawns the pool's own actor through
 //!   an [`ArbiterHandle`] (a stopped arbiter is a [`gracepool::SpawnError`], never a panic).
+//!   Connections are made on that arbiter, or, with
+//!   [`with_caller_arbiters`](ActixRuntime::with_caller_arbiters), also on the arbiters of the
+//!   callers that need them (actix-web's workers); see
+//!   [Where connections are made](ActixRuntime#where-connections-are-made).
 //! - [`PoolActor`] wraps a [`Pool`] so an actix app can `addr.send(Get::new())` a connection
 //!   and `addr.send(Close).await` on shutdown. When it stops — the `System` stops, its arbiter
 //!   stops, or the last `Addr` to it is dropped — it begins a close ([`Pool::begin_close`])
@@ -86,10 +90,11 @@
 #![deny(missing_docs)]
 
 use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use actix::{Actor, Context, Handler, Message, MessageResult, ResponseFuture};
-use actix_rt::{Arbiter, ArbiterHandle};
+use actix_rt::{Arbiter, ArbiterHandle, System};
 use gracepool::{BoxFuture, CloseReport, Manager, Pool, Pooled, Runtime, SpawnError};
 
 /// A [`gracepool::Runtime`] on an actix [`Arbiter`].
@@ -98,10 +103,46 @@ use gracepool::{BoxFuture, CloseReport, Manager, Pool, Pooled, Runtime, SpawnErr
 /// uses tokio's timer, which actix's runtimes always enable; anywhere else, `async-io`'s, which
 /// works wherever it is polled. An arbiter built with `Arbiter::with_tokio_rt` on a runtime
 /// without a time driver needs [`with_async_io_timers`](ActixRuntime::with_async_io_timers).
+///
+/// # Where connections are made
+///
+/// The pool's actor makes connections on its arbiter. A `get` that runs on that same arbiter,
+/// finds nothing idle, nobody waiting and room in the pool makes its connection itself, in its
+/// own task, without the round trip to the actor ([`Runtime::is_current`]): on the same
+/// arbiter, so nothing else changes. A `get` on any other thread (an actix-web worker, say)
+/// asks the actor. So by default every connection is made on the pool's arbiter, and a
+/// connection whose I/O lives in a task of its own (tokio-postgres' driver) lives there: it
+/// lasts as long as that arbiter, whichever worker uses it.
+/// [`with_caller_arbiters`](ActixRuntime::with_caller_arbiters) lets callers on the other
+/// arbiters of the `System` make connections too, on their own arbiters.
 #[derive(Debug, Clone)]
 pub struct ActixRuntime {
     arbiter: ArbiterHandle,
     tokio_timers: bool,
+    caller_arbiters: bool,
+    /// The pool arbiter's System and tokio runtime: read on the arbiter itself, by
+    /// [`current`](ActixRuntime::current) or else by the first task [`Runtime::spawn`] starts
+    /// there. Until it is known, no caller creates (the actor does).
+    home: Arc<OnceLock<Home>>,
+}
+
+/// Which System, and which of its arbiters (each runs a tokio runtime of its own), a thread
+/// belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Home {
+    system: usize,
+    runtime: tokio::runtime::Id,
+}
+
+impl Home {
+    /// The calling thread's, when it runs inside an actix arbiter's runtime. The runtime
+    /// context is read first: it is readable even while thread-locals are being torn down.
+    fn here() -> Option<Home> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?.id();
+        Arbiter::try_current()?;
+        let system = System::try_current()?.id();
+        Some(Home { system, runtime })
+    }
 }
 
 impl ActixRuntime {
@@ -112,18 +153,26 @@ impl ActixRuntime {
     /// Outside an actix `System`, like [`Arbiter::current`]. Use
     /// [`try_current`](ActixRuntime::try_current) to get an error instead.
     pub fn current() -> Self {
-        ActixRuntime::from_arbiter(Arbiter::current())
+        ActixRuntime::from_arbiter(Arbiter::current()).at_home_here()
     }
 
     /// The arbiter of the calling thread, or an error outside an actix `System`.
     pub fn try_current() -> Result<Self, SpawnError> {
         Arbiter::try_current()
-            .map(ActixRuntime::from_arbiter)
+            .map(|arbiter| ActixRuntime::from_arbiter(arbiter).at_home_here())
             .ok_or_else(|| {
                 SpawnError::new(
                     "not on an actix arbiter; pass an ArbiterHandle with ActixRuntime::from_arbiter",
                 )
             })
+    }
+
+    /// Records the calling thread, the arbiter's own, as the pool's home.
+    fn at_home_here(self) -> Self {
+        if let Some(here) = Home::here() {
+            let _ = self.home.set(here);
+        }
+        self
     }
 
     /// The arbiter `arbiter` points to (for example a dedicated `Arbiter::new().handle()`);
@@ -132,7 +181,30 @@ impl ActixRuntime {
         ActixRuntime {
             arbiter,
             tokio_timers: true,
+            caller_arbiters: false,
+            home: Arc::new(OnceLock::new()),
         }
+    }
+
+    /// Lets a `get` on any arbiter of the pool's `System` — an actix-web worker's, say — make
+    /// the connection it needs itself, on its own arbiter, as it may on the pool's arbiter (see
+    /// [Where connections are made](ActixRuntime#where-connections-are-made)). In actix-web,
+    /// connections (and tokio-postgres' driver tasks) are then spread over the workers' threads
+    /// instead of all living on the System's.
+    ///
+    /// The cost: such a connection's I/O lives only as long as the arbiter that made it. A
+    /// worker that stops before the pool closes — actix-web stops its workers before
+    /// `server.run().await` returns, and replaces one whose thread panicked — takes with it
+    /// the tasks that drove its connections, and a query in flight on one of them, from any
+    /// worker, fails. The pool still holds each such connection and closes each exactly once,
+    /// never with a panic or a word on stderr: a health check that sees it dead closes it
+    /// (gracepool-postgres' default check does, for free), and the pool's close ends it
+    /// without its goodbye when saying it needed the stopped worker (gracepool-postgres
+    /// counts it in `closed_sync`, not `closed_graceful`). For every goodbye, close the pool
+    /// while the workers still run, or keep the default.
+    pub fn with_caller_arbiters(mut self) -> Self {
+        self.caller_arbiters = true;
+        self
     }
 
     /// Never uses tokio's timer, only `async-io`'s: for arbiters on a tokio runtime built
@@ -150,6 +222,19 @@ impl ActixRuntime {
 
 impl Runtime for ActixRuntime {
     fn spawn(&self, task: BoxFuture) -> Result<(), SpawnError> {
+        // Built with `from_arbiter` elsewhere: the task learns the arbiter's home as it starts.
+        let task = match self.home.get() {
+            Some(_) => task,
+            None => {
+                let home = Arc::clone(&self.home);
+                Box::pin(async move {
+                    if let Some(here) = Home::here() {
+                        let _ = home.set(here);
+                    }
+                    task.await
+                })
+            }
+        };
         // A stopped arbiter hands the task back and it is dropped here: the pool actor's
         // `Drop` closes the pool.
         if self.arbiter.spawn(task) {
@@ -158,6 +243,20 @@ impl Runtime for ActixRuntime {
             Err(SpawnError::new(
                 "the actix arbiter has stopped; build the pool on a running one",
             ))
+        }
+    }
+
+    /// True on the pool's own arbiter; with
+    /// [`with_caller_arbiters`](ActixRuntime::with_caller_arbiters), on any arbiter of its
+    /// `System`. A connection a caller makes there is registered with that arbiter's runtime.
+    fn is_current(&self) -> bool {
+        let (Some(home), Some(here)) = (self.home.get(), Home::here()) else {
+            return false;
+        };
+        if self.caller_arbiters {
+            here.system == home.system
+        } else {
+            here.runtime == home.runtime
         }
     }
 

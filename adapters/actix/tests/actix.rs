@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use actix::Actor;
-use actix_rt::{Arbiter, System};
+use actix_rt::{Arbiter, ArbiterHandle, System};
 use gracepool::{CloseCause, Error, Pool, PoolState};
 use gracepool_actix::{ActixRuntime, Close, Get, GetStatus, PoolActor};
-use gracepool_testkit::{assert_accounted, Counting};
+use gracepool_testkit::{assert_accounted, set_birthplace, Counting};
 
 #[test]
 fn messages_get_status_and_close() {
@@ -178,4 +178,145 @@ fn timers_work_off_any_actix_thread() {
     assert!(t.elapsed() >= Duration::from_millis(5));
     arbiter.stop();
     arbiter.join().unwrap();
+}
+
+/// Runs `fut` on `arbiter` and hands back its output, polling for it with the System's timer
+/// (a blocking wait would stop the System's arbiter, and with it the pool's actor).
+async fn on_arbiter<T: Send + 'static>(
+    arbiter: &ArbiterHandle,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    assert!(arbiter.spawn(async move {
+        let _ = tx.send(fut.await);
+    }));
+    answer(rx).await
+}
+
+async fn answer<T>(rx: std::sync::mpsc::Receiver<T>) -> T {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return v,
+            Err(std::sync::mpsc::TryRecvError::Empty) if std::time::Instant::now() < until => {
+                actix_rt::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) => panic!("no answer: {e:?}"),
+        }
+    }
+}
+
+/// Where the connection a `get` on `arbiter` is handed was born, and whether that `get` waited
+/// (for the actor): the guard goes back to the pool on the arbiter.
+async fn get_on(arbiter: &ArbiterHandle, pool: &Pool<Counting>) -> (u64, u64) {
+    let pool = pool.clone();
+    on_arbiter(arbiter, async move {
+        let waited = pool.status().counters.gets_waited;
+        let conn = pool.get().await.expect("a connection");
+        (conn.born, pool.status().counters.gets_waited - waited)
+    })
+    .await
+}
+
+#[test]
+fn a_get_on_the_pools_arbiter_creates_its_connection_and_other_arbiters_ask_the_actor() {
+    let m = Counting::new();
+    let sys = System::new();
+    let worker = Arbiter::new();
+    worker.spawn(async { set_birthplace(2) });
+    sys.block_on(async {
+        set_birthplace(1);
+        let pool = Pool::builder(m.clone())
+            .max_size(4)
+            .runtime(ActixRuntime::current())
+            .build()
+            .unwrap();
+        // On the pool's arbiter: made by the caller, without waiting for the actor.
+        let held = pool.get().await.unwrap();
+        assert_eq!(held.born, 1);
+        assert_eq!(pool.status().counters.gets_waited, 0);
+        // On another arbiter: the actor makes it, on the pool's arbiter; the caller waits.
+        assert_eq!(get_on(&worker.handle(), &pool).await, (1, 1));
+        drop(held);
+        let report = pool.close().await;
+        assert!(report.is_complete() && !report.fallback, "{report:?}");
+        assert_eq!(report.counters.closed_graceful, 2);
+    });
+    worker.stop();
+    worker.join().unwrap();
+    m.assert_balanced();
+}
+
+#[test]
+fn with_caller_arbiters_a_worker_makes_its_own_connections_and_they_close_once_after_it_stopped() {
+    let m = Counting::new();
+    let sys = System::new();
+    let worker = Arbiter::new();
+    worker.spawn(async { set_birthplace(2) });
+    sys.block_on(async {
+        set_birthplace(1);
+        let pool = Pool::builder(m.clone())
+            .max_size(4)
+            .runtime(ActixRuntime::current().with_caller_arbiters())
+            .build()
+            .unwrap();
+        let held = pool.get().await.unwrap();
+        assert_eq!(held.born, 1);
+        // On another arbiter of the System: made there, by the caller, without waiting.
+        assert_eq!(get_on(&worker.handle(), &pool).await, (2, 0));
+        // On an arbiter of another System (with nothing idle): the actor makes it, on the
+        // pool's arbiter.
+        let workers = pool.get().await.unwrap();
+        assert_eq!(workers.born, 2);
+        let other = {
+            let pool = pool.clone();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                System::new().block_on(async move {
+                    set_birthplace(3);
+                    let held = pool.get().await.expect("a connection");
+                    let _ = tx.send(held.born);
+                })
+            });
+            answer(rx).await
+        };
+        assert_eq!(other, 1);
+        // The worker stops while its connection sits idle in the pool: it stays the pool's,
+        // and the close ends it once, with the others.
+        worker.stop();
+        worker.join().unwrap();
+        drop((held, workers));
+        let report = pool.close().await;
+        assert!(report.is_complete() && !report.fallback, "{report:?}");
+        assert_eq!(report.counters.created, 3, "{report:?}");
+        assert_accounted(&report.counters);
+    });
+    m.assert_balanced();
+}
+
+#[test]
+fn a_pool_given_its_arbiter_from_elsewhere_learns_it_from_its_actor() {
+    let m = Counting::new();
+    let sys = System::new();
+    let home = Arbiter::new();
+    home.spawn(async { set_birthplace(2) });
+    // Built on the System's thread, for another arbiter: the actor's task, the first on it,
+    // tells the pool which arbiter it is.
+    let pool = Pool::builder(m.clone())
+        .max_size(2)
+        .runtime(ActixRuntime::from_arbiter(home.handle()))
+        .build()
+        .unwrap();
+    sys.block_on(async {
+        set_birthplace(1);
+        // On the pool's arbiter: made there, by the caller.
+        assert_eq!(get_on(&home.handle(), &pool).await, (2, 0));
+        // Here, on the System's arbiter: the one idle connection, made there.
+        assert_eq!(pool.get().await.unwrap().born, 2);
+        let report = pool.close().await;
+        assert!(report.is_complete(), "{report:?}");
+    });
+    home.stop();
+    home.join().unwrap();
+    m.assert_balanced();
 }
