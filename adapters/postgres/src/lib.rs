@@ -43,7 +43,7 @@
 //! that as [`gracepool::Error::ManagerPanicked`].
 //!
 //! The socket lives in the driver task, not in the [`PgConnection`]. A [`PgConnection`] holds
-//! the client and the driver's `JoinHandle`.
+//! the client, the driver's `JoinHandle` and the connection's statement cache.
 //!
 //! # How a connection says goodbye
 //!
@@ -80,32 +80,351 @@
 //! A connection coming back from its guard is dropped when its client is closed
 //! ([`is_broken`](gracepool::Manager::is_broken)).
 //!
+//! With the `tracing` feature, a driver that ends when the pool did not ask it to — the server
+//! ended the session (`pg_terminate_backend`, a restart, an idle timeout of its own) or the
+//! network failed — is logged as a warning, target `gracepool_postgres`: "a connection's driver
+//! ended outside a close", with the error and its SQLSTATE (`57P01` for a terminated backend).
+//! The connection is then found closed by the next check and replaced. A close the pool began
+//! logs no such warning.
+//!
 //! # Statements
 //!
 //! A prepared statement belongs to the connection that prepared it, and an application cannot
 //! tell which connection the pool hands it next: without help, every checkout would prepare
-//! again (one more round trip per query). [`PgConnection::prepare_cached`] keeps the statements
-//! each connection prepared, by SQL text, for as long as the connection lives.
+//! again, one more round trip per query. [`PgConnection::prepare_cached`] keeps each
+//! connection's statements by SQL text; [`PgConnection::prepare_typed_cached`] by SQL text and
+//! parameter types together, so the same text with other types is another statement.
+//!
+//! How many each connection keeps is the manager's [`StatementCache`]
+//! ([`Manager::statement_cache`]):
+//!
+//! - [`StatementCache::Bounded`]`(n)`, 100 by default: at most `n` per connection, the least
+//!   recently used going first (tokio-postgres deallocates it on the server once no copy of it
+//!   is in use). A service with an open-ended set of query texts holds at most `n` statements
+//!   per session on the server.
+//! - [`StatementCache::Disabled`]: `prepare_cached` prepares on every call, a round trip each,
+//!   and no statement outlives its use. The mode for PgBouncer's transaction pooling (below).
+//!
+//! Inside a transaction, [`Transaction::prepare_cached`] reads and fills the same cache: a
+//! statement prepared there outlives the transaction, whether it commits or not.
+//!
+//! After a migration changed a table that cached statements read, or after `DISCARD ALL`,
+//! `pool.manager().clear_statement_caches()` ([`Manager::clear_statement_caches`]) empties the
+//! cache of every connection of the pool, idle and checked out alike, each the next time it is
+//! used; [`PgConnection::clear_statement_cache`] empties one.
+//!
+//! ```no_run
+//! # async fn f(pool: gracepool_postgres::Pool) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use gracepool_postgres::tokio_postgres::types::Type;
+//!
+//! let conn = pool.get().await?;
+//! // Cached by text and parameter types: here `$1` is an int8.
+//! let stmt = conn.prepare_typed_cached("SELECT $1 + 1", &[Type::INT8]).await?;
+//! let row = conn.query_one(&stmt, &[&41i64]).await?;
+//! assert_eq!(row.get::<_, i64>(0), 42);
+//! drop(conn);
+//!
+//! // After a migration: every connection prepares afresh.
+//! pool.manager().clear_statement_caches();
+//! # Ok(()) }
+//! ```
+//!
+//! ## Behind PgBouncer
+//!
+//! With PgBouncer's transaction pooling, each transaction may run on another server
+//! connection, and before PgBouncer 1.21 a named prepared statement exists only on the server
+//! connection that prepared it. There, turn the cache off
+//! (`.statement_cache(StatementCache::Disabled)`), and outside transactions send statements
+//! unnamed: [`Client::query_typed`] (the parameter types given, parsed and run in one round
+//! trip), `simple_query` or `batch_execute`. Inside a transaction, `prepare_cached` then
+//! prepares on the server connection the transaction runs on, and works. Session pooling needs
+//! none of this. PgBouncer is not in this crate's tests yet.
+//!
+//! # Transactions
+//!
+//! [`PgConnection::transaction`] and [`PgConnection::build_transaction`] work on a pooled
+//! connection as on a bare client (the guard derefs mutably), and return a [`Transaction`] that
+//! carries the connection's statement cache.
+//!
+//! ```no_run
+//! # async fn f(pool: gracepool_postgres::Pool) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use gracepool_postgres::tokio_postgres::IsolationLevel;
+//!
+//! let mut conn = pool.get().await?;
+//! let tx = conn.transaction().await?;
+//! let insert = tx.prepare_cached("INSERT INTO visits (path) VALUES ($1)").await?;
+//! tx.execute(&insert, &[&"/"]).await?;
+//! tx.commit().await?;
+//!
+//! let tx = conn
+//!     .build_transaction()
+//!     .isolation_level(IsolationLevel::Serializable)
+//!     .read_only(true)
+//!     .start()
+//!     .await?;
+//! let visits: i64 = tx.query_one("SELECT count(*) FROM visits", &[]).await?.get(0);
+//! tx.commit().await?;
+//! # let _ = visits; Ok(()) }
+//! ```
+//!
+//! A transaction dropped without `commit` rolls back, and that is cancel-safe: after a `?` that
+//! returned early, or a request cancelled half-way (its future dropped by a timeout, or by a
+//! web framework whose client went away), tokio-postgres queues `ROLLBACK` on the connection as
+//! the transaction drops, before the guard can give the connection back, so the next caller's
+//! first statement runs after it, outside any transaction. The same holds for a `transaction()` call cancelled
+//! between its `BEGIN` and the answer. The tests cancel requests at random points inside
+//! transactions, under load on a real server, and check that no checkout ever finds a
+//! transaction open and that no half-done transaction commits.
+//!
+//! That covers the transactions these methods begin. A `BEGIN` written by hand
+//! (`conn.batch_execute("BEGIN")`, or inside a larger batch) is not covered: a request that
+//! fails or is cancelled before its `COMMIT` gives the connection back inside the transaction,
+//! and the next caller's statements run in it — or fail, if it was aborted. When code like that
+//! exists, roll back as connections come back, with an after-return hook
+//! ([Per-connection setup](#per-connection-setup)).
+//!
+//! # Per-connection setup
+//!
+//! The pool's hooks — [`after_create`](gracepool::Builder::after_create),
+//! [`before_checkout`](gracepool::Builder::before_checkout) and
+//! [`after_return`](gracepool::Builder::after_return) on the builder — lend the hook the
+//! [`PgConnection`] mutably, so anything a [`Client`] does works in them. The usual pair: set
+//! each new session up, and clean up after each caller:
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use gracepool_postgres::{Manager, Pool};
+//! use gracepool_tokio::TokioRuntime;
+//!
+//! let pool: Pool = Pool::builder(Manager::from_env()?)
+//!     // Every new session, before anyone sees it: a statement timeout, the app's schema.
+//!     .after_create(|conn, _metrics| {
+//!         Box::pin(async move {
+//!             conn.batch_execute("SET statement_timeout = '5s'; SET search_path = app, public")
+//!                 .await?;
+//!             Ok(())
+//!         })
+//!     })
+//!     // Every connection given back: a transaction a caller left open (a hand-written
+//!     // BEGIN) is rolled back before anyone else gets the connection. Without one,
+//!     // PostgreSQL only warns.
+//!     .after_return(|conn, _metrics| {
+//!         Box::pin(async move {
+//!             conn.batch_execute("ROLLBACK").await?;
+//!             Ok(())
+//!         })
+//!     })
+//!     .runtime(TokioRuntime::current())
+//!     .build()?;
+//! # let _ = pool; Ok(()) }
+//! ```
+//!
+//! - `after_create` runs once per connection, where it was made, inside the create timeout.
+//!   When it fails — a `SET` the server refuses — the new session is ended with its goodbye and
+//!   never counts as created; the pool retries with backoff, and a caller sees
+//!   [`gracepool::Error::Hook`] (with `fail_fast`) or its timeout's `last_error`, with the
+//!   server's message.
+//! - `before_checkout` runs before a connection that waited in the pool is handed out, after
+//!   the check, bounded by the check timeout; a failure closes that connection and the caller
+//!   gets another.
+//! - `after_return` runs in the pool's actor (a guard's drop cannot wait for a round trip),
+//!   bounded by the check timeout; the connection counts as in use until it is done, and a
+//!   failure closes it. The cost: a round trip per return, and each return goes through the
+//!   actor instead of straight back to the idle queue or the next waiter.
+//!
+//! Every hook failure is counted in the pool's `status().counters.hook_failed`. A reset that
+//! runs `DISCARD ALL` (or `DEALLOCATE ALL`) drops the session's prepared statements: call
+//! `conn.clear_statement_cache()` in the same hook. `RESET ALL` undoes the `SET`s of
+//! `after_create`.
+//!
+//! # Configuration
+//!
+//! [`ConnectOptions`] reads connection settings as libpq does:
+//!
+//! - [`ConnectOptions::parse`] (behind [`Manager::from_conn_str`]): a key-value string
+//!   (`host=db user=app sslmode=require`) or a URL
+//!   (`postgresql://app@db/app?sslmode=verify-full&sslrootcert=/etc/app/root.crt`), with
+//!   libpq's `sslmode` values and `sslrootcert`, which tokio-postgres does not read itself.
+//! - [`ConnectOptions::from_env`] (behind [`Manager::from_env`]): `DATABASE_URL` when it is set,
+//!   then libpq's variables for whatever it leaves out — `PGHOST`, `PGPORT`, `PGUSER`,
+//!   `PGPASSWORD`, `PGDATABASE`, `PGSSLMODE`, `PGSSLROOTCERT`, `PGCONNECT_TIMEOUT` (seconds),
+//!   `PGAPPNAME` — and `localhost` and the login name (`USER`) when nothing names a host or a
+//!   user.
+//! - [`PgConfig`] (feature `serde`): one configuration section, in any serde format, for the
+//!   connection (a `url`, or the settings one by one), the manager (`check`,
+//!   `statement_cache`) and the pool (`pool`, gracepool's [`PoolConfig`](gracepool::PoolConfig)).
+//!   Unknown fields are errors; what the section leaves out comes from the environment.
+//!
+//! ```
+//! use gracepool_postgres::{defaults, ConnectOptions};
+//!
+//! // What a deployment sets (read through a lookup here; `from_env` reads the process's).
+//! let opts = ConnectOptions::from_lookup(|name| match name {
+//!     "DATABASE_URL" => Some("postgresql://app@db.internal/app".into()),
+//!     "PGPASSWORD" => Some("secret".into()),
+//!     _ => None,
+//! })?;
+//! assert_eq!(opts.config().get_password(), Some(&b"secret"[..]));
+//! assert_eq!(opts.config().get_connect_timeout(), Some(&defaults::CONNECT_TIMEOUT));
+//! let manager = opts.manager()?;
+//! # let _ = manager;
+//! # Ok::<(), gracepool_postgres::ConfigError>(())
+//! ```
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use gracepool_postgres::PgConfig;
+//! use gracepool_tokio::TokioRuntime;
+//!
+//! // A section of the service's configuration file (JSON here; any serde format).
+//! let section: PgConfig = serde_json::from_str(
+//!     r#"{
+//!         "url": "postgresql://app@db.internal/app",
+//!         "application_name": "billing",
+//!         "statement_cache": 200,
+//!         "pool": { "max_size": 16, "wait_timeout": "5s" }
+//!     }"#,
+//! )?;
+//! let pool = section.builder()?.runtime(TokioRuntime::current()).build()?;
+//! # let _ = pool; Ok(()) }
+//! ```
+//!
+//! Where the settings say nothing, the network [`defaults`] bound how long a dead peer — a
+//! partition that drops packets, a host gone without a word — can hold a connection attempt
+//! or a query:
+//!
+//! | setting | default | what it bounds |
+//! |---|---|---|
+//! | `connect_timeout` | 10 s | one connection attempt (TCP, TLS, authentication) into a silent network; tokio-postgres sets none |
+//! | `keepalives_idle`, `keepalives_interval`, `keepalives_retries` | 30 s, 10 s, 3 | a connection with nothing in flight — idle, or waiting for an answer — to a peer that is gone: the kernel ends it after about a minute (30 s + 3 × 10 s); tokio-postgres starts probing after 2 hours |
+//! | `tcp_user_timeout` (Linux) | 60 s | data sent and never acknowledged, where keepalives do not probe |
+//!
+//! The same key in a connection string overrides each. [`Manager::new`] takes a
+//! `tokio_postgres::Config` as it is, without these defaults. On top of them, the pool's
+//! create timeout (30 s by default) bounds a whole creation, and a query on a live server is
+//! bounded only by what the session sets (`statement_timeout`).
 //!
 //! # TLS
 //!
-//! [`Manager::new`] and [`Manager::from_conn_str`] connect without TLS ([`NoTls`]).
-//! [`Manager::with_tls`] takes any [`MakeTlsConnect`] that tokio-postgres accepts: for example
-//! the connector of the `postgres-native-tls` or `tokio-postgres-rustls` crates. The pool type
-//! then names it: `Pool<MakeTlsConnector>`.
+//! With the `rustls` feature, [`ConnectOptions::manager_rustls`] makes a manager that encrypts
+//! as the settings' `sslmode` says, with [`RustlsConnect`]:
 //!
-//! # Coming from deadpool-postgres or bb8-postgres
+//! | `sslmode` | encrypted | the server's certificate |
+//! |---|---|---|
+//! | `disable` | never | — |
+//! | `allow`, `prefer` (libpq's default) | when the server offers TLS | not checked |
+//! | `require` | always | not checked; checked as `verify-ca` when `sslrootcert` is given |
+//! | `verify-ca` | always | chains to `sslrootcert` |
+//! | `verify-full` | always | chains to `sslrootcert` and is valid for the host name |
 //!
-//! | deadpool-postgres / bb8-postgres | gracepool-postgres |
+//! `verify-ca` and `verify-full` need `sslrootcert`. When `sslmode` requires TLS, a server that
+//! does not offer it is refused: the connection never goes on in plaintext. A certificate that
+//! does not verify is a [permanent error](#errors).
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use gracepool_postgres::{ConnectOptions, Pool, RustlsConnect};
+//! use gracepool_tokio::TokioRuntime;
+//!
+//! let manager = ConnectOptions::parse(
+//!     "postgresql://app@db.internal/app?sslmode=verify-full&sslrootcert=/etc/app/root.crt",
+//! )?
+//! .manager_rustls()?;
+//! let pool: Pool<RustlsConnect> = Pool::builder(manager)
+//!     .runtime(TokioRuntime::current())
+//!     .build()?;
+//! # let _ = pool; Ok(()) }
+//! ```
+//!
+//! The managers without TLS — [`Manager::from_conn_str`], [`Manager::from_env`],
+//! [`ConnectOptions::manager`] — refuse settings with `sslmode` `require`, `verify-ca` or
+//! `verify-full` ([`ConfigError::TlsRequired`]) rather than connect in plaintext; with `prefer`
+//! they connect in plaintext without trying TLS (libpq would try it first). Their pool type is
+//! `Pool` (`Pool<NoTls>`). [`Manager::with_tls`] takes a connector of your own: a
+//! [`RustlsConnect`] built by hand (its docs say what is checked, which crypto provider it uses,
+//! and how channel binding works), or any other [`MakeTlsConnect`] tokio-postgres accepts, such
+//! as `postgres-native-tls`'s. The pool type then names it: `Pool<RustlsConnect>`.
+//!
+//! # Errors
+//!
+//! A creation error is *permanent* when retrying cannot fix it, as [`is_permanent`] judges it
+//! for the pool: every caller waiting at that moment gets [`gracepool::Error::Permanent`] at
+//! once, with the server's error inside, instead of waiting out its wait timeout; the pool
+//! still retries with backoff for later callers (the password may be fixed meanwhile). Any
+//! other creation error is *transient*: the pool retries with backoff while callers wait, and a
+//! caller whose wait runs out gets [`gracepool::Error::Timeout`] with the last error as its
+//! `last_error`.
+//!
+//! | | SQLSTATE, or cause |
 //! |---|---|
-//! | `Manager::from_config(config, NoTls, ManagerConfig { recycling_method, .. })` | `Manager::new(config).check_method(..)` |
-//! | `RecyclingMethod::Fast` / `Verified` | [`CheckMethod::Fast`] / [`CheckMethod::Verified`] |
-//! | `RecyclingMethod::Clean` / `Custom(sql)` | no equivalent: run the clean-up on the connection yourself |
-//! | bb8's `PostgresConnectionManager::new(config, NoTls)` | `Manager::new(config)` (its `is_valid` is [`CheckMethod::Verified`]) |
-//! | `Pool::builder(m).max_size(n).build()` / bb8's `.build(m).await` | `Pool::builder(m).max_size(n).runtime(TokioRuntime::current()).build()` |
-//! | `client.prepare_cached(sql)` (deadpool) | [`PgConnection::prepare_cached`], the same per connection |
-//! | `Object::take(obj)` (deadpool) | `Pooled::detach(conn)` |
-//! | `pool.close()` (aborts every driver: no goodbye) / bb8: none | `pool.close().await`: every connection says goodbye |
+//! | permanent | class `28` (`28P01` wrong password, `28000` no `pg_hba.conf` entry or a role that may not log in); `3D000` no such database; `42501` no `CONNECT` privilege; a server certificate that does not verify; settings the client cannot use |
+//! | transient | connection refused, reset or timed out; `53300` too many connections; `57P03` the server is starting up or shutting down; class `08` connection exceptions; any other server error |
+//!
+//! ```no_run
+//! # async fn f(pool: gracepool_postgres::Pool) {
+//! match pool.get().await {
+//!     Ok(conn) => drop(conn),
+//!     // Told at once: a wrong password, a missing database. Say so and stop retrying here.
+//!     Err(gracepool::Error::Permanent(e)) => {
+//!         eprintln!("PostgreSQL refused us ({:?}): {e}", e.code().map(|c| c.code()));
+//!     }
+//!     // The server was unreachable, full or restarting for the whole wait.
+//!     Err(e) => eprintln!("no connection: {e}"),
+//! }
+//! # }
+//! ```
+//!
+//! Errors of queries on a connection are the caller's, as on a bare client; the pool looks
+//! only at whether the connection is closed.
+//!
+//! # Features
+//!
+//! - `rustls`: TLS on rustls, [`RustlsConnect`] and [`ConnectOptions::manager_rustls`].
+//! - `serde`: [`PgConfig`].
+//! - `tracing`: the warning when a driver ends outside a close, and gracepool's own events.
+//!
+//! # Coming from deadpool-postgres
+//!
+//! Line by line, deadpool-postgres 0.14 (on deadpool 0.13) on the left. The pool's own knobs
+//! (timeouts, backoff, `fail_fast`) are in the gracepool guide's migration chapter.
+//!
+//! | deadpool-postgres | gracepool-postgres | notes |
+//! |---|---|---|
+//! | `Manager::new(pg_config, NoTls)` | [`Manager::new`]`(pg_config)` | With TLS: [`Manager::with_tls`]`(pg_config, tls)`. |
+//! | `Manager::from_config(pg_config, NoTls, ManagerConfig { recycling_method })` | `Manager::new(pg_config).check_method(..)` | `recycling_method` is `ManagerConfig`'s one field. |
+//! | `RecyclingMethod::Fast` | [`CheckMethod::Fast`] | The default in both: `is_closed`, no round trip. |
+//! | `RecyclingMethod::Verified` | [`CheckMethod::Verified`] | Both send an empty query. |
+//! | `RecyclingMethod::Clean` | `.before_checkout(..)` running deadpool's clean-up SQL (`CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;`) | Not built in: a hook says what it costs where it runs. `before_checkout` runs it where deadpool does, as a connection is handed out; `.after_return(..)` runs it as the connection comes back, off the next caller's path. `RESET ALL` undoes `after_create`'s `SET`s. |
+//! | `RecyclingMethod::Custom(sql)` | `.before_checkout(\|conn, _\| Box::pin(async move { conn.batch_execute(SQL).await?; Ok(()) }))` | Or in `.after_return(..)`, as above. |
+//! | `deadpool_postgres::Config { .. }` | [`PgConfig`] (feature `serde`) | One serde section: a `url` or the settings one by one, `check`, `statement_cache`, and the pool's settings under `pool`. |
+//! | `config.create_pool(Some(Runtime::Tokio1), NoTls)?` | `section.builder()?.runtime(TokioRuntime::current()).build()?` | Or `Pool::builder(section.manager()?)` to set more on the builder. |
+//! | `Runtime::Tokio1` | `.runtime(TokioRuntime::current())` (gracepool-tokio) | Required: the pool's actor and the drivers run there. On actix: `ActixRuntime::current()`. |
+//! | `Config` read from `PG__*` variables with the `config` crate | [`Manager::from_env`], or [`ConnectOptions::from_env`] | Reads libpq's own variables, `DATABASE_URL` then `PGHOST`, `PGUSER`, ... No extra crate. [`PgConfig`] also fills what a file leaves out from them. |
+//! | `Pool::builder(manager).max_size(n).build()?` | `Pool::builder(manager).max_size(n).runtime(TokioRuntime::current()).build()?` | |
+//! | `pool.get().await?` | `pool.get().await?` | A [`Pooled`]: derefs to [`PgConnection`], and through it to [`Client`], mutably too. |
+//! | `pool.timeout_get(&Timeouts { wait, .. })` | `pool.get_timeout(wait)` | Only the wait is per call; the create and check timeouts are the builder's. |
+//! | `Object::take(obj)` | `Pooled::detach(conn)` | A [`PgConnection`]; dropping it ends the session without Terminate (it aborts the driver). |
+//! | `client.transaction().await?` | `conn.transaction().await?` | A [`Transaction`] with `prepare_cached`; dropped uncommitted, it rolls back. |
+//! | `client.build_transaction()` | `conn.build_transaction()` | Isolation level, read-only, deferrable. |
+//! | `client.prepare_cached(sql)`, `txn.prepare_cached(sql)` | the same | Bounded (100 per connection by default, least recently used out); deadpool's keeps every statement for the life of the connection. |
+//! | `client.prepare_typed_cached(sql, types)` | the same | Also on [`Transaction`]. |
+//! | `client.statement_cache.clear()` / `.size()` | `conn.clear_statement_cache()` / `conn.statement_cache_len()` | |
+//! | `client.statement_cache.remove(sql, types)` | — | No removal of one statement: clear the connection's cache. |
+//! | `pool.manager().statement_caches.clear()` | `pool.manager().clear_statement_caches()` | Idle and checked-out connections alike. |
+//! | `pool.manager().statement_caches.remove(sql, types)` | — | Clear them all. |
+//! | `.post_create(Hook::async_fn(\|client, metrics\| ..))` | `.after_create(\|conn, metrics\| Box::pin(async move { .. }))` | Bounded by the create timeout; a failure ends the new session. |
+//! | `.pre_recycle(..)` | `.before_checkout(..)` | Runs after the manager's check, not before it. |
+//! | `.post_recycle(..)` | `.before_checkout(..)` | |
+//! | — | `.after_return(..)` | New: as a connection comes back (a rollback, a reset). |
+//! | `PoolError::PostCreateHook(e)` | [`gracepool::Error::Hook`] | With `fail_fast`; otherwise the `last_error` of the caller's timeout. |
+//! | `PoolError::Backend(e)` at once | [`gracepool::Error::Permanent`] at once; a transient error is retried | `.fail_fast(true)` hands every creation error over at once, as deadpool does. |
+//! | `pool.status()`: `max_size`, `size`, `available`, `waiting` | `pool.status()`: `max_size`, `size`, `idle`, `in_use`, `waiters`, `state`, `counters` | |
+//! | `pool.close()` | `pool.close().await` | deadpool's drops the idle connections, which aborts their drivers: no goodbye. Here every connection says it, and a `CloseReport` accounts for each. |
+//!
+//! From bb8-postgres: `PostgresConnectionManager::new(config, NoTls)` is `Manager::new(config)`;
+//! its `is_valid` (an empty query on every checkout) is [`CheckMethod::Verified`]; it has no
+//! statement cache, where [`PgConnection::prepare_cached`] saves a round trip per query; and
+//! `pool.close().await` replaces dropping the last handle.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
