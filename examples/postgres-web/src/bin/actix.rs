@@ -14,6 +14,14 @@
 //! tasks, run there), and cloned into every HTTP worker. `BIND` chooses the address (default
 //! `127.0.0.1:3000`; port 0 picks a free one). The service prints `listening on ADDR` when it
 //! serves, and the pool's close report when it is done; errors go to stderr with exit status 1.
+//!
+//! `CONNECTIONS_ON=workers` (the default is `system`) builds the pool with
+//! `ActixRuntime::with_caller_arbiters`: each HTTP worker then makes the connections its
+//! requests need on its own arbiter, where their driver tasks run. actix-web stops the workers
+//! before `server.run().await` returns, so those connections end there, without their
+//! goodbye (and a request still in flight on one worker can lose the connection it uses to
+//! the other worker's stop); the pool's close still ends each of them exactly once. The
+//! PostgreSQL chapter of the guide compares the two, measured.
 
 use std::process::ExitCode;
 
@@ -69,10 +77,17 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let url = std::env::var("DATABASE_URL")
         .map_err(|_| "set DATABASE_URL to a PostgreSQL connection string")?;
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_string());
+    let runtime = match std::env::var("CONNECTIONS_ON").as_deref() {
+        Err(_) | Ok("system") => ActixRuntime::current(),
+        Ok("workers") => ActixRuntime::current().with_caller_arbiters(),
+        Ok(other) => return Err(format!("CONNECTIONS_ON={other}: say system or workers").into()),
+    };
     // ANCHOR: serve_then_close
+    // `runtime` is `ActixRuntime::current()`: the System's arbiter (with CONNECTIONS_ON=workers,
+    // `ActixRuntime::current().with_caller_arbiters()`).
     let pool: Pool = gracepool::Pool::builder(Manager::from_conn_str(&url)?)
         .max_size(8)
-        .runtime(ActixRuntime::current())
+        .runtime(runtime)
         .build()?;
     let data = web::Data::new(pool.clone());
     let server = HttpServer::new(move || {
