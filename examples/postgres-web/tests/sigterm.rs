@@ -180,6 +180,8 @@ fn actix_web_with_connections_on_its_workers_spreads_them_and_closes_each_once_o
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // A failed assertion before the SIGTERM must not leave the service running.
+    let _reaper = KillOnPanic(service.id());
     let mut stdout = BufReader::new(service.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
@@ -268,4 +270,17 @@ fn actix_web_with_connections_on_its_workers_spreads_them_and_closes_each_once_o
         pg.log_tail(20)
     );
     assert!(pg.goodbyes(app) >= field("graceful"), "{}", pg.log_tail(20));
+}
+
+/// Kills the process `.0` (SIGKILL) when dropped during a panic.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
 }
