@@ -4,6 +4,12 @@
 //! `cargo test --workspace` compiles every Rust code block of the book and runs those not
 //! marked `no_run`. A snippet that stops compiling, or whose assertions stop holding, fails
 //! the build: the book cannot drift from the code.
+//!
+//! Code that is compiled elsewhere is shown with mdbook's `{{#include file:anchor}}` in an
+//! `ignore`d block (the example services, the tests), and so are the few snippets that need
+//! gracepool-postgres' optional features (`PgConfig` with `serde`, `RustlsConnect` with
+//! `rustls`): this crate depends on gracepool-postgres without them, and the same code is
+//! compiled as gracepool-postgres' crate documentation.
 #![forbid(unsafe_code)]
 
 // The README's examples too: the first thing a user copies.
