@@ -110,43 +110,57 @@ impl Budget {
     }
 }
 
-/// Runs the manager's health check on a checking guard's connection, its panic contained,
-/// bounded by the check timeout and what is left of the wait timeout (the clock is read only
-/// if the check does not finish on its first poll); evaluates to [`Pool::checked`]'s result.
+/// Runs the manager's health check (with `check_on_checkout`) and the before-checkout hook
+/// (when set) on a checking guard's connection, each panic contained, bounded by the check
+/// timeout and what is left of the wait timeout (the clock is read only if the check does not
+/// finish on its first poll), and cut short by the pool's close; evaluates to
+/// [`Pool::checked`]'s result.
 ///
 /// A macro, not an `async fn`: it runs on every checkout of an idle connection, from the
 /// hot path and from the waiting one, and an `async fn` called from both is a separate
 /// function the hot path calls rather than inlines. One flat poll loop rather than nested
 /// async calls: every level of nesting adds to the size of the `get` future, which the caller
-/// copies as it awaits it.
+/// copies as it awaits it. The hook, when there is one, runs in a boxed future of its own, so
+/// a pool without one pays a branch for it.
 macro_rules! run_check {
     ($pool:expr, $guard:ident, $budget:ident) => {{
         let pool = $pool;
         let shared = &*pool.shared;
         let metrics = Pooled::metrics(&$guard);
-        let mut timer: Option<BoxFuture> = None;
-        let mut limited = false;
+        let mut limits: Option<(Option<BoxFuture>, event_listener::EventListener)> = None;
         let checked = {
             // In a block: the check borrows the connection until it is done.
-            let mut check = std::pin::pin!(AssertUnwindSafe(
-                shared.check_idle($guard.conn_mut(), &metrics)
-            )
-            .catch_unwind());
+            let mut check = std::pin::pin!(shared.config.check_on_checkout.then(|| {
+                AssertUnwindSafe(shared.manager.check($guard.conn_mut(), &metrics)).catch_unwind()
+            }));
             poll_fn(|cx| {
-                if let Poll::Ready(out) = check.as_mut().poll(cx) {
+                let polled = match check.as_mut().as_pin_mut() {
+                    Some(check) => check.poll(cx),
+                    None => Poll::Ready(Ok(Ok(()))),
+                };
+                if let Poll::Ready(out) = polled {
                     return Poll::Ready(Some(out));
                 }
-                if !limited {
-                    limited = true;
+                if limits.is_none() {
+                    // Listening before looking at the state: a close that starts after the
+                    // look wakes the listener.
+                    let listener = shared.closing.listen();
                     let limit = match (shared.config.check_timeout, $budget.remaining()) {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),
                     };
-                    match limit {
+                    let timer = match limit {
                         Some(Duration::ZERO) => return Poll::Ready(None),
-                        Some(d) => timer = Some(shared.runtime.sleep(d)),
-                        None => {}
-                    }
+                        Some(d) => Some(shared.runtime.sleep(d)),
+                        None => None,
+                    };
+                    limits = Some((timer, listener));
+                }
+                let (timer, listener) = limits.as_mut().expect("set just above");
+                // The pool's close ends a check that hangs (a silent server): the caller then
+                // finds the pool closed.
+                if !shared.ledger.is_running() || std::pin::Pin::new(listener).poll(cx).is_ready() {
+                    return Poll::Ready(None);
                 }
                 match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
                     Some(Poll::Ready(())) => Poll::Ready(None),
@@ -154,6 +168,14 @@ macro_rules! run_check {
                 }
             })
             .await
+        };
+        drop(limits);
+        let checked = match checked {
+            Some(Ok(Ok(()))) if shared.hooks.before_checkout.is_some() => {
+                pool.before_checkout(&mut $guard, &metrics, &mut $budget)
+                    .await
+            }
+            checked => checked,
         };
         pool.checked(&mut $guard, &mut $budget, checked)
     }};
@@ -817,6 +839,60 @@ impl<M: Manager> Pool<M> {
             return Some(Refusal::Retry);
         }
         None
+    }
+
+    /// The before-checkout hook on a checking guard's connection, bounded as the check is
+    /// (check timeout, what is left of the wait timeout, the pool's close). `None`: it ran
+    /// out of time, or the pool closed.
+    #[allow(clippy::type_complexity)]
+    fn before_checkout<'a>(
+        &'a self,
+        guard: &'a mut Pooled<M>,
+        metrics: &'a Metrics,
+        budget: &'a mut Budget,
+    ) -> std::pin::Pin<
+        Box<
+            dyn Future<Output = Option<std::thread::Result<Result<(), Unhealthy<M::Error>>>>>
+                + Send
+                + 'a,
+        >,
+    > {
+        // Boxed as a `dyn Future + Send` here, where its lifetimes are concrete: an opaque
+        // future with the hook's higher-ranked one inside would make `get()`'s future fail
+        // the `Send` check where it is spawned.
+        let shared = &*self.shared;
+        let limit = match (shared.config.check_timeout, budget.remaining()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Box::pin(async move {
+            let hook = shared.hooks.before_checkout.as_ref()?;
+            let ran: Result<(), crate::hooks::HookError> = {
+                let run = std::pin::pin!(crate::hooks::run(hook, guard.conn_mut(), metrics));
+                let mut listener: Option<event_listener::EventListener> = None;
+                let mut run = run;
+                let raced = poll_fn(|cx| {
+                    if let Poll::Ready(out) = run.as_mut().poll(cx) {
+                        return Poll::Ready(Some(out));
+                    }
+                    let listener = listener.get_or_insert_with(|| shared.closing.listen());
+                    if !shared.ledger.is_running()
+                        || std::pin::Pin::new(listener).poll(cx).is_ready()
+                    {
+                        return Poll::Ready(None);
+                    }
+                    Poll::Pending
+                });
+                crate::runtime::timed(&*shared.runtime, limit, raced)
+                    .await
+                    .flatten()?
+            };
+            Some(Ok(ran.map_err(|_error| {
+                shared.ledger.record_hook_failed();
+                event!(warn, error = %_error, "the before-checkout hook failed; closing the connection");
+                Unhealthy::Closed
+            })))
+        })
     }
 
     /// What a health check run by [`run_check!`] came to. Healthy: the guard is marked

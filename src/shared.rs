@@ -179,28 +179,6 @@ impl<M: Manager> Shared<M> {
         }
     }
 
-    /// The step before a checkout of a connection that waited in the pool: the manager's
-    /// check (with `check_on_checkout`), then the before-checkout hook, if set. The caller
-    /// bounds it and contains its panic. A failing hook reads as an unhealthy connection.
-    #[inline(always)]
-    pub(crate) async fn check_idle(
-        &self,
-        conn: &mut M::Connection,
-        metrics: &Metrics,
-    ) -> Result<(), crate::manager::Unhealthy<M::Error>> {
-        if self.config.check_on_checkout {
-            self.manager.check(conn, metrics).await?;
-        }
-        if let Some(hook) = &self.hooks.before_checkout {
-            if let Err(_error) = hooks::run(hook, conn, metrics).await {
-                self.ledger.record_hook_failed();
-                event!(warn, error = %_error, "the before-checkout hook failed; closing the connection");
-                return Err(crate::manager::Unhealthy::Closed);
-            }
-        }
-        Ok(())
-    }
-
     /// A creation error as the pool treats it: permanent when the manager says so (a panic
     /// in `is_permanent` counts as transient).
     pub(crate) fn create_failure(&self, error: M::Error) -> CreateFailure<M::Error> {
