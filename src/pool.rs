@@ -127,8 +127,10 @@ macro_rules! run_check {
         let pool = $pool;
         let shared = &*pool.shared;
         let metrics = Pooled::metrics(&$guard);
-        let mut limits: Option<(Option<BoxFuture>, event_listener::EventListener)> = None;
-        let checked = {
+        let mut timer: Option<BoxFuture> = None;
+        let mut closing: Option<event_listener::EventListener> = None;
+        let mut limited = false;
+        let mut checked = {
             // In a block: the check borrows the connection until it is done.
             let mut check = std::pin::pin!(shared.config.check_on_checkout.then(|| {
                 AssertUnwindSafe(shared.manager.check($guard.conn_mut(), &metrics)).catch_unwind()
@@ -141,26 +143,29 @@ macro_rules! run_check {
                 if let Poll::Ready(out) = polled {
                     return Poll::Ready(Some(out));
                 }
-                if limits.is_none() {
+                if !limited {
+                    limited = true;
                     // Listening before looking at the state: a close that starts after the
                     // look wakes the listener.
-                    let listener = shared.closing.listen();
+                    closing = Some(shared.closing.listen());
                     let limit = match (shared.config.check_timeout, $budget.remaining()) {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),
                     };
-                    let timer = match limit {
+                    match limit {
                         Some(Duration::ZERO) => return Poll::Ready(None),
-                        Some(d) => Some(shared.runtime.sleep(d)),
-                        None => None,
-                    };
-                    limits = Some((timer, listener));
+                        Some(d) => timer = Some(shared.runtime.sleep(d)),
+                        None => {}
+                    }
                 }
-                let (timer, listener) = limits.as_mut().expect("set just above");
                 // The pool's close ends a check that hangs (a silent server): the caller then
                 // finds the pool closed.
-                if !shared.ledger.is_running() || std::pin::Pin::new(listener).poll(cx).is_ready() {
-                    return Poll::Ready(None);
+                if let Some(listener) = closing.as_mut() {
+                    if !shared.ledger.is_running()
+                        || std::pin::Pin::new(listener).poll(cx).is_ready()
+                    {
+                        return Poll::Ready(None);
+                    }
                 }
                 match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
                     Some(Poll::Ready(())) => Poll::Ready(None),
@@ -169,14 +174,11 @@ macro_rules! run_check {
             })
             .await
         };
-        drop(limits);
-        let checked = match checked {
-            Some(Ok(Ok(()))) if shared.hooks.before_checkout.is_some() => {
-                pool.before_checkout(&mut $guard, &metrics, &mut $budget)
-                    .await
-            }
-            checked => checked,
-        };
+        if shared.hooks.before_checkout.is_some() && matches!(checked, Some(Ok(Ok(())))) {
+            checked = pool
+                .before_checkout(&mut $guard, &metrics, &mut $budget)
+                .await;
+        }
         pool.checked(&mut $guard, &mut $budget, checked)
     }};
 }
