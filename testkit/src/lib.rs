@@ -24,6 +24,8 @@ use std::time::Duration;
 use gracepool::{BoxFuture, Goodbye, Manager, Runtime, SpawnError, Unhealthy};
 
 pub mod child;
+pub mod fault;
+pub mod netfilter;
 #[cfg(unix)]
 pub mod postgres;
 pub mod redis;
