@@ -40,6 +40,38 @@ impl fmt::Display for Stage {
     }
 }
 
+/// What a pool looked like when a caller's wait timed out: the figures HikariCP's timeout
+/// reports, so the message points the right way — every connection checked out (busy, or
+/// stuck on a server that stopped answering) is not the same trouble as a pool that cannot
+/// make one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Seen {
+    /// Connections alive or being created.
+    pub size: usize,
+    /// The most the pool may have.
+    pub max_size: usize,
+    /// Checked out.
+    pub in_use: usize,
+    /// Idle.
+    pub idle: usize,
+    /// Callers waiting, this one included.
+    pub waiters: usize,
+}
+
+impl Seen {
+    /// The figures, in that order.
+    pub fn new(size: usize, max_size: usize, in_use: usize, idle: usize, waiters: usize) -> Self {
+        Seen {
+            size,
+            max_size,
+            in_use,
+            idle,
+            waiters,
+        }
+    }
+}
+
 /// Everything a pool operation can fail with. `E` is the manager's error.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -54,6 +86,8 @@ pub enum Error<E> {
     Timeout {
         /// How long the caller waited.
         waited: Duration,
+        /// What the pool looked like as the wait ran out (the message says it), when known.
+        seen: Option<Box<Seen>>,
         /// Why the pool could not make one, when its last attempt failed: the
         /// [`Backend`](Error::Backend), [`ManagerTimeout`](Error::ManagerTimeout) or
         /// [`ManagerPanicked`](Error::ManagerPanicked) error of that attempt. Also the
@@ -112,18 +146,45 @@ impl<E: fmt::Display> fmt::Display for Error<E> {
             ),
             Error::Timeout {
                 waited,
+                seen,
                 last_error: None,
-            } => write!(
-                f,
-                "no connection became available within {waited:?}: raise max_size or the wait timeout, or hold connections for less time"
-            ),
+            } => {
+                write!(f, "no connection became available within {waited:?}")?;
+                match seen.as_deref() {
+                    Some(seen) if seen.in_use >= seen.max_size => write!(
+                        f,
+                        ": all {} connections were checked out and none came back ({} callers waiting). \
+                         If they are stuck on a server that stopped answering, bound them (TCP \
+                         keepalives and user timeout, a per-query timeout); if they are busy, raise \
+                         max_size or the wait timeout, or hold connections for less time",
+                        seen.in_use, seen.waiters
+                    ),
+                    Some(seen) => write!(
+                        f,
+                        ": {} of {} connections in use, {} idle, {} callers waiting; the pool could \
+                         not make or check one in time: is the server slow to accept connections?",
+                        seen.in_use, seen.max_size, seen.idle, seen.waiters
+                    ),
+                    None => f.write_str(
+                        ": raise max_size or the wait timeout, or hold connections for less time",
+                    ),
+                }
+            }
             Error::Timeout {
                 waited,
+                seen,
                 last_error: Some(e),
-            } => write!(
-                f,
-                "no connection became available within {waited:?}, and the last attempt to create one failed ({e}); the pool keeps retrying with backoff"
-            ),
+            } => {
+                write!(f, "no connection became available within {waited:?}, and the last attempt to create one failed ({e}); the pool keeps retrying with backoff")?;
+                if let Some(seen) = seen.as_deref() {
+                    write!(
+                        f,
+                        " ({} of {} connections in use, {} idle, {} callers waiting)",
+                        seen.in_use, seen.max_size, seen.idle, seen.waiters
+                    )?;
+                }
+                Ok(())
+            }
             Error::Exhausted => f.write_str(
                 "no idle connection right now: use get() to wait for one",
             ),

@@ -125,7 +125,7 @@ mod sync;
 mod waitlist;
 
 pub use config::{ConfigError, QueueOrder};
-pub use error::{Error, Stage};
+pub use error::{Error, Seen, Stage};
 #[cfg(feature = "serde")]
 pub use file_config::{ConfigReadError, Limit, PoolConfig};
 pub use guard::Pooled;

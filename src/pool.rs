@@ -660,10 +660,20 @@ impl<M: Manager> Pool<M> {
     /// The error for a caller whose wait timeout ran out: with the last creation failure as
     /// its source when the pool could not make connections.
     fn timed_out(&self, budget: &Budget) -> Error<M::Error> {
-        self.shared.ledger.record_timeout();
+        let shared = &self.shared;
+        shared.ledger.record_timeout();
+        let status = shared.status();
         Error::Timeout {
             waited: budget.waited(),
-            last_error: self.shared.last_create_error(),
+            seen: Some(Box::new(crate::error::Seen::new(
+                status.size,
+                status.max_size,
+                status.in_use,
+                status.idle,
+                // This caller has left the queue already.
+                status.waiters + 1,
+            ))),
+            last_error: shared.last_create_error(),
         }
     }
 
@@ -929,7 +939,14 @@ impl<M: Manager> Pool<M> {
             // The check took what was left of the wait timeout.
             return Err(self.timed_out(budget));
         }
-        budget.unhealthy += 1;
+        budget.unhealthy = if checked.is_none() {
+            // A check that ran out of time says the server is not answering: the other idle
+            // connections are as likely silent, and checking each would cost a check timeout
+            // apiece. One is all a call pays: it goes on to a new connection.
+            UNHEALTHY_PER_GET
+        } else {
+            budget.unhealthy + 1
+        };
         Ok(())
     }
 }

@@ -60,6 +60,7 @@ impl<M: Manager> Builder<M> {
                 if started.elapsed() >= patience {
                     return Err(Error::Timeout {
                         waited: started.elapsed(),
+                        seen: None,
                         last_error: pool.shared.last_create_error(),
                     });
                 }
@@ -76,6 +77,7 @@ impl<M: Manager> Builder<M> {
                     // Held by a caller too: it cannot be taken, only shared.
                     return Err(Error::Timeout {
                         waited: started.elapsed(),
+                        seen: None,
                         last_error: Some(shared),
                     });
                 }
@@ -97,10 +99,12 @@ fn failed_start<M: Manager>(pool: &Pool<M>, error: Error<M::Error>) -> Error<M::
         Error::Timeout {
             last_error: Some(last),
             waited,
+            seen,
         } => match Arc::try_unwrap(last) {
             Ok(error) => error,
             Err(last) => Error::Timeout {
                 waited,
+                seen,
                 last_error: Some(last),
             },
         },

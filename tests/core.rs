@@ -418,7 +418,7 @@ fn try_get_and_timeouts() {
         assert!(matches!(pool.try_get().await, Err(Error::Exhausted)));
         let t = Instant::now();
         let r = pool.get_timeout(Duration::from_millis(30)).await;
-        assert!(matches!(r, Err(Error::Timeout { waited, last_error: None }) if waited >= Duration::from_millis(30)));
+        assert!(matches!(r, Err(Error::Timeout { waited, last_error: None, .. }) if waited >= Duration::from_millis(30)));
         assert!(t.elapsed() < Duration::from_secs(1));
         drop(g);
         assert!(pool.try_get().await.is_ok());
@@ -712,11 +712,26 @@ fn error_messages_say_what_to_do() {
         .contains("build a new pool on a live runtime"));
     let timeout: E = Error::Timeout {
         waited: Duration::from_millis(5),
+        seen: None,
         last_error: None,
     };
     assert!(timeout.to_string().contains("raise max_size"));
+    // All checked out: the message says so, and names the other cause (a silent server).
+    let busy: E = Error::Timeout {
+        waited: Duration::from_millis(5),
+        seen: Some(Box::new(gracepool::Seen::new(8, 8, 8, 0, 12))),
+        last_error: None,
+    };
+    let said = busy.to_string();
+    assert!(
+        said.contains("all 8 connections were checked out"),
+        "{said}"
+    );
+    assert!(said.contains("stopped answering"), "{said}");
+    assert!(said.contains("12 callers waiting"), "{said}");
     let outage: E = Error::Timeout {
         waited: Duration::from_millis(5),
+        seen: None,
         last_error: Some(Arc::new(Error::Backend(gracepool_testkit::TestError(
             "create",
         )))),

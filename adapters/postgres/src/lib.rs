@@ -441,6 +441,7 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Config, Socket, Statement};
 
+mod calls;
 #[cfg(feature = "serde")]
 mod file_config;
 mod options;
@@ -459,7 +460,10 @@ pub use tokio_postgres;
 pub use tokio_postgres::NoTls;
 pub use transaction::{Transaction, TransactionBuilder};
 
+use calls::{Calls, Canceller};
 use statements::Cache;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, SimpleQueryMessage, ToStatement};
 
 /// A gracepool pool of PostgreSQL connections.
 pub type Pool<T = NoTls> = gracepool::Pool<Manager<T>>;
@@ -498,6 +502,7 @@ pub struct Manager<T = NoTls> {
     cache: StatementCache,
     /// Bumped by [`Manager::clear_statement_caches`]; every connection's cache reads it.
     generation: Arc<AtomicU64>,
+    query_timeout: Option<std::time::Duration>,
 }
 
 impl Manager<NoTls> {
@@ -536,7 +541,22 @@ impl<T> Manager<T> {
             check: CheckMethod::default(),
             cache: StatementCache::default(),
             generation: Arc::new(AtomicU64::new(0)),
+            query_timeout: None,
         }
+    }
+
+    /// Bounds every call made through a pooled connection's own methods (`query`,
+    /// `execute`, `prepare`, ... — see [`PgConnection`]) by `limit`: a call still unanswered
+    /// then is cancelled on the server (PostgreSQL's cancel request, through the connection's
+    /// cancel token), fails with tokio-postgres' timeout error ("timeout waiting for
+    /// server"), and its connection is retired when it comes back. The one bound for a server
+    /// that stalls behind a healthy TCP connection, which no TCP setting can see. Off by
+    /// default; set it above your slowest legitimate query (a server-side
+    /// `statement_timeout`, set in an `after_create` hook, is the finer tool for slow
+    /// queries on a live server).
+    pub fn query_timeout(mut self, limit: impl Into<Option<std::time::Duration>>) -> Self {
+        self.query_timeout = limit.into();
+        self
     }
 
     /// Chooses how connections are checked before they are handed out again
@@ -575,6 +595,7 @@ impl<T> fmt::Debug for Manager<T> {
             .field("config", &self.config)
             .field("check", &self.check)
             .field("statement_cache", &self.cache)
+            .field("query_timeout", &self.query_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -596,9 +617,152 @@ pub struct PgConnection {
     // After the client: a statement dropped once the client is gone asks nothing of the
     // server (the session's end deallocates it).
     statements: Cache,
+    calls: Calls,
 }
 
+/// Calls made through these methods of [`PgConnection`] (they shadow the [`Client`]'s of the
+/// same name) are tracked: one whose future is dropped before its answer — a timeout, a
+/// cancelled request — leaves its request on the connection, and the connection is then
+/// checked with a round trip before it is handed out again (on a server that stopped
+/// answering, that check times out and the connection is retired, instead of the next caller
+/// hanging behind the abandoned request). With [`Manager::query_timeout`], each is bounded.
+/// Calls through the client's other methods (`query_raw`, `copy_in`, ...: the client is
+/// reached by `Deref` or [`client`](PgConnection::client)) are not tracked.
 impl PgConnection {
+    /// [`Client::prepare`], tracked.
+    pub async fn prepare(&self, query: &str) -> Result<Statement, tokio_postgres::Error> {
+        self.calls
+            .track(&self.client, self.client.prepare(query))
+            .await
+    }
+
+    /// [`Client::prepare_typed`], tracked.
+    pub async fn prepare_typed(
+        &self,
+        query: &str,
+        parameter_types: &[Type],
+    ) -> Result<Statement, tokio_postgres::Error> {
+        let call = self.client.prepare_typed(query, parameter_types);
+        self.calls.track(&self.client, call).await
+    }
+
+    /// [`Client::query`], tracked.
+    pub async fn query<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let call = self.client.query(statement, params);
+        self.calls.track(&self.client, call).await
+    }
+
+    /// [`Client::query_one`], tracked.
+    pub async fn query_one<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let call = self.client.query_one(statement, params);
+        self.calls.track(&self.client, call).await
+    }
+
+    /// [`Client::query_opt`], tracked.
+    pub async fn query_opt<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let call = self.client.query_opt(statement, params);
+        self.calls.track(&self.client, call).await
+    }
+
+    /// [`Client::query_typed`] (unnamed statements: the form for PgBouncer's transaction
+    /// pooling), tracked.
+    pub async fn query_typed(
+        &self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let call = self.client.query_typed(query, params);
+        self.calls.track(&self.client, call).await
+    }
+
+    /// [`Client::query_typed_one`], tracked.
+    pub async fn query_typed_one(
+        &self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let call = self.client.query_typed_one(query, params);
+        self.calls.track(&self.client, call).await
+    }
+
+    /// [`Client::query_typed_opt`], tracked.
+    pub async fn query_typed_opt(
+        &self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let call = self.client.query_typed_opt(query, params);
+        self.calls.track(&self.client, call).await
+    }
+
+    /// [`Client::execute`], tracked.
+    pub async fn execute<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let call = self.client.execute(statement, params);
+        self.calls.track(&self.client, call).await
+    }
+
+    /// [`Client::execute_typed`], tracked.
+    pub async fn execute_typed(
+        &self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let call = self.client.execute_typed(query, params);
+        self.calls.track(&self.client, call).await
+    }
+
+    /// [`Client::simple_query`], tracked.
+    pub async fn simple_query(
+        &self,
+        query: &str,
+    ) -> Result<Vec<SimpleQueryMessage>, tokio_postgres::Error> {
+        self.calls
+            .track(&self.client, self.client.simple_query(query))
+            .await
+    }
+
+    /// [`Client::batch_execute`], tracked.
+    pub async fn batch_execute(&self, query: &str) -> Result<(), tokio_postgres::Error> {
+        self.calls
+            .track(&self.client, self.client.batch_execute(query))
+            .await
+    }
+
+    /// Whether a call on this connection may have left its request behind (its future was
+    /// dropped before the answer): the pool then checks it with a round trip before handing
+    /// it out again.
+    pub fn has_abandoned_call(&self) -> bool {
+        self.calls.is_dirty()
+    }
+
     /// The statement for `sql`, prepared on this connection the first time and taken from this
     /// connection's cache afterwards (see [`StatementCache`]: bounded, least recently used
     /// first out; with the cache disabled, prepared every time). Only successful preparations
@@ -617,7 +781,7 @@ impl PgConnection {
         if let Some(stmt) = self.statements.get(sql, types) {
             return Ok(stmt);
         }
-        let stmt = self.client.prepare_typed(sql, types).await?;
+        let stmt = self.prepare_typed(sql, types).await?;
         self.statements.insert(sql, types, stmt.clone());
         Ok(stmt)
     }
@@ -626,14 +790,17 @@ impl PgConnection {
     /// ([`Transaction::prepare_cached`]). Dropped without commit — a cancelled request
     /// included — it rolls back before the connection can be handed out again.
     pub async fn transaction(&mut self) -> Result<Transaction<'_>, tokio_postgres::Error> {
-        let txn = self.client.transaction().await?;
-        Ok(Transaction::new(txn, &self.statements))
+        self.build_transaction().start().await
     }
 
     /// A transaction with options (isolation level, read-only, deferrable):
     /// [`Client::build_transaction`], with this connection's statement cache.
     pub fn build_transaction(&mut self) -> TransactionBuilder<'_> {
-        TransactionBuilder::new(self.client.build_transaction(), &self.statements)
+        TransactionBuilder::new(
+            self.client.build_transaction(),
+            &self.statements,
+            &self.calls,
+        )
     }
 
     /// How many statements this connection has cached.
@@ -797,6 +964,20 @@ where
     fn create(&self) -> impl Future<Output = Result<PgConnection, tokio_postgres::Error>> + Send {
         let connecting = self.config.connect(self.tls.clone());
         let statements = Cache::new(self.cache, self.generation.clone());
+        let cancel: Option<Canceller> = self.query_timeout.map(|_| {
+            let tls = self.tls.clone();
+            Arc::new(move |token: tokio_postgres::CancelToken| {
+                // Sent from the caller's task, on its tokio runtime; none there, none sent
+                // (the connection is retired all the same).
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let tls = tls.clone();
+                    runtime.spawn(async move {
+                        let _ = token.cancel_query(tls).await;
+                    });
+                }
+            }) as Canceller
+        });
+        let calls = Calls::new(self.query_timeout, cancel);
         async move {
             let (client, connection) = connecting.await?;
             let ending = Arc::new(AtomicBool::new(false));
@@ -806,6 +987,7 @@ where
                 driver: Driver { task, ending },
                 client,
                 statements,
+                calls,
             })
         }
     }
@@ -822,18 +1004,24 @@ where
         let check = self.check;
         let conn = &*conn;
         async move {
-            if conn.client.is_closed() {
+            if conn.client.is_closed() || conn.calls.is_broken() {
                 return Err(Unhealthy::Closed);
             }
-            if check == CheckMethod::Verified {
+            // A call abandoned on this connection left its request behind: its answer must
+            // come before this connection is anyone's again.
+            let dirty = conn.calls.is_dirty();
+            if check == CheckMethod::Verified || dirty {
                 conn.client.simple_query("").await?;
+                if dirty {
+                    conn.calls.clear_dirty();
+                }
             }
             Ok(())
         }
     }
 
     fn is_broken(&self, conn: &mut PgConnection) -> bool {
-        conn.client.is_closed()
+        conn.client.is_closed() || conn.calls.is_broken()
     }
 
     fn shutdown(
@@ -844,6 +1032,7 @@ where
             mut driver,
             client,
             statements,
+            calls: _,
         } = conn;
         driver.ending.store(true, Ordering::Relaxed);
         let open = !client.is_closed();

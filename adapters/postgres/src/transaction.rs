@@ -5,6 +5,7 @@ use std::ops::{Deref, DerefMut};
 use tokio_postgres::types::Type;
 use tokio_postgres::{IsolationLevel, Statement};
 
+use crate::calls::Calls;
 use crate::statements::Cache;
 
 /// A transaction on a pooled connection: derefs to [`tokio_postgres::Transaction`] for every
@@ -17,13 +18,32 @@ use crate::statements::Cache;
 /// pool, so the next caller's first statement runs after it, outside any transaction. The
 /// same holds for a `transaction()` call cancelled between its `BEGIN` and its answer.
 pub struct Transaction<'a> {
-    txn: tokio_postgres::Transaction<'a>,
+    // `None` once commit or rollback took it.
+    txn: Option<tokio_postgres::Transaction<'a>>,
     statements: &'a Cache,
+    calls: &'a Calls,
+    /// Committed or rolled back, and answered.
+    done: bool,
 }
 
 impl<'a> Transaction<'a> {
-    pub(crate) fn new(txn: tokio_postgres::Transaction<'a>, statements: &'a Cache) -> Self {
-        Transaction { txn, statements }
+    pub(crate) fn new(
+        txn: tokio_postgres::Transaction<'a>,
+        statements: &'a Cache,
+        calls: &'a Calls,
+    ) -> Self {
+        Transaction {
+            txn: Some(txn),
+            statements,
+            calls,
+            done: false,
+        }
+    }
+
+    fn txn(&self) -> &tokio_postgres::Transaction<'a> {
+        self.txn
+            .as_ref()
+            .expect("present until commit or rollback, which take the transaction")
     }
 
     /// The statement for `sql`, from the connection's cache, or prepared (in this
@@ -42,25 +62,37 @@ impl<'a> Transaction<'a> {
         if let Some(stmt) = self.statements.get(sql, types) {
             return Ok(stmt);
         }
-        let stmt = self.txn.prepare_typed(sql, types).await?;
+        let stmt = self.txn().prepare_typed(sql, types).await?;
         self.statements.insert(sql, types, stmt.clone());
         Ok(stmt)
     }
 
     /// Commits the transaction.
-    pub async fn commit(self) -> Result<(), tokio_postgres::Error> {
-        self.txn.commit().await
+    pub async fn commit(mut self) -> Result<(), tokio_postgres::Error> {
+        let txn = self.txn.take().expect("taken only by commit or rollback");
+        let out = txn.commit().await;
+        self.done = true;
+        out
     }
 
     /// Rolls the transaction back (dropping it does too, without waiting for the answer).
-    pub async fn rollback(self) -> Result<(), tokio_postgres::Error> {
-        self.txn.rollback().await
+    pub async fn rollback(mut self) -> Result<(), tokio_postgres::Error> {
+        let txn = self.txn.take().expect("taken only by commit or rollback");
+        let out = txn.rollback().await;
+        self.done = true;
+        out
     }
 
     /// A nested transaction: a savepoint, released on commit, rolled back to on drop.
     pub async fn transaction(&mut self) -> Result<Transaction<'_>, tokio_postgres::Error> {
-        let txn = self.txn.transaction().await?;
-        Ok(Transaction::new(txn, self.statements))
+        let (statements, calls) = (self.statements, self.calls);
+        let txn = self
+            .txn
+            .as_mut()
+            .expect("present until commit or rollback")
+            .transaction()
+            .await?;
+        Ok(Transaction::new(txn, statements, calls))
     }
 
     /// A nested transaction with a savepoint of this name.
@@ -68,8 +100,25 @@ impl<'a> Transaction<'a> {
         &mut self,
         name: I,
     ) -> Result<Transaction<'_>, tokio_postgres::Error> {
-        let txn = self.txn.savepoint(name).await?;
-        Ok(Transaction::new(txn, self.statements))
+        let (statements, calls) = (self.statements, self.calls);
+        let txn = self
+            .txn
+            .as_mut()
+            .expect("present until commit or rollback")
+            .savepoint(name)
+            .await?;
+        Ok(Transaction::new(txn, statements, calls))
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        // Dropped before its commit or rollback was answered (a `?`, a cancelled request):
+        // tokio-postgres queues a ROLLBACK, and the connection carries an unanswered request
+        // until it is answered; the next checkout makes sure of it.
+        if !self.done {
+            self.calls.mark_dirty();
+        }
     }
 }
 
@@ -77,13 +126,15 @@ impl<'a> Deref for Transaction<'a> {
     type Target = tokio_postgres::Transaction<'a>;
 
     fn deref(&self) -> &Self::Target {
-        &self.txn
+        self.txn()
     }
 }
 
 impl DerefMut for Transaction<'_> {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.txn
+        self.txn
+            .as_mut()
+            .expect("present until commit or rollback, which take the transaction")
     }
 }
 
@@ -100,16 +151,19 @@ impl std::fmt::Debug for Transaction<'_> {
 pub struct TransactionBuilder<'a> {
     builder: tokio_postgres::TransactionBuilder<'a>,
     statements: &'a Cache,
+    calls: &'a Calls,
 }
 
 impl<'a> TransactionBuilder<'a> {
     pub(crate) fn new(
         builder: tokio_postgres::TransactionBuilder<'a>,
         statements: &'a Cache,
+        calls: &'a Calls,
     ) -> Self {
         TransactionBuilder {
             builder,
             statements,
+            calls,
         }
     }
 
@@ -139,13 +193,31 @@ impl<'a> TransactionBuilder<'a> {
 
     /// Begins the transaction.
     pub async fn start(self) -> Result<Transaction<'a>, tokio_postgres::Error> {
+        let (statements, calls) = (self.statements, self.calls);
+        let mut pending = Started { calls, done: false };
         let txn = self.builder.start().await?;
-        Ok(Transaction::new(txn, self.statements))
+        pending.done = true;
+        Ok(Transaction::new(txn, statements, calls))
     }
 }
 
 impl std::fmt::Debug for TransactionBuilder<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TransactionBuilder").finish_non_exhaustive()
+    }
+}
+
+/// A transaction being begun: dropped before `BEGIN` was answered, it marks the connection as
+/// carrying an unanswered request (tokio-postgres queues a ROLLBACK then).
+struct Started<'a> {
+    calls: &'a Calls,
+    done: bool,
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.calls.mark_dirty();
+        }
     }
 }

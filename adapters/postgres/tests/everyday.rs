@@ -693,3 +693,108 @@ fn a_driver_that_ends_outside_a_close_is_logged_with_its_cause() {
         );
     });
 }
+
+/// The backend serving this connection.
+async fn backend_pid(conn: &gracepool_postgres::PgConnection) -> i32 {
+    conn.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn a_call_abandoned_on_a_connection_is_never_handed_out_as_healthy() {
+    let Some(pg) = PgServer::start(
+        "everyday::a_call_abandoned_on_a_connection_is_never_handed_out_as_healthy",
+    ) else {
+        return;
+    };
+    let rt = tokio_rt();
+    rt.block_on(async {
+        // A call that takes 5 s on the server (as one on a stalled server would take
+        // forever), abandoned by its caller after 50 ms; the pool checks for 1 s at most.
+        let pool: Pool = Pool::builder(manager(&pg, "abandoned"))
+            .max_size(2)
+            .check_timeout(Duration::from_secs(1))
+            .runtime(TokioRuntime::current())
+            .build()
+            .unwrap();
+        let conn = pool.get().await.unwrap();
+        let first = backend_pid(&conn).await;
+        let slow = tokio::time::timeout(
+            Duration::from_millis(50),
+            conn.query("SELECT pg_sleep(5)", &[]),
+        )
+        .await;
+        assert!(slow.is_err(), "the caller gave up");
+        assert!(conn.has_abandoned_call());
+        drop(conn);
+        // The next caller is not handed the connection with the request still on it: its
+        // check (a round trip behind the abandoned call) runs out, the connection is retired,
+        // and the caller gets a new one, paying one check timeout at most.
+        let started = Instant::now();
+        let conn = pool.get().await.unwrap();
+        let second = backend_pid(&conn).await;
+        let took = started.elapsed();
+        assert_ne!(first, second, "a fresh connection");
+        assert!(
+            took < Duration::from_secs(4),
+            "{took:?}: not behind the 5 s call"
+        );
+        assert_eq!(pool.status().counters.check_failed, 1);
+        drop(conn);
+
+        // Abandoned on a healthy server, the round trip simply waits for the answer: the
+        // connection is kept.
+        let conn = pool.get().await.unwrap();
+        let pid = backend_pid(&conn).await;
+        let quick = tokio::time::timeout(
+            Duration::from_millis(20),
+            conn.query("SELECT pg_sleep(0.2)", &[]),
+        )
+        .await;
+        assert!(quick.is_err());
+        drop(conn);
+        let conn = pool.get().await.unwrap();
+        assert_eq!(backend_pid(&conn).await, pid, "kept once its answer came");
+        assert!(!conn.has_abandoned_call());
+        drop(conn);
+        pool.close().await;
+    });
+
+    // The per-call timeout: the call is cancelled on the server, the connection retired.
+    rt.block_on(async {
+        let pool: Pool = Pool::builder(
+            manager(&pg, "query_timeout").query_timeout(Duration::from_millis(200)),
+        )
+        .max_size(1)
+        .runtime(TokioRuntime::current())
+        .build()
+        .unwrap();
+        let conn = pool.get().await.unwrap();
+        let started = Instant::now();
+        let err = conn
+            .query("SELECT pg_sleep(30)", &[])
+            .await
+            .expect_err("past the per-call timeout");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(err.to_string().contains("timeout"), "{err}");
+        drop(conn);
+        // The server stopped the query (the cancel request), not just the client.
+        let ok = gracepool_testkit::eventually(Duration::from_secs(5), || {
+            pg.psql(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'",
+            )
+            .trim()
+                == "0"
+        })
+        .await;
+        assert!(ok, "the server still runs the query");
+        let c = pool.status().counters;
+        assert_eq!(c.closed_broken, 1, "retired on return: {c:?}");
+        let conn = pool.get().await.unwrap();
+        conn.query_one("SELECT 1", &[]).await.unwrap();
+        drop(conn);
+        pool.close().await;
+    });
+}
