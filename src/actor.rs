@@ -74,8 +74,17 @@ fn shut_down<M: Manager>(
             }
             Err(payload) => Some(Err(payload)),
         };
+        if unconfirmed(&said) {
+            shared.ledger.record_unconfirmed();
+        }
         closing.finish(ending_of(said));
     }
+}
+
+/// Whether a farewell was started and never confirmed: it ran out of time, or the manager
+/// said so.
+fn unconfirmed<E>(said: &Option<Result<Goodbye<E>, Box<dyn std::any::Any + Send>>>) -> bool {
+    matches!(said, None | Some(Ok(Goodbye::Unconfirmed)))
 }
 
 /// How a farewell ended (`None`: it timed out, and its future, with the connection inside,
@@ -85,7 +94,7 @@ fn ending_of<E: std::fmt::Display>(
 ) -> Ending {
     match said {
         Some(Ok(Goodbye::Said)) => Ending::Graceful,
-        Some(Ok(Goodbye::Unsaid)) => Ending::Sync,
+        Some(Ok(Goodbye::Unsaid | Goodbye::Unconfirmed)) => Ending::Sync,
         Some(Ok(Goodbye::Failed(_error))) => {
             event!(warn, error = %_error, "the manager's shutdown failed");
             Ending::Failed
@@ -183,6 +192,9 @@ fn farewells<M: Manager>(
                 Err(payload) => Some(Err(payload)),
             };
             batch.in_flight = false;
+            if unconfirmed(&said) {
+                shared.ledger.record_unconfirmed();
+            }
             batch.count(ending_of(said));
         }
     }

@@ -65,7 +65,10 @@ impl Default for Config {
             maintenance_interval: Duration::from_secs(1),
             check_on_checkout: true,
             backoff_first: Duration::from_millis(10),
-            backoff_max: Duration::from_secs(1),
+            // Short enough that a caller is served within about a quarter of a second of a
+            // refusing server accepting again; each pool makes about four attempts a second
+            // while it is down (`create_backoff` to change it).
+            backoff_max: Duration::from_millis(250),
             fail_fast: false,
             queue_order: QueueOrder::Fifo,
         }

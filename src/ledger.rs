@@ -62,6 +62,7 @@ pub(crate) struct Ledger {
     create_failed: AtomicU64,
     check_failed: AtomicU64,
     hook_failed: AtomicU64,
+    closed_unconfirmed: AtomicU64,
     gets_waited: AtomicU64,
     gets_timed_out: AtomicU64,
     wait_ns_total: AtomicU64,
@@ -105,6 +106,7 @@ impl Ledger {
             create_failed: AtomicU64::new(0),
             check_failed: AtomicU64::new(0),
             hook_failed: AtomicU64::new(0),
+            closed_unconfirmed: AtomicU64::new(0),
             gets_waited: AtomicU64::new(0),
             gets_timed_out: AtomicU64::new(0),
             wait_ns_total: AtomicU64::new(0),
@@ -258,6 +260,11 @@ impl Ledger {
         self.check_failed.fetch_add(1, Relaxed);
     }
 
+    /// A goodbye was started and not confirmed (the connection is counted `closed_sync`).
+    pub(crate) fn record_unconfirmed(&self) {
+        self.closed_unconfirmed.fetch_add(1, Relaxed);
+    }
+
     /// A hook failed, timed out or panicked (its connection is closed, and counted under the
     /// reason that step closes with).
     pub(crate) fn record_hook_failed(&self) {
@@ -404,6 +411,7 @@ impl Ledger {
             closed_retained: self.closed_retained.load(Relaxed),
             closed_resized: self.closed_resized.load(Relaxed),
             closed_moved: self.closed_moved.load(Relaxed),
+            closed_unconfirmed: self.closed_unconfirmed.load(Relaxed),
             rehomed: self.homes.load(Relaxed).saturating_sub(1),
         }
     }

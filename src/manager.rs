@@ -171,4 +171,8 @@ pub enum Goodbye<E> {
     /// Saying goodbye failed; the connection is ended all the same. Counted as
     /// `close_failed`.
     Failed(E),
+    /// The goodbye went out, but the peer never confirmed it (no answer, no end of its side
+    /// of the connection): it may never have arrived. Counted as `closed_sync`, and in
+    /// `closed_unconfirmed`.
+    Unconfirmed,
 }

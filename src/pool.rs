@@ -1101,7 +1101,7 @@ impl Drop for WaiterMark<'_> {
 /// Defaults: `max_size` 10, `min_idle` 0, wait timeout 30 s, create timeout 30 s, check
 /// timeout 5 s, shutdown timeout 5 s, idle timeout 10 min, max lifetime 30 min, close deadline
 /// 10 s, maintenance every 1 s, check on checkout, creation retried with backoff from 10 ms to
-/// 1 s while callers keep waiting (not fail-fast). A runtime must be given.
+/// 250 ms while callers keep waiting (not fail-fast). A runtime must be given.
 pub struct Builder<M: Manager> {
     manager: M,
     config: Config,

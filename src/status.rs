@@ -69,6 +69,11 @@ pub struct Counters {
     /// runtime follows its callers ([`Runtime::ambient`](crate::Runtime::ambient)), lived on:
     /// idle ones at once, checked-out ones as their guards drop.
     pub closed_moved: u64,
+    /// Of `closed_sync`: connections whose goodbye was started but never confirmed — the
+    /// manager's `shutdown` ran past the shutdown timeout (a server that stopped answering),
+    /// or said [`Goodbye::Unconfirmed`](crate::Goodbye::Unconfirmed). A goodbye counts as
+    /// `closed_graceful` only when the peer confirmed it.
+    pub closed_unconfirmed: u64,
     /// Times the pool moved: its actor was started again, on a caller's runtime, after the
     /// runtime it ran on went away. Always 0 for a pool on one runtime.
     pub rehomed: u64,

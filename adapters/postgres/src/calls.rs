@@ -1,18 +1,22 @@
 //! Which calls a connection has outstanding: a call whose future was dropped before its answer
 //! (a timeout, a cancelled request handler) leaves its request on the connection, and the
 //! next caller's first query waits behind it — forever, on a server that stopped answering.
-//! A connection that may carry one is checked for real (one round trip) before it is handed
-//! out again; one whose call ran past the per-call timeout is retired.
+//! The abandoned call is cancelled on the server (PostgreSQL's cancel request, so a live
+//! server stops working on it), and the connection is checked for real (one round trip,
+//! after the cancel request went out) before it is handed out again; one whose call ran past
+//! the per-call timeout is retired.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_postgres::{CancelToken, Client, Error};
 
-/// Sends a cancel request for a call that ran out of time (spawned on the pool's runtime).
-pub(crate) type Canceller = Arc<dyn Fn(CancelToken) + Send + Sync>;
+/// Sends a cancel request for a call that was abandoned or ran out of time, spawned on the
+/// caller's tokio runtime; the handle of that task, if one was spawned.
+pub(crate) type Canceller =
+    Arc<dyn Fn(CancelToken) -> Option<tokio::task::JoinHandle<()>> + Send + Sync>;
 
 /// One connection's record of its calls.
 pub(crate) struct Calls {
@@ -23,6 +27,9 @@ pub(crate) struct Calls {
     broken: AtomicBool,
     timeout: Option<Duration>,
     cancel: Option<Canceller>,
+    /// The cancel request sent for an abandoned call, until the next check has waited for it
+    /// (so that it cannot land on the next caller's query).
+    cancelling: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Calls {
@@ -32,6 +39,32 @@ impl Calls {
             broken: AtomicBool::new(false),
             timeout,
             cancel,
+            cancelling: Mutex::new(None),
+        }
+    }
+
+    /// The cancel request sent for an abandoned call, if one is under way: the check waits
+    /// for it before its round trip.
+    pub(crate) fn take_cancelling(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.cancelling
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    /// Asks the server to stop the call under way on this connection.
+    fn cancel(&self, client: &Client) {
+        if let Some(cancel) = &self.cancel {
+            if let Some(sent) = cancel(client.cancel_token()) {
+                let mut cancelling = self
+                    .cancelling
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if let Some(earlier) = cancelling.replace(sent) {
+                    // Still going: let it finish on its own.
+                    drop(earlier);
+                }
+            }
         }
     }
 
@@ -61,6 +94,7 @@ impl Calls {
     ) -> Result<R, Error> {
         let mut pending = Pending {
             calls: self,
+            client,
             done: false,
         };
         let out = match self.timeout {
@@ -71,9 +105,7 @@ impl Calls {
                     // The request is still on the connection, and the server may still be
                     // working on it: ask it to stop, and never hand this connection out again.
                     self.broken.store(true, Ordering::Relaxed);
-                    if let Some(cancel) = &self.cancel {
-                        cancel(client.cancel_token());
-                    }
+                    self.cancel(client);
                     pending.done = true;
                     // tokio-postgres' own timeout error ("timeout waiting for server"), the one
                     // its blocking `postgres` crate returns for the same case.
@@ -86,9 +118,11 @@ impl Calls {
     }
 }
 
-/// A call under way: dropped before it finished, it marks the connection dirty.
+/// A call under way: dropped before it finished, it marks the connection dirty and asks the
+/// server to stop the call.
 struct Pending<'a> {
     calls: &'a Calls,
+    client: &'a Client,
     done: bool,
 }
 
@@ -96,6 +130,7 @@ impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.calls.mark_dirty();
+            self.calls.cancel(self.client);
         }
     }
 }

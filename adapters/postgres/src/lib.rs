@@ -964,17 +964,17 @@ where
     fn create(&self) -> impl Future<Output = Result<PgConnection, tokio_postgres::Error>> + Send {
         let connecting = self.config.connect(self.tls.clone());
         let statements = Cache::new(self.cache, self.generation.clone());
-        let cancel: Option<Canceller> = self.query_timeout.map(|_| {
+        let cancel: Option<Canceller> = Some({
             let tls = self.tls.clone();
             Arc::new(move |token: tokio_postgres::CancelToken| {
-                // Sent from the caller's task, on its tokio runtime; none there, none sent
-                // (the connection is retired all the same).
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    let tls = tls.clone();
-                    runtime.spawn(async move {
-                        let _ = token.cancel_query(tls).await;
-                    });
-                }
+                // Sent from the caller's task, on its tokio runtime; none there (a future
+                // dropped by a runtime teardown), none sent: the round trip before the next
+                // checkout still waits for the call's answer, or retires the connection.
+                let runtime = tokio::runtime::Handle::try_current().ok()?;
+                let tls = tls.clone();
+                Some(runtime.spawn(async move {
+                    let _ = token.cancel_query(tls).await;
+                }))
             }) as Canceller
         });
         let calls = Calls::new(self.query_timeout, cancel);
@@ -1010,6 +1010,11 @@ where
             // A call abandoned on this connection left its request behind: its answer must
             // come before this connection is anyone's again.
             let dirty = conn.calls.is_dirty();
+            if let Some(cancelling) = conn.calls.take_cancelling() {
+                // The abandoned call's cancel request first, so that it cannot stop the next
+                // caller's query instead.
+                let _ = cancelling.await;
+            }
             if check == CheckMethod::Verified || dirty {
                 conn.client.simple_query("").await?;
                 if dirty {
@@ -1035,17 +1040,27 @@ where
             calls: _,
         } = conn;
         driver.ending.store(true, Ordering::Relaxed);
-        let open = !client.is_closed();
-        // Dropping the last client is the goodbye: the driver writes Terminate, closes the
-        // socket and finishes. The cached statements go after it, so they ask nothing of the
-        // server (ending the session deallocates them).
-        drop(client);
-        drop(statements);
         async move {
-            if !open {
+            if client.is_closed() {
                 // The driver has ended or is ending: nothing to wait for, nobody to greet.
                 return Goodbye::Unsaid;
             }
+            // A round trip first: its answer says the server is there and has answered every
+            // request before it, so the Terminate that follows reaches a listening server. A
+            // server that stopped answering never answers it: the pool's shutdown timeout
+            // then ends this goodbye, and it counts as unconfirmed, not as said.
+            if let Err(e) = client.simple_query("").await {
+                return if e.is_closed() || e.as_db_error().is_some() {
+                    Goodbye::Unsaid
+                } else {
+                    Goodbye::Failed(e)
+                };
+            }
+            // Dropping the last client is the goodbye: the driver writes Terminate, closes the
+            // socket and finishes. The cached statements go after it, so they ask nothing of
+            // the server (ending the session deallocates them).
+            drop(client);
+            drop(statements);
             // If this future is dropped (the pool's shutdown timeout, a runtime teardown), the
             // driver is aborted with it.
             goodbye(driver.finished().await)

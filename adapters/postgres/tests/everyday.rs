@@ -711,11 +711,10 @@ fn a_call_abandoned_on_a_connection_is_never_handed_out_as_healthy() {
     };
     let rt = tokio_rt();
     rt.block_on(async {
-        // A call that takes 5 s on the server (as one on a stalled server would take
-        // forever), abandoned by its caller after 50 ms; the pool checks for 1 s at most.
+        // A call that takes 5 s on the server, abandoned by its caller after 50 ms.
         let pool: Pool = Pool::builder(manager(&pg, "abandoned"))
-            .max_size(2)
-            .check_timeout(Duration::from_secs(1))
+            .max_size(1)
+            .check_timeout(Duration::from_secs(3))
             .runtime(TokioRuntime::current())
             .build()
             .unwrap();
@@ -729,35 +728,21 @@ fn a_call_abandoned_on_a_connection_is_never_handed_out_as_healthy() {
         assert!(slow.is_err(), "the caller gave up");
         assert!(conn.has_abandoned_call());
         drop(conn);
-        // The next caller is not handed the connection with the request still on it: its
-        // check (a round trip behind the abandoned call) runs out, the connection is retired,
-        // and the caller gets a new one, paying one check timeout at most.
+        // The server was asked to stop it, and the next caller's check waited for that and
+        // for the connection's answer: the next call runs at once, on the same connection,
+        // not behind the abandoned one.
         let started = Instant::now();
         let conn = pool.get().await.unwrap();
         let second = backend_pid(&conn).await;
         let took = started.elapsed();
-        assert_ne!(first, second, "a fresh connection");
-        assert!(
-            took < Duration::from_secs(4),
-            "{took:?}: not behind the 5 s call"
-        );
-        assert_eq!(pool.status().counters.check_failed, 1);
-        drop(conn);
-
-        // Abandoned on a healthy server, the round trip simply waits for the answer: the
-        // connection is kept.
-        let conn = pool.get().await.unwrap();
-        let pid = backend_pid(&conn).await;
-        let quick = tokio::time::timeout(
-            Duration::from_millis(20),
-            conn.query("SELECT pg_sleep(0.2)", &[]),
-        )
-        .await;
-        assert!(quick.is_err());
-        drop(conn);
-        let conn = pool.get().await.unwrap();
-        assert_eq!(backend_pid(&conn).await, pid, "kept once its answer came");
+        assert_eq!(first, second, "the connection was kept");
+        assert!(took < Duration::from_secs(2), "{took:?}: not behind the 5 s call");
         assert!(!conn.has_abandoned_call());
+        let running = pg.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)' AND state = 'active'",
+        );
+        assert_eq!(running.trim(), "0", "the server stopped the abandoned call");
+        assert_eq!(pool.status().counters.check_failed, 0);
         drop(conn);
         pool.close().await;
     });
@@ -797,4 +782,67 @@ fn a_call_abandoned_on_a_connection_is_never_handed_out_as_healthy() {
         drop(conn);
         pool.close().await;
     });
+}
+
+#[test]
+fn a_goodbye_the_server_never_confirms_is_not_counted_as_said() {
+    use gracepool_testkit::fault::{FaultProxy, Mode};
+    let Some(pg) =
+        PgServer::start("everyday::a_goodbye_the_server_never_confirms_is_not_counted_as_said")
+    else {
+        return;
+    };
+    let proxy = FaultProxy::start(pg.port()).expect("a proxy on 127.0.0.1");
+    let conn_str = format!(
+        "host=127.0.0.1 port={} user={} dbname=postgres application_name=unconfirmed",
+        proxy.port(),
+        gracepool_testkit::postgres::USER
+    );
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let pool: Pool = Pool::builder(Manager::from_conn_str(&conn_str).unwrap())
+            .max_size(4)
+            .shutdown_timeout(Duration::from_millis(500))
+            .close_deadline(Duration::from_secs(5))
+            .runtime(TokioRuntime::current())
+            .build()
+            .unwrap();
+        let held: Vec<_> = futures_lite::future::zip(
+            futures_lite::future::zip(pool.get(), pool.get()),
+            futures_lite::future::zip(pool.get(), pool.get()),
+        )
+        .await
+        .into_iter_all();
+        drop(held);
+        // The server becomes unreachable: packets vanish, nothing is reset.
+        proxy.set_mode(Mode::Blackhole);
+        let started = Instant::now();
+        let report = pool.close().await;
+        let took = started.elapsed();
+        let c = report.counters;
+        assert_eq!(c.created, 4, "{c:?}");
+        assert_eq!(c.closed_graceful, 0, "no goodbye reached the server: {c:?}");
+        assert_eq!(c.closed_unconfirmed, 4, "{c:?}");
+        assert_eq!(c.closed_sync, 4, "{c:?}");
+        assert!(report.is_complete(), "{report:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "within the shutdown timeout: {took:?}"
+        );
+        assert_accounted(&c);
+    });
+}
+
+/// Flattens the four results of two zipped pairs.
+trait AllOk<T> {
+    fn into_iter_all(self) -> Vec<T>;
+}
+
+type Pair<T, E> = (Result<T, E>, Result<T, E>);
+
+impl<T, E: std::fmt::Debug> AllOk<T> for (Pair<T, E>, Pair<T, E>) {
+    fn into_iter_all(self) -> Vec<T> {
+        let ((a, b), (c, d)) = self;
+        vec![a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()]
+    }
 }
