@@ -12,8 +12,14 @@
 //! `BIND` chooses the address (default `127.0.0.1:3000`; port 0 picks a free one). The
 //! service prints `listening on ADDR` when it serves, and the pool's close report when it is
 //! done; errors go to stderr with exit status 1.
+//!
+//! Its shutdown budget: after SIGTERM, up to `DRAIN_MS` (default 10 000) for the requests in
+//! flight to finish — past it, the ones still running (hung on a database that stopped
+//! answering, say) are dropped — then up to `CLOSE_MS` (default 10 000) for the pool's close.
+//! Twenty seconds in all by default, inside Kubernetes' default grace period of 30 s.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -76,10 +82,23 @@ async fn terminated() {
     }
 }
 
+/// A duration in milliseconds from the environment, or the default.
+fn millis(name: &str, default: u64) -> Result<Duration, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map(Duration::from_millis)
+            .map_err(|_| format!("{name}={v:?} is not a number of milliseconds")),
+        Err(_) => Ok(Duration::from_millis(default)),
+    }
+}
+
 async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let url = std::env::var("DATABASE_URL")
         .map_err(|_| "set DATABASE_URL to a PostgreSQL connection string")?;
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_string());
+    let drain = millis("DRAIN_MS", 10_000)?;
+    let close = millis("CLOSE_MS", 10_000)?;
     // ANCHOR: serve_then_close
     let pool: Pool = gracepool::Pool::builder(Manager::from_conn_str(&url)?)
         .max_size(8)
@@ -91,11 +110,26 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .with_state(pool.clone());
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     println!("listening on {}", listener.local_addr()?);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(terminated())
-        .await?;
-    // Every request has been answered: now every connection says goodbye.
-    let report = pool.close().await;
+    let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        terminated().await;
+        let _ = signalled.send(());
+    });
+    // The requests in flight get `drain` to finish after the signal; past it, the ones still
+    // running (hung on a database that stopped answering) are dropped with the server.
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(serve) => served?,
+        _ = async {
+            if on_signal.await.is_ok() {
+                tokio::time::sleep(drain).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => println!("drain budget of {drain:?} ran out: requests still in flight were dropped"),
+    }
+    // Every request has been answered (or dropped): now every connection says goodbye,
+    // within the close budget.
+    let report = pool.close_within(close).await;
     // ANCHOR_END: serve_then_close
     let c = report.counters;
     println!(
