@@ -43,8 +43,9 @@ impl<M: Manager> Drop for Closing<M> {
         if let Some(conn) = self.conn.take() {
             self.shared.close_sync(conn);
         } else if !self.counted {
-            // `shutdown` had the connection and was dropped half-way: the connection was
-            // dropped with it, without a goodbye.
+            // `shutdown` had the connection and was dropped half-way (the close deadline, a
+            // runtime teardown): the connection was dropped with it, its goodbye unconfirmed.
+            self.shared.ledger.record_unconfirmed();
             self.shared.ledger.record_end(Ending::Sync);
         }
     }
@@ -134,6 +135,8 @@ impl<M: Manager> Batch<M> {
 impl<M: Manager> Drop for Batch<M> {
     fn drop(&mut self) {
         if std::mem::take(&mut self.in_flight) {
+            // A goodbye cut short: unconfirmed.
+            self.shared.ledger.record_unconfirmed();
             self.count(Ending::Sync);
         }
         let shared = self.shared.clone();
@@ -538,7 +541,7 @@ impl<M: Manager> PoolActor<M> {
                     return;
                 }
                 let now = shared.ledger.now_ms();
-                let entry = Idle::fresh(conn, now, self.home);
+                let entry = Idle::fresh(conn, shared.created_stamp(now), self.home);
                 if let Err(entry) = shared.put_idle(entry, true) {
                     self.retire(entry.conn);
                 }

@@ -5,7 +5,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use crate::ledger::{Ending, Reason};
-use crate::manager::Manager;
+use crate::manager::{Manager, Unfit};
 use crate::shared::{Idle, Msg, Shared};
 use crate::status::Metrics;
 
@@ -21,6 +21,8 @@ pub struct Pooled<M: Manager> {
     shared: Arc<Shared<M>>,
     /// Set while the health check runs: a guard dropped then retires its connection.
     checking: bool,
+    /// Set by [`Pooled::retire_on_return`]: the connection is closed when the guard drops.
+    unfit: bool,
 }
 
 impl<M: Manager> Pooled<M> {
@@ -30,6 +32,7 @@ impl<M: Manager> Pooled<M> {
             entry: Some(entry),
             shared,
             checking: true,
+            unfit: false,
         }
     }
 
@@ -121,10 +124,11 @@ where
     }
 }
 
-/// Asks the manager whether a returning connection is broken; a panic there counts as broken.
-fn broken<M: Manager>(manager: &M, conn: &mut M::Connection) -> bool {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| manager.is_broken(conn)))
-        .unwrap_or(true)
+/// Asks the manager whether a returning connection is unfit; a panic there counts as a broken
+/// connection.
+fn unfit<M: Manager>(manager: &M, conn: &mut M::Connection) -> Option<Unfit> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| manager.unfit(conn)))
+        .unwrap_or(Some(Unfit::Connection))
 }
 
 impl<M: Manager> Drop for Pooled<M> {
@@ -143,8 +147,29 @@ impl<M: Manager> Drop for Pooled<M> {
             shared.retire(entry.conn, entry.home, true);
             return;
         }
-        if std::thread::panicking() || broken(&shared.manager, &mut entry.conn) {
-            shared.ledger.record_reason(Reason::Broken);
+        let verdict = if std::thread::panicking() || self.unfit {
+            Some(Unfit::Connection)
+        } else {
+            unfit(&shared.manager, &mut entry.conn)
+        };
+        match verdict {
+            None => {}
+            Some(Unfit::Server) => {
+                // The server changed: this one goes, and with it every one made before now.
+                shared.ledger.record_reason(Reason::Refreshed);
+                shared.retire(entry.conn, entry.home, true);
+                shared.refresh();
+                return;
+            }
+            Some(_) => {
+                shared.ledger.record_reason(Reason::Broken);
+                shared.retire(entry.conn, entry.home, true);
+                return;
+            }
+        }
+        if entry.created_ms < shared.ledger.refresh_mark() {
+            // Made before a refresh: retired as it comes back.
+            shared.ledger.record_reason(Reason::Refreshed);
             shared.retire(entry.conn, entry.home, true);
             return;
         }
@@ -177,6 +202,28 @@ impl<M: Manager> Drop for Pooled<M> {
 }
 
 impl<M: Manager> Pooled<M> {
+    /// Marks this connection as done: it is closed when the guard drops, instead of going
+    /// back to the pool (counted as `closed_broken`). For a caller that saw an error meaning
+    /// the connection, or its server, is no longer fit (a protocol error, a read-only server
+    /// after a failover) but still holds it. An associated function, so it never hides a
+    /// method of the connection itself.
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime};
+    /// # let rt = ExecRuntime::new();
+    /// # let pool = gracepool::Pool::builder(Counting::new()).max_size(4).runtime(rt.handle()).build().unwrap();
+    /// # rt.block_on(async {
+    /// let mut conn = pool.get().await.unwrap();
+    /// gracepool::Pooled::retire_on_return(&mut conn);
+    /// drop(conn);
+    /// assert_eq!(pool.status().counters.closed_broken, 1);
+    /// # pool.close().await;
+    /// # });
+    /// ```
+    pub fn retire_on_return(this: &mut Self) {
+        this.unfit = true;
+    }
+
     /// Closes this connection instead of returning it: for a handler that knows it is broken
     /// (a protocol error, a session left in a state the next caller must not see). It ends as
     /// any retired connection does — the manager's goodbye and end through the pool's actor

@@ -22,6 +22,9 @@ pub(crate) enum Reason {
     Resized,
     /// The runtime its actor ran on went away; the pool moved on to another.
     Moved,
+    /// Made before a refresh of the pool (`Pool::refresh`, or a manager that saw the server
+    /// change role).
+    Refreshed,
 }
 
 /// How a connection ended.
@@ -63,6 +66,11 @@ pub(crate) struct Ledger {
     check_failed: AtomicU64,
     hook_failed: AtomicU64,
     closed_unconfirmed: AtomicU64,
+    closed_refreshed: AtomicU64,
+    refreshes: AtomicU64,
+    /// Connections stamped before this (milliseconds since `epoch`) were made before the last
+    /// refresh; 0: never refreshed.
+    refresh_mark: AtomicU64,
     gets_waited: AtomicU64,
     gets_timed_out: AtomicU64,
     wait_ns_total: AtomicU64,
@@ -107,6 +115,9 @@ impl Ledger {
             check_failed: AtomicU64::new(0),
             hook_failed: AtomicU64::new(0),
             closed_unconfirmed: AtomicU64::new(0),
+            closed_refreshed: AtomicU64::new(0),
+            refreshes: AtomicU64::new(0),
+            refresh_mark: AtomicU64::new(0),
             gets_waited: AtomicU64::new(0),
             gets_timed_out: AtomicU64::new(0),
             wait_ns_total: AtomicU64::new(0),
@@ -345,8 +356,23 @@ impl Ledger {
             Reason::Retained => &self.closed_retained,
             Reason::Resized => &self.closed_resized,
             Reason::Moved => &self.closed_moved,
+            Reason::Refreshed => &self.closed_refreshed,
         };
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// A refresh: every connection stamped before now is stale. Returns the mark.
+    pub(crate) fn mark_refresh(&self) -> u64 {
+        let mark = self.real_now_ms() + 1;
+        self.refresh_mark.fetch_max(mark, SeqCst);
+        self.refreshes.fetch_add(1, Relaxed);
+        mark
+    }
+
+    /// Connections stamped before this were made before the last refresh.
+    #[inline]
+    pub(crate) fn refresh_mark(&self) -> u64 {
+        self.refresh_mark.load(Relaxed)
     }
 
     /// `n` connections closed for the same reason.
@@ -412,6 +438,8 @@ impl Ledger {
             closed_resized: self.closed_resized.load(Relaxed),
             closed_moved: self.closed_moved.load(Relaxed),
             closed_unconfirmed: self.closed_unconfirmed.load(Relaxed),
+            closed_refreshed: self.closed_refreshed.load(Relaxed),
+            refreshes: self.refreshes.load(Relaxed),
             rehomed: self.homes.load(Relaxed).saturating_sub(1),
         }
     }

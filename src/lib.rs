@@ -131,7 +131,7 @@ pub use file_config::{ConfigReadError, Limit, PoolConfig};
 pub use guard::Pooled;
 pub use handles::WeakPool;
 pub use hooks::{HookError, HookFuture};
-pub use manager::{Goodbye, Manager, Unhealthy};
+pub use manager::{Goodbye, Manager, Unfit, Unhealthy};
 pub use pool::{Builder, Pool};
 pub use runtime::{BoxFuture, Runtime, SpawnError};
 pub use status::{CloseCause, CloseReport, Counters, Metrics, PoolState, Status};

@@ -100,6 +100,16 @@ pub trait Manager: Send + Sync + 'static {
         false
     }
 
+    /// Like [`is_broken`](Manager::is_broken), and says why: [`Unfit::Connection`] closes this
+    /// connection; [`Unfit::Server`] says the server behind it changed (a primary demoted to a
+    /// read-only standby after a failover), and refreshes the whole pool
+    /// ([`Pool::refresh`](crate::Pool::refresh)): every idle connection is retired at once,
+    /// every checked-out one as it comes back, and new ones are made. Consulted on every guard
+    /// drop, so it must not block. Default: [`Unfit::Connection`] when `is_broken` says so.
+    fn unfit(&self, conn: &mut Self::Connection) -> Option<Unfit> {
+        self.is_broken(conn).then_some(Unfit::Connection)
+    }
+
     /// Says goodbye to the peer and ends the connection, while the runtime is alive.
     ///
     /// Takes the connection: it must be ended when the future finishes. Return
@@ -130,6 +140,17 @@ pub trait Manager: Send + Sync + 'static {
         drop(conn);
         Ok(())
     }
+}
+
+/// Why a connection coming back from a guard must not be reused ([`Manager::unfit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unfit {
+    /// This connection is done (its socket failed, its session was ended): it is closed.
+    Connection,
+    /// The server behind it changed role or went away: this connection is closed, and the
+    /// pool is refreshed — every connection made before now is retired.
+    Server,
 }
 
 /// Why [`Manager::check`] found a connection unusable. Either way the connection is closed and

@@ -377,6 +377,31 @@ impl<M: Manager> Pool<M> {
         Ok(())
     }
 
+    /// Retires every connection made until now — idle ones at once, each with its goodbye
+    /// through the pool's actor, checked-out ones as they come back — while callers are
+    /// served throughout by new connections, made with the usual backoff. For a database that
+    /// moved (a failover promoted another server, rotated credentials, a new certificate):
+    /// HikariCP's `softEvictConnections`. Counted in `refreshes` and `closed_refreshed`.
+    /// Returns how many idle connections it retired. After close has started, does nothing.
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime};
+    /// # let rt = ExecRuntime::new();
+    /// # let pool = gracepool::Pool::builder(Counting::new()).max_size(4).runtime(rt.handle()).build().unwrap();
+    /// # rt.block_on(async {
+    /// drop(pool.get().await.unwrap());
+    /// let held = pool.get().await.unwrap();
+    /// assert_eq!(pool.refresh(), 0); // nothing idle: the one held goes when it comes back
+    /// drop(held);
+    /// let fresh = pool.get().await.unwrap();
+    /// assert_eq!(pool.status().counters.closed_refreshed, 1);
+    /// # drop(fresh); pool.close().await;
+    /// # });
+    /// ```
+    pub fn refresh(&self) -> usize {
+        self.shared.refresh()
+    }
+
     /// A snapshot of sizes, waiters, state and counters. Needs no actor round trip.
     pub fn status(&self) -> Status {
         self.shared.status()
@@ -604,7 +629,7 @@ impl<M: Manager> Pool<M> {
                 }
                 // Real time: the actor's coarse clock may be behind, and the lifetime counts
                 // from here.
-                let now = shared.ledger.real_now_ms();
+                let now = shared.created_stamp(shared.ledger.real_now_ms());
                 return Ok(Some(Idle::fresh(conn, now, shared.waitlist.home())));
             }
             Made::Closing => return Err(shared.closed_error()),

@@ -394,8 +394,12 @@ impl<M: Manager> Shared<M> {
         )
     }
 
-    /// Whether `entry` is past its lifetime or its idle timeout, and which.
+    /// Whether `entry` was made before the last refresh, or is past its lifetime or its idle
+    /// timeout, and which.
     pub(crate) fn expiry(&self, entry: &Idle<M::Connection>) -> Option<Reason> {
+        if entry.created_ms < self.ledger.refresh_mark() {
+            return Some(Reason::Refreshed);
+        }
         let now = self.ledger.now_ms();
         // A limit of u64::MAX is none: no difference of stamps reaches it.
         let over = |since: u64, limit_ms: u64| now.saturating_sub(since) >= limit_ms;
@@ -406,6 +410,35 @@ impl<M: Manager> Shared<M> {
         } else {
             None
         }
+    }
+
+    /// The stamp of a connection made at `now`: never before the last refresh's mark, so that
+    /// a connection made after a refresh (its stamp read from a coarse clock that may lag) is
+    /// not taken for one made before it.
+    pub(crate) fn created_stamp(&self, now: u64) -> u64 {
+        now.max(self.ledger.refresh_mark())
+    }
+
+    /// Retires every connection made until now: idle ones at once (each with its goodbye
+    /// through the actor), checked-out ones as they come back, and asks the actor to make new
+    /// ones for whoever waits. Returns how many idle ones it retired.
+    pub(crate) fn refresh(&self) -> usize {
+        if !self.ledger.is_running() {
+            return 0;
+        }
+        let mark = self.ledger.mark_refresh();
+        event!(
+            debug,
+            "the pool is refreshed: every connection made before now is retired"
+        );
+        let gone = self.waitlist.reap(|entry| entry.created_ms < mark);
+        let retired = gone.len();
+        for entry in gone {
+            self.ledger.record_reason(Reason::Refreshed);
+            self.retire(entry.conn, entry.home, false);
+        }
+        let _ = self.mailbox_tx.try_send(Msg::Grow);
+        retired
     }
 
     /// Checkouts and returns the waitlist counted (see [`Waitlist::flow`]).

@@ -69,6 +69,13 @@ pub struct Counters {
     /// runtime follows its callers ([`Runtime::ambient`](crate::Runtime::ambient)), lived on:
     /// idle ones at once, checked-out ones as their guards drop.
     pub closed_moved: u64,
+    /// Closed because they were made before a refresh of the pool
+    /// ([`Pool::refresh`](crate::Pool::refresh), or a manager that saw the server change role:
+    /// [`Unfit::Server`](crate::Unfit::Server)): idle ones at once, checked-out ones as they
+    /// come back.
+    pub closed_refreshed: u64,
+    /// Refreshes of the pool.
+    pub refreshes: u64,
     /// Of `closed_sync`: connections whose goodbye was started but never confirmed — the
     /// manager's `shutdown` ran past the shutdown timeout (a server that stopped answering),
     /// or said [`Goodbye::Unconfirmed`](crate::Goodbye::Unconfirmed). A goodbye counts as
@@ -103,7 +110,8 @@ impl Counters {
                 + self.closed_max_lifetime
                 + self.closed_retained
                 + self.closed_resized
-                + self.closed_moved,
+                + self.closed_moved
+                + self.closed_refreshed,
         )
     }
 

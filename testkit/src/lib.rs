@@ -431,7 +431,8 @@ pub fn assert_accounted(c: &gracepool::Counters) {
         + c.closed_max_lifetime
         + c.closed_retained
         + c.closed_resized
-        + c.closed_moved;
+        + c.closed_moved
+        + c.closed_refreshed;
     assert!(
         reasons <= c.closed_graceful + c.closed_sync + c.close_failed,
         "a connection counted under two reasons: {c:?}"

@@ -7,11 +7,77 @@
 //! the per-call timeout is retired.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gracepool::Unfit;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::{CancelToken, Client, Error};
+
+/// Connections a manager's callers found unfit, by what their error said. Each connection is
+/// counted once, under the first reason seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retirements {
+    /// The connection failed under a call: closed by the server or the network (class 08, a
+    /// closed client).
+    pub connection_lost: u64,
+    /// The server is shutting down or restarting (`57P01` admin shutdown, `57P02` crash
+    /// shutdown, `57P03` cannot connect now).
+    pub server_shutdown: u64,
+    /// The server is read-only (`25006`): a primary demoted after a failover. The pool was
+    /// refreshed.
+    pub read_only: u64,
+}
+
+/// The counts behind [`Retirements`], shared by a manager and its connections.
+#[derive(Debug, Default)]
+pub(crate) struct RetirementCounts {
+    connection_lost: AtomicU64,
+    server_shutdown: AtomicU64,
+    read_only: AtomicU64,
+}
+
+impl RetirementCounts {
+    pub(crate) fn snapshot(&self) -> Retirements {
+        Retirements {
+            connection_lost: self.connection_lost.load(Ordering::Relaxed),
+            server_shutdown: self.server_shutdown.load(Ordering::Relaxed),
+            read_only: self.read_only.load(Ordering::Relaxed),
+        }
+    }
+}
+
+const FIT: u8 = 0;
+const UNFIT_CONNECTION: u8 = 1;
+const UNFIT_SERVER: u8 = 2;
+
+/// Which of a manager's retirement counts a reason goes to.
+type Counter = fn(&RetirementCounts) -> &AtomicU64;
+
+/// What an error seen by a caller says of the connection and its server.
+pub(crate) fn verdict(error: &Error) -> Option<(Unfit, Counter)> {
+    if let Some(code) = error.code() {
+        if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+            return Some((Unfit::Server, |c| &c.read_only));
+        }
+        if *code == SqlState::ADMIN_SHUTDOWN
+            || *code == SqlState::CRASH_SHUTDOWN
+            || *code == SqlState::CANNOT_CONNECT_NOW
+        {
+            return Some((Unfit::Connection, |c| &c.server_shutdown));
+        }
+        if code.code().starts_with("08") {
+            return Some((Unfit::Connection, |c| &c.connection_lost));
+        }
+        return None;
+    }
+    if error.is_closed() {
+        return Some((Unfit::Connection, |c| &c.connection_lost));
+    }
+    None
+}
 
 /// Sends a cancel request for a call that was abandoned or ran out of time, spawned on the
 /// caller's tokio runtime; the handle of that task, if one was spawned.
@@ -27,18 +93,27 @@ pub(crate) struct Calls {
     broken: AtomicBool,
     timeout: Option<Duration>,
     cancel: Option<Canceller>,
+    /// What an error seen on this connection said of it (`FIT` until one did).
+    unfit: AtomicU8,
+    counts: Arc<RetirementCounts>,
     /// The cancel request sent for an abandoned call, until the next check has waited for it
     /// (so that it cannot land on the next caller's query).
     cancelling: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Calls {
-    pub(crate) fn new(timeout: Option<Duration>, cancel: Option<Canceller>) -> Self {
+    pub(crate) fn new(
+        timeout: Option<Duration>,
+        cancel: Option<Canceller>,
+        counts: Arc<RetirementCounts>,
+    ) -> Self {
         Calls {
             dirty: AtomicBool::new(false),
             broken: AtomicBool::new(false),
             timeout,
             cancel,
+            unfit: AtomicU8::new(FIT),
+            counts,
             cancelling: Mutex::new(None),
         }
     }
@@ -84,6 +159,39 @@ impl Calls {
         self.broken.load(Ordering::Relaxed)
     }
 
+    /// What the errors seen on this connection said of it, if anything.
+    pub(crate) fn unfit(&self) -> Option<Unfit> {
+        match self.unfit.load(Ordering::Relaxed) {
+            UNFIT_SERVER => Some(Unfit::Server),
+            UNFIT_CONNECTION => Some(Unfit::Connection),
+            _ if self.is_broken() => Some(Unfit::Connection),
+            _ => None,
+        }
+    }
+
+    /// Reads an error a caller got: one that says the connection or its server is done marks
+    /// the connection (counted once, under the first reason).
+    pub(crate) fn saw<R>(&self, result: &Result<R, Error>) {
+        let Err(error) = result else { return };
+        let Some((unfit, counter)) = verdict(error) else {
+            return;
+        };
+        let code = match unfit {
+            Unfit::Server => UNFIT_SERVER,
+            _ => UNFIT_CONNECTION,
+        };
+        if self
+            .unfit
+            .compare_exchange(FIT, code, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            counter(&self.counts).fetch_add(1, Ordering::Relaxed);
+        } else if code == UNFIT_SERVER {
+            // The server's change outranks a connection's failure.
+            self.unfit.store(UNFIT_SERVER, Ordering::Relaxed);
+        }
+    }
+
     /// Runs one call: marks the connection dirty if the call's future is dropped before it
     /// finishes; with a per-call timeout, cancels it on the server when it runs out, and marks
     /// the connection broken.
@@ -114,6 +222,7 @@ impl Calls {
             },
         };
         pending.done = true;
+        self.saw(&out);
         out
     }
 }

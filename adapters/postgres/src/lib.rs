@@ -460,7 +460,8 @@ pub use tokio_postgres;
 pub use tokio_postgres::NoTls;
 pub use transaction::{Transaction, TransactionBuilder};
 
-use calls::{Calls, Canceller};
+pub use calls::Retirements;
+use calls::{Calls, Canceller, RetirementCounts};
 use statements::Cache;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, SimpleQueryMessage, ToStatement};
@@ -503,6 +504,7 @@ pub struct Manager<T = NoTls> {
     /// Bumped by [`Manager::clear_statement_caches`]; every connection's cache reads it.
     generation: Arc<AtomicU64>,
     query_timeout: Option<std::time::Duration>,
+    retirements: Arc<RetirementCounts>,
 }
 
 impl Manager<NoTls> {
@@ -542,7 +544,16 @@ impl<T> Manager<T> {
             cache: StatementCache::default(),
             generation: Arc::new(AtomicU64::new(0)),
             query_timeout: None,
+            retirements: Arc::default(),
         }
+    }
+
+    /// Connections retired because of an error a caller got on them, by reason: lost
+    /// (class 08, closed), the server shutting down (`57P01`–`57P03`), the server read-only
+    /// (`25006`, which also refreshes the pool). Reach it through the pool:
+    /// `pool.manager().retirements()`.
+    pub fn retirements(&self) -> Retirements {
+        self.retirements.snapshot()
     }
 
     /// Bounds every call made through a pooled connection's own methods (`query`,
@@ -977,7 +988,7 @@ where
                 }))
             }) as Canceller
         });
-        let calls = Calls::new(self.query_timeout, cancel);
+        let calls = Calls::new(self.query_timeout, cancel, self.retirements.clone());
         async move {
             let (client, connection) = connecting.await?;
             let ending = Arc::new(AtomicBool::new(false));
@@ -1004,7 +1015,7 @@ where
         let check = self.check;
         let conn = &*conn;
         async move {
-            if conn.client.is_closed() || conn.calls.is_broken() {
+            if conn.client.is_closed() || conn.calls.unfit().is_some() {
                 return Err(Unhealthy::Closed);
             }
             // A call abandoned on this connection left its request behind: its answer must
@@ -1026,7 +1037,20 @@ where
     }
 
     fn is_broken(&self, conn: &mut PgConnection) -> bool {
-        conn.client.is_closed() || conn.calls.is_broken()
+        conn.client.is_closed() || conn.calls.unfit().is_some()
+    }
+
+    /// A connection whose caller got a read-only error (`25006`: the server was demoted, as
+    /// after a failover) is [`Unfit::Server`](gracepool::Unfit::Server): the pool is
+    /// refreshed, so that no later write goes to the demoted server. One closed, or whose
+    /// caller got a connection-level error (class 08) or a shutdown (`57P01`–`57P03`), is
+    /// [`Unfit::Connection`](gracepool::Unfit::Connection).
+    fn unfit(&self, conn: &mut PgConnection) -> Option<gracepool::Unfit> {
+        match conn.calls.unfit() {
+            Some(unfit) => Some(unfit),
+            None if conn.client.is_closed() => Some(gracepool::Unfit::Connection),
+            None => None,
+        }
     }
 
     fn shutdown(

@@ -182,8 +182,10 @@ impl fmt::Debug for ConnectOptions {
 }
 
 /// The settings this crate reads itself and takes out of a string before tokio-postgres reads
-/// the rest.
-const OURS: [&str; 2] = ["sslmode", "sslrootcert"];
+/// the rest: libpq's TLS settings, and `tcp_user_timeout`, which libpq reads in milliseconds
+/// and tokio-postgres in seconds (libpq's meaning is kept: a string written for libpq means
+/// the same here).
+const OURS: [&str; 3] = ["sslmode", "sslrootcert", "tcp_user_timeout"];
 
 impl ConnectOptions {
     /// Reads a connection string: key-value (`host=db user=app sslmode=require`) or a URL
@@ -315,6 +317,18 @@ impl ConnectOptions {
 
     fn set_ours(&mut self, key: &str, value: &str, setting: &str) -> Result<(), ConfigError> {
         match key {
+            "tcp_user_timeout" => {
+                let ms: i64 = value.trim().parse().map_err(|_| ConfigError::BadValue {
+                    setting: setting.to_owned(),
+                    value: value.to_owned(),
+                    expected: "a whole number of milliseconds (libpq's unit)",
+                })?;
+                // libpq: 0 (or less) leaves the system's default.
+                if ms > 0 {
+                    self.config
+                        .tcp_user_timeout(Duration::from_millis(ms.unsigned_abs()));
+                }
+            }
             "sslmode" => {
                 self.ssl_mode = SslMode::parse(value).ok_or_else(|| ConfigError::BadValue {
                     setting: setting.to_owned(),
@@ -619,7 +633,7 @@ mod tests {
         assert_eq!(c.get_keepalives_idle(), defaults::KEEPALIVES_IDLE);
         assert_eq!(c.get_tcp_user_timeout(), Some(&defaults::TCP_USER_TIMEOUT));
         let given = ConnectOptions::parse(
-            "host=db user=app connect_timeout=3 keepalives_idle=7 tcp_user_timeout=9",
+            "host=db user=app connect_timeout=3 keepalives_idle=7 tcp_user_timeout=9000",
         )
         .unwrap();
         let c = given.config();

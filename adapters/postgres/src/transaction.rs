@@ -2,8 +2,8 @@
 
 use std::ops::{Deref, DerefMut};
 
-use tokio_postgres::types::Type;
-use tokio_postgres::{IsolationLevel, Statement};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{IsolationLevel, Row, SimpleQueryMessage, Statement, ToStatement};
 
 use crate::calls::Calls;
 use crate::statements::Cache;
@@ -67,11 +67,97 @@ impl<'a> Transaction<'a> {
         Ok(stmt)
     }
 
+    /// [`tokio_postgres::Transaction::query`]; an error that says the connection or its
+    /// server is done (a read-only server after a failover, say) marks the connection.
+    pub async fn query<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let out = self.txn().query(statement, params).await;
+        self.calls.saw(&out);
+        out
+    }
+
+    /// [`tokio_postgres::Transaction::query_one`], its errors read as for `query`.
+    pub async fn query_one<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let out = self.txn().query_one(statement, params).await;
+        self.calls.saw(&out);
+        out
+    }
+
+    /// [`tokio_postgres::Transaction::query_opt`], its errors read as for `query`.
+    pub async fn query_opt<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let out = self.txn().query_opt(statement, params).await;
+        self.calls.saw(&out);
+        out
+    }
+
+    /// [`tokio_postgres::Transaction::query_typed`], its errors read as for `query`.
+    pub async fn query_typed(
+        &self,
+        query: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let out = self.txn().query_typed(query, params).await;
+        self.calls.saw(&out);
+        out
+    }
+
+    /// [`tokio_postgres::Transaction::execute`], its errors read as for `query`.
+    pub async fn execute<T>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        let out = self.txn().execute(statement, params).await;
+        self.calls.saw(&out);
+        out
+    }
+
+    /// [`tokio_postgres::Transaction::batch_execute`], its errors read as for `query`.
+    pub async fn batch_execute(&self, query: &str) -> Result<(), tokio_postgres::Error> {
+        let out = self.txn().batch_execute(query).await;
+        self.calls.saw(&out);
+        out
+    }
+
+    /// [`tokio_postgres::Transaction::simple_query`], its errors read as for `query`.
+    pub async fn simple_query(
+        &self,
+        query: &str,
+    ) -> Result<Vec<SimpleQueryMessage>, tokio_postgres::Error> {
+        let out = self.txn().simple_query(query).await;
+        self.calls.saw(&out);
+        out
+    }
+
     /// Commits the transaction.
     pub async fn commit(mut self) -> Result<(), tokio_postgres::Error> {
         let txn = self.txn.take().expect("taken only by commit or rollback");
         let out = txn.commit().await;
         self.done = true;
+        self.calls.saw(&out);
         out
     }
 
@@ -195,8 +281,10 @@ impl<'a> TransactionBuilder<'a> {
     pub async fn start(self) -> Result<Transaction<'a>, tokio_postgres::Error> {
         let (statements, calls) = (self.statements, self.calls);
         let mut pending = Started { calls, done: false };
-        let txn = self.builder.start().await?;
+        let started = self.builder.start().await;
         pending.done = true;
+        calls.saw(&started);
+        let txn = started?;
         Ok(Transaction::new(txn, statements, calls))
     }
 }

@@ -453,11 +453,11 @@ fn a_packet_drop_longer_than_the_tcp_bounds_then_heal() {
     const DROP_FOR: Duration = Duration::from_secs(8);
     const SLACK: Duration = Duration::from_secs(3);
     let bound = WAIT + USER_TIMEOUT + SLACK;
-    // tokio-postgres reads tcp_user_timeout in seconds (libpq: milliseconds).
+    // tcp_user_timeout in milliseconds, as libpq reads it (ConnectOptions keeps libpq's unit).
     let conn = conn_str(
         pg.port(),
         "dropped",
-        "keepalives_idle=1 keepalives_interval=1 keepalives_retries=2 tcp_user_timeout=3 connect_timeout=3",
+        "keepalives_idle=1 keepalives_interval=1 keepalives_retries=2 tcp_user_timeout=3000 connect_timeout=3",
     );
     let opts = ConnectOptions::parse(&conn).unwrap();
     assert_eq!(opts.config().get_tcp_user_timeout(), Some(&USER_TIMEOUT));

@@ -153,6 +153,12 @@ impl std::fmt::Debug for Manager {
 pub struct Connection {
     inner: MultiplexedConnection,
     broken: bool,
+    /// A command whose future was dropped before its answer (a timeout, a cancelled request):
+    /// its answer is still to come on this connection, and a later command would wait behind
+    /// it (a `BLPOP` for as long as it blocks). Such a connection is not handed out again.
+    abandoned: bool,
+    /// The server is read-only (a replica after a failover: `READONLY`).
+    read_only: bool,
 }
 
 impl Connection {
@@ -162,10 +168,21 @@ impl Connection {
         self.broken
     }
 
+    /// Whether a command's future was dropped before its answer on this connection.
+    pub fn has_abandoned_command(&self) -> bool {
+        self.abandoned
+    }
+
     fn watch<T>(&mut self, result: &Result<T, RedisError>) {
         if let Err(e) = result {
             if e.is_unrecoverable_error() || e.is_connection_dropped() {
                 self.broken = true;
+            }
+            match e.code() {
+                Some("READONLY") => self.read_only = true,
+                // Loading its data set (a restarted or re-synced replica): not this one.
+                Some("LOADING") => self.broken = true,
+                _ => {}
             }
         }
     }
@@ -196,7 +213,9 @@ impl DerefMut for Connection {
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
+            self.abandoned = true;
             let result = self.inner.req_packed_command(cmd).await;
+            self.abandoned = false;
             self.watch(&result);
             result
         })
@@ -209,7 +228,9 @@ impl ConnectionLike for Connection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
+            self.abandoned = true;
             let result = self.inner.req_packed_commands(cmd, offset, count).await;
+            self.abandoned = false;
             self.watch(&result);
             result
         })
@@ -257,6 +278,8 @@ impl gracepool::Manager for Manager {
         Ok(Connection {
             inner,
             broken: false,
+            abandoned: false,
+            read_only: false,
         })
     }
 
@@ -273,7 +296,7 @@ impl gracepool::Manager for Manager {
         conn: &mut Connection,
         _metrics: &gracepool::Metrics,
     ) -> Result<(), Unhealthy<RedisError>> {
-        if conn.broken {
+        if conn.broken || conn.abandoned || conn.read_only {
             return Err(Unhealthy::Closed);
         }
         let pong: String = redis::cmd("PING").query_async(conn).await?;
@@ -289,7 +312,21 @@ impl gracepool::Manager for Manager {
     }
 
     fn is_broken(&self, conn: &mut Connection) -> bool {
-        conn.broken
+        conn.broken || conn.abandoned || conn.read_only
+    }
+
+    /// `READONLY` (the server became a replica, as after a failover) is
+    /// [`Unfit::Server`](gracepool::Unfit::Server): the pool is refreshed, so that no later
+    /// write goes to the replica. A connection that failed, whose server is `LOADING`, or that
+    /// carries an abandoned command, is [`Unfit::Connection`](gracepool::Unfit::Connection).
+    fn unfit(&self, conn: &mut Connection) -> Option<gracepool::Unfit> {
+        if conn.read_only {
+            Some(gracepool::Unfit::Server)
+        } else if conn.broken || conn.abandoned {
+            Some(gracepool::Unfit::Connection)
+        } else {
+            None
+        }
     }
 
     /// Sends `QUIT` and waits for `+OK`: [`Goodbye::Said`] only when the server answered it.
@@ -298,7 +335,7 @@ impl gracepool::Manager for Manager {
     /// [`Goodbye::Failed`] when sending it failed otherwise (redis-rs' response timeout, a
     /// busy server). The connection is dropped in every case.
     async fn shutdown(&self, mut conn: Connection) -> Goodbye<RedisError> {
-        if conn.broken || self.quit_refused.load(Relaxed) {
+        if conn.broken || conn.abandoned || self.quit_refused.load(Relaxed) {
             return Goodbye::Unsaid;
         }
         match redis::cmd("QUIT").query_async::<()>(&mut conn.inner).await {
@@ -311,6 +348,8 @@ impl gracepool::Manager for Manager {
                 Goodbye::Unsaid
             }
             Err(e) if e.is_unrecoverable_error() || e.is_connection_dropped() => Goodbye::Unsaid,
+            // Sent, never answered (redis-rs' response timeout): it may not have arrived.
+            Err(e) if e.is_timeout() => Goodbye::Unconfirmed,
             Err(e) => Goodbye::Failed(e),
         }
     }
