@@ -541,7 +541,12 @@ impl<M: Manager> PoolActor<M> {
                     return;
                 }
                 let now = shared.ledger.now_ms();
-                let entry = Idle::fresh(conn, shared.created_stamp(now), self.home);
+                let entry = Idle::fresh(
+                    conn,
+                    shared.created_stamp(now),
+                    self.home,
+                    shared.jitter_draw(),
+                );
                 if let Err(entry) = shared.put_idle(entry, true) {
                     self.retire(entry.conn);
                 }

@@ -17,6 +17,9 @@ pub(crate) struct Config {
     pub shutdown_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub max_lifetime: Option<Duration>,
+    /// Each connection's lifetime is shortened by a random part of this, so that
+    /// connections made together do not expire together. `None`: 2.5 % of `max_lifetime`.
+    pub lifetime_jitter: Option<Duration>,
     pub close_deadline: Duration,
     pub maintenance_interval: Duration,
     pub check_on_checkout: bool,
@@ -59,6 +62,7 @@ impl Default for Config {
             shutdown_timeout: Some(Duration::from_secs(5)),
             idle_timeout: Some(Duration::from_secs(600)),
             max_lifetime: Some(Duration::from_secs(1800)),
+            lifetime_jitter: None,
             // Inside Kubernetes' default grace period (30 s) with room for the HTTP server's
             // own drain before it.
             close_deadline: Duration::from_secs(10),
@@ -76,6 +80,16 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The jitter in force, in milliseconds: the one set, else 2.5 % of the max lifetime
+    /// (HikariCP's), 0 without a max lifetime.
+    pub(crate) fn jitter_ms(&self) -> u64 {
+        let Some(lifetime) = self.max_lifetime else {
+            return 0;
+        };
+        let jitter = self.lifetime_jitter.unwrap_or(lifetime / 40);
+        u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX)
+    }
+
     pub(crate) fn validate(&self, runtime: Option<&Arc<dyn Runtime>>) -> Result<(), ConfigError> {
         if self.max_size == 0 {
             return Err(ConfigError::MaxSizeZero);
@@ -99,6 +113,11 @@ impl Config {
         for (name, value) in timeouts {
             if value == Some(Duration::ZERO) {
                 return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        if let (Some(jitter), Some(lifetime)) = (self.lifetime_jitter, self.max_lifetime) {
+            if jitter >= lifetime {
+                return Err(ConfigError::JitterNotBelowLifetime { jitter, lifetime });
             }
         }
         if self.backoff_first > self.backoff_max {
@@ -131,6 +150,13 @@ pub enum ConfigError {
     ZeroDuration(&'static str),
     /// No runtime was given to spawn the pool actor on.
     NoRuntime,
+    /// The max lifetime's jitter is not shorter than the max lifetime.
+    JitterNotBelowLifetime {
+        /// The configured jitter.
+        jitter: Duration,
+        /// The configured max lifetime.
+        lifetime: Duration,
+    },
     /// The first creation backoff is longer than the longest one.
     BackoffFirstAboveMax {
         /// The configured first pause.
@@ -155,6 +181,10 @@ impl fmt::Display for ConfigError {
             ConfigError::BackoffFirstAboveMax { first, max } => write!(
                 f,
                 "create_backoff: the first pause ({first:?}) is longer than the longest ({max:?}); lower the first or raise the longest"
+            ),
+            ConfigError::JitterNotBelowLifetime { jitter, lifetime } => write!(
+                f,
+                "max_lifetime_jitter ({jitter:?}) is not shorter than max_lifetime ({lifetime:?}); lower the jitter (a few percent of the lifetime is enough)"
             ),
             ConfigError::NoRuntime => f.write_str(
                 "no runtime given: call Builder::runtime with an adapter (gracepool-tokio, gracepool-smol, gracepool-actix)",

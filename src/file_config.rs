@@ -53,6 +53,9 @@ pub struct PoolConfig {
     /// [`Builder::max_lifetime`].
     #[serde(with = "limit")]
     pub max_lifetime: Option<Limit>,
+    /// [`Builder::max_lifetime_jitter`] (`0` turns it off).
+    #[serde(with = "duration", skip_serializing_if = "Option::is_none")]
+    pub max_lifetime_jitter: Option<Duration>,
     /// [`Builder::close_deadline`].
     #[serde(with = "duration")]
     pub close_deadline: Option<Duration>,
@@ -144,6 +147,7 @@ impl PoolConfig {
         set!(shutdown_timeout, parse_limit);
         set!(idle_timeout, parse_limit);
         set!(max_lifetime, parse_limit);
+        set!(max_lifetime_jitter, parse_duration);
         set!(close_deadline, parse_duration);
         set!(maintenance_interval, parse_duration);
         set!(check_on_checkout, parse_bool);
@@ -179,6 +183,9 @@ impl<M: Manager> Builder<M> {
         limit!(shutdown_timeout);
         limit!(idle_timeout);
         limit!(max_lifetime);
+        if let Some(d) = c.max_lifetime_jitter {
+            self = self.max_lifetime_jitter(d);
+        }
         if let Some(d) = c.close_deadline {
             self = self.close_deadline(d);
         }

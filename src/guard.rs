@@ -167,7 +167,7 @@ impl<M: Manager> Drop for Pooled<M> {
                 return;
             }
         }
-        if entry.created_ms < shared.ledger.refresh_mark() {
+        if entry.created() < shared.ledger.refresh_mark() {
             // Made before a refresh: retired as it comes back.
             shared.ledger.record_reason(Reason::Refreshed);
             shared.retire(entry.conn, entry.home, true);

@@ -92,6 +92,8 @@ pub(crate) struct Ledger {
     /// never reads the system clock.
     clock_ms: AtomicU64,
     epoch: Instant,
+    /// xorshift state for the lifetime jitter's draws (creation only).
+    rng: AtomicU64,
 }
 
 impl Ledger {
@@ -134,6 +136,12 @@ impl Ledger {
             surplus: AtomicUsize::new(0),
             clock_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            rng: AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0x9E37_79B9_7F4A_7C15, |d| d.as_nanos() as u64)
+                    | 1,
+            ),
         }
     }
 
@@ -359,6 +367,17 @@ impl Ledger {
             Reason::Refreshed => &self.closed_refreshed,
         };
         counter.fetch_add(1, Relaxed);
+    }
+
+    /// A random number (xorshift64), for the lifetime jitter's draws: cheap, and good enough
+    /// to spread expiries.
+    pub(crate) fn random(&self) -> u64 {
+        let mut x = self.rng.load(Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.store(x, Relaxed);
+        x >> 16
     }
 
     /// A refresh: every connection stamped before now is stale. Returns the mark.

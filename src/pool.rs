@@ -630,7 +630,12 @@ impl<M: Manager> Pool<M> {
                 // Real time: the actor's coarse clock may be behind, and the lifetime counts
                 // from here.
                 let now = shared.created_stamp(shared.ledger.real_now_ms());
-                return Ok(Some(Idle::fresh(conn, now, shared.waitlist.home())));
+                return Ok(Some(Idle::fresh(
+                    conn,
+                    now,
+                    shared.waitlist.home(),
+                    shared.jitter_draw(),
+                )));
             }
             Made::Closing => return Err(shared.closed_error()),
             Made::TimedOut if wait_over => return Err(self.timed_out(budget)),
@@ -1190,9 +1195,21 @@ impl<M: Manager> Builder<M> {
         self
     }
 
-    /// Connections older than this are closed instead of reused.
+    /// Connections older than this are closed instead of reused — each a little sooner, by
+    /// a random part of [`max_lifetime_jitter`](Builder::max_lifetime_jitter), so that
+    /// connections made together do not all expire together.
     pub fn max_lifetime(mut self, lifetime: impl Into<Option<Duration>>) -> Self {
         self.config.max_lifetime = lifetime.into();
+        self
+    }
+
+    /// How much each connection's lifetime is shortened at most, at random: connections made
+    /// together (a pool's start, a whole fleet deployed at once) then reach their lifetime
+    /// spread over this window instead of reconnecting in one storm. Default: 2.5 % of
+    /// `max_lifetime` (45 s of the default 30 min), as HikariCP does; `Duration::ZERO` turns
+    /// it off. Must be shorter than `max_lifetime`.
+    pub fn max_lifetime_jitter(mut self, jitter: Duration) -> Self {
+        self.config.lifetime_jitter = Some(jitter);
         self
     }
 
@@ -1459,6 +1476,7 @@ impl<M: Manager> Builder<M> {
         let shared = Arc::new(Shared {
             manager: self.manager,
             lifetime_ms: ms(self.config.max_lifetime),
+            jitter_ms: self.config.jitter_ms(),
             idle_ms: ms(self.config.idle_timeout),
             config: self.config,
             runtime,

@@ -61,17 +61,46 @@ pub(crate) struct Idle<C> {
     pub(crate) home: u32,
 }
 
+/// The bits of `Idle::created_ms` that hold the stamp; the 16 above hold the connection's
+/// share of the lifetime jitter (see [`lifetime_of`]). 2^48 ms is some 8,900 years.
+const STAMP: u64 = (1 << 48) - 1;
+
 impl<C> Idle<C> {
-    /// A connection fresh from `create` at `now_ms`, made by the actor of `home`.
-    pub(crate) fn fresh(conn: C, now_ms: u64, home: u32) -> Self {
+    /// A connection fresh from `create` at `now_ms`, made by the actor of `home`, with `draw`
+    /// (a random number) choosing its share of the lifetime jitter.
+    pub(crate) fn fresh(conn: C, now_ms: u64, home: u32, draw: u16) -> Self {
         Idle {
             conn,
-            created_ms: now_ms,
+            created_ms: (now_ms & STAMP) | (u64::from(draw) << 48),
             returned_ms: now_ms,
             checkouts: 0,
             home,
         }
     }
+
+    /// When it was created, in the pool's milliseconds.
+    #[inline]
+    pub(crate) fn created(&self) -> u64 {
+        self.created_ms & STAMP
+    }
+
+    /// Its draw of the lifetime jitter.
+    #[inline]
+    fn draw(&self) -> u16 {
+        (self.created_ms >> 48) as u16
+    }
+}
+
+/// The lifetime of a connection whose jitter draw is `draw`: `lifetime_ms` shortened by
+/// `draw / 65536` of `jitter_ms`, so that connections made together (a pool's start, a
+/// fleet's deploy) reach their lifetime spread over `jitter_ms` rather than in one instant.
+/// `u64::MAX` (no lifetime) stays none.
+pub(crate) fn lifetime_of(lifetime_ms: u64, jitter_ms: u64, draw: u16) -> u64 {
+    if lifetime_ms == u64::MAX {
+        return u64::MAX;
+    }
+    let shave = ((u128::from(jitter_ms) * u128::from(draw)) >> 16) as u64;
+    lifetime_ms.saturating_sub(shave)
 }
 
 /// A connection the after-create hook has not accepted yet: not the pool's, not counted.
@@ -100,6 +129,8 @@ pub(crate) struct Shared<M: Manager> {
     /// worked out once, not on every checkout.
     pub(crate) lifetime_ms: u64,
     pub(crate) idle_ms: u64,
+    /// `config.jitter_ms()`, worked out once.
+    pub(crate) jitter_ms: u64,
     pub(crate) runtime: Arc<dyn Runtime>,
     /// The runtime follows the caller ([`Runtime::ambient`]): the actor is started by the
     /// first caller, and started again when its runtime goes away.
@@ -388,7 +419,7 @@ impl<M: Manager> Shared<M> {
     pub(crate) fn metrics_of(&self, entry: &Idle<M::Connection>) -> Metrics {
         Metrics::at(
             self.ledger.epoch(),
-            entry.created_ms,
+            entry.created(),
             entry.returned_ms & !UNCONFIRMED,
             u64::from(entry.checkouts),
         )
@@ -397,13 +428,17 @@ impl<M: Manager> Shared<M> {
     /// Whether `entry` was made before the last refresh, or is past its lifetime or its idle
     /// timeout, and which.
     pub(crate) fn expiry(&self, entry: &Idle<M::Connection>) -> Option<Reason> {
-        if entry.created_ms < self.ledger.refresh_mark() {
+        let created = entry.created();
+        if created < self.ledger.refresh_mark() {
             return Some(Reason::Refreshed);
         }
         let now = self.ledger.now_ms();
         // A limit of u64::MAX is none: no difference of stamps reaches it.
         let over = |since: u64, limit_ms: u64| now.saturating_sub(since) >= limit_ms;
-        if over(entry.created_ms, self.lifetime_ms) {
+        if over(
+            created,
+            lifetime_of(self.lifetime_ms, self.jitter_ms, entry.draw()),
+        ) {
             Some(Reason::MaxLifetime)
         } else if entry.returned_ms & UNCONFIRMED == 0 && over(entry.returned_ms, self.idle_ms) {
             Some(Reason::IdleTimeout)
@@ -419,6 +454,11 @@ impl<M: Manager> Shared<M> {
         now.max(self.ledger.refresh_mark())
     }
 
+    /// A random draw for a new connection's share of the lifetime jitter.
+    pub(crate) fn jitter_draw(&self) -> u16 {
+        self.ledger.random() as u16
+    }
+
     /// Retires every connection made until now: idle ones at once (each with its goodbye
     /// through the actor), checked-out ones as they come back, and asks the actor to make new
     /// ones for whoever waits. Returns how many idle ones it retired.
@@ -431,7 +471,7 @@ impl<M: Manager> Shared<M> {
             debug,
             "the pool is refreshed: every connection made before now is retired"
         );
-        let gone = self.waitlist.reap(|entry| entry.created_ms < mark);
+        let gone = self.waitlist.reap(|entry| entry.created() < mark);
         let retired = gone.len();
         for entry in gone {
             self.ledger.record_reason(Reason::Refreshed);
@@ -458,6 +498,30 @@ impl<M: Manager> Shared<M> {
             actor_alive: self.ledger.actor_alive(),
             counters: self.ledger.counters(self.flow()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lifetime_of;
+
+    #[test]
+    fn lifetimes_spread_over_the_jitter_and_none_stays_none() {
+        let (life, jitter) = (1_800_000, 45_000);
+        assert_eq!(lifetime_of(life, jitter, 0), life);
+        assert_eq!(lifetime_of(life, jitter, u16::MAX), life - 44_999);
+        assert_eq!(lifetime_of(life, jitter, 1 << 15), life - 22_500);
+        assert_eq!(lifetime_of(u64::MAX, jitter, 77), u64::MAX);
+        assert_eq!(lifetime_of(life, 0, 77), life);
+        // Eight draws in a row from the pool's generator land apart, not in one instant.
+        let ledger = crate::ledger::Ledger::new();
+        let mut ends: Vec<u64> = (0..8)
+            .map(|_| lifetime_of(life, jitter, ledger.random() as u16))
+            .collect();
+        ends.sort_unstable();
+        ends.dedup();
+        assert!(ends.len() >= 7, "{ends:?}");
+        assert!(ends[ends.len() - 1] - ends[0] > jitter / 4, "{ends:?}");
     }
 }
 

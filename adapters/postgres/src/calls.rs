@@ -23,8 +23,8 @@ pub struct Retirements {
     /// The connection failed under a call: closed by the server or the network (class 08, a
     /// closed client).
     pub connection_lost: u64,
-    /// The server is shutting down or restarting (`57P01` admin shutdown, `57P02` crash
-    /// shutdown, `57P03` cannot connect now).
+    /// The server is shutting down or restarting (`57P01` admin shutdown, which also
+    /// refreshes the pool, `57P02` crash shutdown, `57P03` cannot connect now).
     pub server_shutdown: u64,
     /// The server is read-only (`25006`): a primary demoted after a failover. The pool was
     /// refreshed.
@@ -62,10 +62,12 @@ pub(crate) fn verdict(error: &Error) -> Option<(Unfit, Counter)> {
         if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
             return Some((Unfit::Server, |c| &c.read_only));
         }
-        if *code == SqlState::ADMIN_SHUTDOWN
-            || *code == SqlState::CRASH_SHUTDOWN
-            || *code == SqlState::CANNOT_CONNECT_NOW
-        {
+        // The server is shutting down (a switchover stops the old primary this way): every
+        // connection to it is going, and the next ones may reach another server.
+        if *code == SqlState::ADMIN_SHUTDOWN {
+            return Some((Unfit::Server, |c| &c.server_shutdown));
+        }
+        if *code == SqlState::CRASH_SHUTDOWN || *code == SqlState::CANNOT_CONNECT_NOW {
             return Some((Unfit::Connection, |c| &c.server_shutdown));
         }
         if code.code().starts_with("08") {

@@ -1041,9 +1041,10 @@ where
     }
 
     /// A connection whose caller got a read-only error (`25006`: the server was demoted, as
-    /// after a failover) is [`Unfit::Server`](gracepool::Unfit::Server): the pool is
-    /// refreshed, so that no later write goes to the demoted server. One closed, or whose
-    /// caller got a connection-level error (class 08) or a shutdown (`57P01`–`57P03`), is
+    /// after a failover) or an admin shutdown (`57P01`: the server is going away, as in a
+    /// switchover) is [`Unfit::Server`](gracepool::Unfit::Server): the pool is refreshed, so
+    /// that no later write goes to the demoted server. One closed, or whose caller got a
+    /// connection-level error (class 08) or `57P02`/`57P03`, is
     /// [`Unfit::Connection`](gracepool::Unfit::Connection).
     fn unfit(&self, conn: &mut PgConnection) -> Option<gracepool::Unfit> {
         match conn.calls.unfit() {
