@@ -501,6 +501,12 @@ impl<M: Manager> Shared<M> {
     }
 }
 
+impl<M: Manager> Expire for Shared<M> {
+    fn expire(&self, at: Instant, now: Instant) -> Option<Instant> {
+        self.waitlist.expire(at, now)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::lifetime_of;
@@ -522,11 +528,5 @@ mod tests {
         ends.dedup();
         assert!(ends.len() >= 7, "{ends:?}");
         assert!(ends[ends.len() - 1] - ends[0] > jitter / 4, "{ends:?}");
-    }
-}
-
-impl<M: Manager> Expire for Shared<M> {
-    fn expire(&self, at: Instant, now: Instant) -> Option<Instant> {
-        self.waitlist.expire(at, now)
     }
 }
