@@ -23,7 +23,17 @@
 //! - `log_disconnections = on` and a log line prefix carrying the application name: each
 //!   connection's end is logged under the name its client gave, so a test counts its own.
 //! - trust authentication for [`USER`], and a password for [`PASSWORD_USER`] (a test of bad
-//!   credentials needs one that can be refused).
+//!   credentials needs one that can be refused); replication connections for [`USER`] too, so
+//!   that [`PgServer::start_standby`] can copy the server (`wal_level = replica` and
+//!   `max_wal_senders = 10` are PostgreSQL 15's defaults).
+//!
+//! For failover tests, [`PgServer::start_standby`] starts a streaming standby of a running
+//! server (`pg_basebackup -R` into its own directory, on its own port);
+//! [`promote`](PgServer::promote) makes it a primary, [`set_read_only`](PgServer::set_read_only)
+//! turns a primary read-only for every session, open ones included (a demoted primary, without
+//! a restart), and [`stop`](PgServer::stop) ends one (fast shutdown, by pid).
+//! [`multi_host_conn_str`] names several servers in one connection string, as an application
+//! that follows its primary does.
 //!
 //! [`PgServer::start_with_tls`] starts one with `ssl = on`, its certificate made by the test
 //! ([`TlsFiles`]: a test CA, the server's certificate that CA signed, and a second, unrelated
@@ -463,7 +473,8 @@ impl PgServer {
             "local all all trust\n\
              {tls_only}\
              host all {USER} 127.0.0.1/32 trust\n\
-             host all all 127.0.0.1/32 scram-sha-256\n"
+             host all all 127.0.0.1/32 scram-sha-256\n\
+             host replication {USER} 127.0.0.1/32 trust\n"
         );
         std::fs::write(self.data_dir().join("pg_hba.conf"), hba)
             .expect("pg_hba.conf is writable by its owner or root");
@@ -570,6 +581,193 @@ impl PgServer {
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
+}
+
+/// Streaming replication and the switches of a failover: a standby, its promotion, a primary
+/// turned read-only, a primary stopped.
+impl PgServer {
+    /// Starts a streaming standby of this server for `test`: `pg_basebackup -R` (its
+    /// `--write-recovery-conf`: `standby.signal`, and `primary_conninfo` pointing here) into a
+    /// fresh temporary directory, then `postgres` on a free port of its own, with this server's
+    /// settings (but TLS: a standby is started without it). Returns once the standby accepts
+    /// connections (a hot standby, read-only) and streams from this server. Returns `None`
+    /// after one `SKIPPED <test>: ...` line when `pg_basebackup` is missing (panics instead
+    /// under `CI=true`); panics when the copy or the start fails.
+    pub fn start_standby(&self, test: &str) -> Option<PgServer> {
+        if !tool_beside(&self.bin, "pg_basebackup", test) {
+            return None;
+        }
+        let dir = TempDir::new(DIR_PREFIX);
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))
+                .expect("root can hand the temporary directory to the postgres user");
+        }
+        let mut standby = PgServer {
+            process: None,
+            dir,
+            bin: self.bin.clone(),
+            port: 0,
+            owner: self.owner,
+            tls: None,
+        };
+        let out = standby
+            .command("pg_basebackup")
+            .arg("-D")
+            .arg(standby.data_dir())
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", USER])
+            .args([
+                "--write-recovery-conf",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ])
+            // Its connections, and the standby's walreceiver (whose `primary_conninfo` is copied
+            // from them), are the helpers' in this server's log counts.
+            .env("PGAPPNAME", HELPER_APP)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .expect("pg_basebackup can be run");
+        assert!(
+            out.status.success(),
+            "{test}: pg_basebackup failed ({}):\n{}{}\nthe primary's log ends with:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail(20)
+        );
+        for attempt in 0..5 {
+            standby.port = free_port();
+            match standby.spawn() {
+                Ok(()) => break,
+                Err(log) if attempt < 4 && log.contains("could not bind") => continue,
+                Err(log) => {
+                    panic!("{test}: the standby did not start; its log ends with:\n{log}")
+                }
+            }
+        }
+        let until = Instant::now() + START_PATIENCE;
+        while standby.psql_as_helper("SELECT status FROM pg_stat_wal_receiver") != "streaming" {
+            assert!(
+                Instant::now() < until,
+                "{test}: the standby does not stream after {START_PATIENCE:?}; its log ends with:\n{}",
+                standby.log_tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(standby)
+    }
+
+    /// Whether the server is a standby (`pg_is_in_recovery()`).
+    pub fn is_in_recovery(&self) -> bool {
+        self.psql_as_helper("SELECT pg_is_in_recovery()") == "t"
+    }
+
+    /// Promotes this standby to a primary (`pg_promote`, which waits until the promotion is
+    /// done: the server then takes writes, from new sessions and open ones alike). Returns how
+    /// long it took. Panics if the server is not a standby or does not finish within 30 s.
+    pub fn promote(&self) -> Duration {
+        let started = Instant::now();
+        let promoted = self.psql_as_helper("SELECT pg_promote(true, 30)");
+        assert_eq!(
+            promoted,
+            "t",
+            "pg_promote did not finish; the log ends with:\n{}",
+            self.log_tail(20)
+        );
+        started.elapsed()
+    }
+
+    /// Turns the server read-only, or back (`ALTER SYSTEM SET default_transaction_read_only`,
+    /// then a reload), as a demoted primary that keeps running is: every transaction begun
+    /// afterwards is read-only and a write fails with `25006`, in open sessions too (each
+    /// picks the setting up at its next statement: nothing is closed), and a client asking for
+    /// `target_session_attrs=read-write` skips the server. Returns once a new session sees the
+    /// setting; open sessions follow within moments (each backend reloads when signalled).
+    pub fn set_read_only(&self, on: bool) {
+        let value = if on { "on" } else { "off" };
+        // ALTER SYSTEM runs in a read-only transaction too, and outside any block.
+        self.psql_as_helper(&format!(
+            "ALTER SYSTEM SET default_transaction_read_only = {value}"
+        ));
+        self.psql_as_helper("SELECT pg_reload_conf()");
+        let until = Instant::now() + Duration::from_secs(10);
+        while self.psql_as_helper("SHOW default_transaction_read_only") != value {
+            assert!(
+                Instant::now() < until,
+                "default_transaction_read_only is not {value} after a reload; the log ends with:\n{}",
+                self.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until this standby has replayed everything `primary` wrote until now (a
+    /// `CHECKPOINT` there first, so that every commit, asynchronous ones included, is flushed
+    /// and sent); returns how long that took. Panics after 10 s.
+    pub fn wait_for_replay_of(&self, primary: &PgServer) -> Duration {
+        let started = Instant::now();
+        primary.psql_as_helper("CHECKPOINT");
+        let lsn = primary.psql_as_helper("SELECT pg_current_wal_flush_lsn()");
+        let until = started + Duration::from_secs(10);
+        let caught_up = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+        while self.psql_as_helper(&caught_up) != "t" {
+            assert!(
+                Instant::now() < until,
+                "the standby has not replayed {lsn} after 10 s; its log ends with:\n{}",
+                self.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        started.elapsed()
+    }
+
+    /// Stops the server with a fast shutdown (`SIGINT` to its pid: sessions are ended with
+    /// `57P01`, a standby streaming from it receives everything written first) and waits for
+    /// it to exit; returns how long that took. The server stays down: the data directory is
+    /// removed when the `PgServer` is dropped.
+    pub fn stop(&mut self) -> Duration {
+        let started = Instant::now();
+        self.stop_fast();
+        started.elapsed()
+    }
+}
+
+/// A key-value connection string naming every server in `servers`, in order
+/// (`host=127.0.0.1,127.0.0.1 port=P1,P2`), for [`USER`] on database `postgres`, the client
+/// named `app`, with `target_session_attrs=read-write`: a client tries the servers in order
+/// and keeps the first that takes writes (a primary that is not read-only), as libpq does.
+pub fn multi_host_conn_str(servers: &[&PgServer], app: &str) -> String {
+    let hosts = vec!["127.0.0.1"; servers.len()].join(",");
+    let ports = servers
+        .iter()
+        .map(|s| s.port.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "host={hosts} port={ports} user={USER} dbname=postgres application_name={app} \
+         target_session_attrs=read-write"
+    )
+}
+
+/// Whether `tool` is beside the server's binaries in `bin`; if not, prints one
+/// `SKIPPED <test>: ...` line (panics instead under `CI=true`).
+fn tool_beside(bin: &Path, tool: &str, test: &str) -> bool {
+    if bin.join(tool).is_file() {
+        return true;
+    }
+    assert!(
+        !under_ci(),
+        "{test}: `{tool}` is missing in {}; CI=true, so this is a failure",
+        bin.display()
+    );
+    // Straight to stdout, past the test harness's capture: a skip must be seen.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stdout(),
+        "SKIPPED {test}: `{tool}` not found in {} (install the Debian package `postgresql`)",
+        bin.display()
+    );
+    false
 }
 
 impl Drop for PgServer {
@@ -871,6 +1069,79 @@ mod tests {
             pg.tls_files().map(|t| t.names.clone()),
             Some(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
         );
+    }
+
+    /// A standby copies the primary and follows it; a primary turned read-only refuses
+    /// writes (also on a session opened before) and is turned back; a promoted standby takes
+    /// writes; a stopped server is gone.
+    #[test]
+    fn a_standby_follows_and_is_promoted() {
+        let test = "testkit::postgres::a_standby_follows_and_is_promoted";
+        let Some(mut primary) = PgServer::start(test) else {
+            return;
+        };
+        let Some(standby) = primary.start_standby(test) else {
+            return;
+        };
+        assert_ne!(standby.port(), primary.port());
+        assert!(standby.is_in_recovery() && !primary.is_in_recovery());
+        primary.psql("CREATE TABLE t (n int); INSERT INTO t VALUES (1)");
+        standby.wait_for_replay_of(&primary);
+        assert_eq!(standby.psql("SELECT sum(n) FROM t"), "1");
+
+        // A session opened before the switch: it is read-only from its next statement on.
+        let mut session = Command::new(primary.bin.join("psql"))
+            .args(["-X", "-A", "-t", "-q", "-h", "127.0.0.1", "-p"])
+            .arg(primary.port().to_string())
+            .args(["-U", USER, "-d", "postgres"])
+            .env("PGAPPNAME", "early-session")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = session.stdin.take().unwrap();
+        use std::io::Write;
+        writeln!(input, "SELECT pg_backend_pid();").unwrap();
+        input.flush().unwrap();
+        // The session is open before the switch.
+        let until = Instant::now() + Duration::from_secs(5);
+        while primary.client_backends_of("early-session") == 0 {
+            assert!(Instant::now() < until, "the session did not open");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        primary.set_read_only(true);
+        std::thread::sleep(Duration::from_millis(50));
+        writeln!(input, "INSERT INTO t VALUES (2);").unwrap();
+        drop(input);
+        let out = session.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("cannot execute INSERT in a read-only transaction"),
+            "{stderr}"
+        );
+
+        let took = standby.promote();
+        assert!(!standby.is_in_recovery(), "promoted in {took:?}");
+        standby.psql("INSERT INTO t VALUES (3)");
+        assert_eq!(standby.psql("SELECT sum(n) FROM t"), "4");
+        primary.set_read_only(false);
+        primary.psql("INSERT INTO t VALUES (5)");
+        assert_eq!(primary.psql("SELECT sum(n) FROM t"), "6");
+
+        assert_eq!(
+            multi_host_conn_str(&[&primary, &standby], "app"),
+            format!(
+                "host=127.0.0.1,127.0.0.1 port={},{} user={USER} dbname=postgres \
+                 application_name=app target_session_attrs=read-write",
+                primary.port(),
+                standby.port()
+            )
+        );
+        let pid = primary.pid();
+        primary.stop();
+        assert!(!alive(pid), "the primary is stopped");
+        assert_eq!(standby.psql("SELECT 1"), "1");
     }
 
     #[test]

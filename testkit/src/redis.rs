@@ -10,6 +10,10 @@
 //! Connection reset by peer` when it reset it, and nothing at all when it sent `QUIT` (the server
 //! then closes the connection itself). The connections this module makes to ask questions call
 //! themselves [`PROBE_NAME`], so their own log lines can be told apart.
+//!
+//! For failover tests, two servers switch roles: [`RedisServer::replicate`] makes one a replica
+//! of the other (`REPLICAOF`), [`RedisServer::promote`] makes it a primary again
+//! (`REPLICAOF NO ONE`); clients stay connected through both.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -21,6 +25,11 @@ use crate::server::{free_port, require_binary, ServerProcess, TempDir};
 
 /// The client name of the connections this module opens to query the server.
 pub const PROBE_NAME: &str = "gracepool-testkit-probe";
+
+/// Server options for replication tests ([`RedisServer::start_with_args`]): a primary starts
+/// a replica's full copy at once, instead of waiting 5 s (`repl-diskless-sync-delay`'s default)
+/// for more replicas to share it.
+pub const FAST_SYNC: &[&str] = &["--repl-diskless-sync-delay", "0"];
 
 /// How long a server may take to start answering.
 const START_PATIENCE: Duration = Duration::from_secs(15);
@@ -356,6 +365,57 @@ impl RedisServer {
             .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().to_owned()))
     }
 
+    /// Makes this server a replica of `primary` (`REPLICAOF 127.0.0.1 <port>`, with
+    /// `masterauth` when `primary` has a password). From then on it refuses writes with
+    /// `READONLY` (`replica-read-only yes`, the default), its connected clients included (none
+    /// is closed), and it re-syncs its data from `primary` in the background (see
+    /// [`wait_for_sync`](Self::wait_for_sync); a primary started without [`FAST_SYNC`] waits
+    /// 5 s before it sends a full copy).
+    pub fn replicate(&self, primary: &RedisServer) {
+        if let Some(password) = &primary.password {
+            let set = self.call(&["CONFIG", "SET", "masterauth", password]);
+            assert_eq!(set, Reply::Status("OK".into()), "CONFIG SET masterauth");
+        }
+        let port = primary.port.to_string();
+        let said = self.call(&["REPLICAOF", "127.0.0.1", &port]);
+        assert!(
+            matches!(&said, Reply::Status(s) if s.starts_with("OK")),
+            "REPLICAOF 127.0.0.1 {port} answered {said:?}"
+        );
+    }
+
+    /// Makes this server a primary (`REPLICAOF NO ONE`): it takes writes at once, keeping the
+    /// data it has; its clients stay connected.
+    pub fn promote(&self) {
+        let said = self.call(&["REPLICAOF", "NO", "ONE"]);
+        assert!(
+            matches!(&said, Reply::Status(s) if s.starts_with("OK")),
+            "REPLICAOF NO ONE answered {said:?}"
+        );
+    }
+
+    /// The server's role, from `INFO replication`: `master` or `slave`.
+    pub fn role(&self) -> String {
+        self.info("replication", "role").unwrap_or_default()
+    }
+
+    /// Waits until this replica is in sync with its primary (`master_link_status:up`: the
+    /// initial copy is loaded and the link streams); returns how long that took. Panics after
+    /// 15 s.
+    pub fn wait_for_sync(&self) -> Duration {
+        let started = Instant::now();
+        while self.info("replication", "master_link_status").as_deref() != Some("up") {
+            assert!(
+                started.elapsed() < START_PATIENCE,
+                "redis-server on {} not in sync with its primary after {START_PATIENCE:?}; its log:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        started.elapsed()
+    }
+
     /// How many times a command (lower case: `quit`, `ping`, `set`, ...) was called since the
     /// server started, from `INFO commandstats`.
     pub fn command_calls(&self, command: &str) -> u64 {
@@ -367,5 +427,46 @@ impl RedisServer {
             .find_map(|kv| kv.strip_prefix("calls="))
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A replica follows its primary and refuses writes; promoted, it takes them; the old
+    /// primary, made a replica of it, refuses writes on a connection opened before the switch.
+    #[test]
+    fn servers_switch_roles() {
+        let test = "testkit::redis::servers_switch_roles";
+        let (Some(a), Some(b)) = (
+            RedisServer::start_with_args(test, FAST_SYNC),
+            RedisServer::start_with_args(test, FAST_SYNC),
+        ) else {
+            return;
+        };
+        let mut on_a = a.probe();
+        assert_eq!(a.role(), "master");
+        b.replicate(&a);
+        on_a.call(&["SET", "k", "1"]).unwrap();
+        b.wait_for_sync();
+        assert_eq!(b.role(), "slave");
+        assert!(matches!(b.call(&["SET", "k", "2"]), Reply::Error(e) if e.starts_with("READONLY")));
+
+        b.promote();
+        a.replicate(&b);
+        assert_eq!(b.call(&["SET", "k", "3"]), Reply::Status("OK".into()));
+        let refused = on_a.call(&["SET", "k", "4"]).unwrap();
+        assert!(
+            matches!(&refused, Reply::Error(e) if e.starts_with("READONLY")),
+            "{refused:?}"
+        );
+        a.wait_for_sync();
+        assert_eq!(on_a.call(&["GET", "k"]).unwrap().text(), "3");
+        a.promote();
+        assert_eq!(
+            on_a.call(&["SET", "k", "5"]).unwrap(),
+            Reply::Status("OK".into())
+        );
     }
 }
