@@ -186,9 +186,10 @@ impl<M: Manager> Drop for Pooled<M> {
         }
         // Stamped with the coarse clock, unconfirmed until the actor's next tick (see
         // `Shared::put_returned`): a return reads no clock.
+        let created = entry.created();
         match shared.put_returned(entry) {
             // Counted as returned by the waitlist, under its lock.
-            Ok(()) => {}
+            Ok(()) => shared.reap_if_refreshed(created),
             // A closed queue hands the connection back: close started after the check above;
             // or the runtime it was made under went away (the pool moved on).
             Err(entry) => {

@@ -394,6 +394,12 @@ impl Ledger {
         self.refresh_mark.load(Relaxed)
     }
 
+    /// The same, read in the one order with a refresh's mark (see `Shared::refresh`).
+    #[inline]
+    pub(crate) fn refresh_mark_ordered(&self) -> u64 {
+        self.refresh_mark.load(SeqCst)
+    }
+
     /// `n` connections closed for the same reason.
     pub(crate) fn record_reasons(&self, reason: Reason, n: usize) {
         if n > 0 && reason == Reason::Moved {

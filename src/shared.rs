@@ -466,12 +466,22 @@ impl<M: Manager> Shared<M> {
         if !self.ledger.is_running() {
             return 0;
         }
-        let mark = self.ledger.mark_refresh();
+        // Marked before the idle queue is read. A guard giving a connection back reads the mark
+        // again after it put the connection there (`reap_refreshed`): either that read sees
+        // this mark and the guard takes its connection out, or it came first, and then this
+        // reap, which follows the mark, finds the connection in the queue.
+        let gone = if crate::sync::planted(crate::sync::Bug::RefreshReapBeforeMark) {
+            let gone = self.waitlist.reap(|_| true);
+            self.ledger.mark_refresh();
+            gone
+        } else {
+            let mark = self.ledger.mark_refresh();
+            self.waitlist.reap(|entry| entry.created() < mark)
+        };
         event!(
             debug,
             "the pool is refreshed: every connection made before now is retired"
         );
-        let gone = self.waitlist.reap(|entry| entry.created() < mark);
         let retired = gone.len();
         for entry in gone {
             self.ledger.record_reason(Reason::Refreshed);
@@ -479,6 +489,24 @@ impl<M: Manager> Shared<M> {
         }
         let _ = self.mailbox_tx.try_send(Msg::Grow);
         retired
+    }
+
+    /// A connection made at `created` was just put back: if a refresh marked it stale
+    /// meanwhile, retires the stale idle ones (it among them) now. See [`Shared::refresh`].
+    #[inline]
+    pub(crate) fn reap_if_refreshed(&self, created: u64) {
+        if created < self.ledger.refresh_mark_ordered() {
+            self.reap_refreshed();
+        }
+    }
+
+    #[cold]
+    fn reap_refreshed(&self) {
+        let mark = self.ledger.refresh_mark_ordered();
+        for entry in self.waitlist.reap(|entry| entry.created() < mark) {
+            self.ledger.record_reason(Reason::Refreshed);
+            self.retire(entry.conn, entry.home, false);
+        }
     }
 
     /// Checkouts and returns the waitlist counted (see [`Waitlist::flow`]).

@@ -34,6 +34,9 @@ pub enum Bug {
     ReportTwice,
     /// A waiter that gives up drops a connection handed to it meanwhile.
     CancelDrops,
+    /// A refresh takes the idle connections, then marks the connections made until now as
+    /// stale, so one given back in between goes idle unmarked.
+    RefreshReapBeforeMark,
 }
 
 /// Whether `bug` is planted, on this thread (always false without `--cfg loom`).

@@ -490,6 +490,13 @@ pub enum CheckMethod {
     /// A round trip (an empty simple query) as well: the connection is known to work when it is
     /// handed out, for the price of one round trip per checkout of an idle connection.
     Verified,
+    /// A round trip that also asks whether the server takes writes (`SHOW
+    /// transaction_read_only`): a connection to a server that became read-only — a primary
+    /// demoted by a failover, a standby — is closed instead of handed out, before any write
+    /// fails on it. For pools that must reach the primary. `"read-write"` in a configuration
+    /// file.
+    #[cfg_attr(feature = "serde", serde(rename = "read-write"))]
+    ReadWrite,
 }
 
 /// Makes, checks and ends PostgreSQL connections for a gracepool [`Pool`].
@@ -1026,7 +1033,19 @@ where
                 // caller's query instead.
                 let _ = cancelling.await;
             }
-            if check == CheckMethod::Verified || dirty {
+            if check == CheckMethod::ReadWrite {
+                let answer = conn
+                    .client
+                    .simple_query("SHOW transaction_read_only")
+                    .await?;
+                let read_only = answer.iter().any(|m| {
+                    matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("on"))
+                });
+                conn.calls.clear_dirty();
+                if read_only {
+                    return Err(Unhealthy::Closed);
+                }
+            } else if check == CheckMethod::Verified || dirty {
                 conn.client.simple_query("").await?;
                 if dirty {
                     conn.calls.clear_dirty();

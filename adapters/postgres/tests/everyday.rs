@@ -846,3 +846,49 @@ impl<T, E: std::fmt::Debug> AllOk<T> for (Pair<T, E>, Pair<T, E>) {
         vec![a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()]
     }
 }
+
+#[test]
+fn a_read_write_check_and_a_read_only_error_keep_writes_off_a_demoted_server() {
+    use gracepool_postgres::CheckMethod;
+    let Some(pg) = PgServer::start(
+        "everyday::a_read_write_check_and_a_read_only_error_keep_writes_off_a_demoted_server",
+    ) else {
+        return;
+    };
+    pg.psql("CREATE TABLE w (n int)");
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let pool: Pool = Pool::builder(manager(&pg, "rw").check_method(CheckMethod::ReadWrite))
+            .max_size(2)
+            .runtime(TokioRuntime::current())
+            .build()
+            .unwrap();
+        let (a, b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
+        a.execute("INSERT INTO w VALUES (1)", &[]).await.unwrap();
+        drop((a, b));
+        // The server is demoted in place: read-only, nothing closed.
+        pg.psql("ALTER SYSTEM SET default_transaction_read_only = on");
+        pg.psql("SELECT pg_reload_conf()");
+        let ok = gracepool_testkit::eventually(Duration::from_secs(5), || {
+            pg.psql("SHOW default_transaction_read_only").trim() == "on"
+        })
+        .await;
+        assert!(ok);
+        // The idle connections fail the read-write check: neither is handed out; the caller
+        // gets a new one (fresh from create, unchecked), whose write fails with 25006, and
+        // that error refreshes the pool.
+        let conn = pool.get().await.unwrap();
+        let c = pool.status().counters;
+        assert!(c.check_failed >= 1, "{c:?}");
+        let err = conn
+            .execute("INSERT INTO w VALUES (2)", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(&SqlState::READ_ONLY_SQL_TRANSACTION));
+        drop(conn);
+        let c = pool.status().counters;
+        assert_eq!(c.refreshes, 1, "{c:?}");
+        assert_eq!(pool.manager().retirements().read_only, 1);
+        pool.close().await;
+    });
+}

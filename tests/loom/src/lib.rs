@@ -55,6 +55,7 @@ fn planted_from_env() -> Option<gracepool::planted::Bug> {
         "TellBeforeClose" => Bug::TellBeforeClose,
         "ReportTwice" => Bug::ReportTwice,
         "CancelDrops" => Bug::CancelDrops,
+        "RefreshReapBeforeMark" => Bug::RefreshReapBeforeMark,
         other => panic!("GRACEPOOL_LOOM_BUG names no planted bug: {other}"),
     };
     Some(bug)

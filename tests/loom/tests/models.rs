@@ -235,6 +235,43 @@ fn a_guard_returns_while_the_actor_closes() {
     });
 }
 
+// (g) A guard gives its connection back while a caller refreshes the pool: the connection,
+// made before the refresh, is never idle afterwards — retired as it comes back (it saw the
+// mark) or taken from the idle queue by the refresh (it went there first) — and it ends once,
+// with its goodbye through the actor, as does the replacement the actor may make.
+#[test]
+fn a_guard_returns_while_the_pool_is_refreshed() {
+    check(2, || {
+        let (pool, tally, actor) = one_idle(Duration::from_secs(10));
+        let guard = at_once(pool.get()).expect("the idle connection");
+        let actor = thread::spawn(move || block_on(actor));
+        let returner = thread::spawn(move || drop(guard));
+        let refresher = thread::spawn({
+            let pool = pool.clone();
+            move || {
+                pool.refresh();
+            }
+        });
+        returner.join().unwrap();
+        refresher.join().unwrap();
+        let status = pool.status();
+        // Retired (counted as it is taken), whichever way it went; what is idle now can only
+        // be the replacement.
+        assert_eq!(
+            status.counters.closed_refreshed, 1,
+            "a connection made before the refresh stayed idle: {status:?}"
+        );
+        assert!(status.idle < status.counters.created as usize, "{status:?}");
+        pool.begin_close();
+        actor.join().unwrap();
+        // The actor may have made the replacement the pool keeps idle (`min_idle`) before the
+        // close: each connection, old and new, ends once, with its goodbye.
+        let created = tally.created();
+        assert!((1..=2).contains(&created), "{created}");
+        assert_eq!(tally.assert_each_closed_once(), (created, 0));
+    });
+}
+
 /// Runs `model` in a child process with `bug` planted, and asserts that it fails, saying
 /// `expect`.
 fn caught(model: &str, bug: &str, expect: &str) {
@@ -330,5 +367,17 @@ fn telling_the_actor_before_closing_is_caught() {
         "a_guard_returns_while_the_actor_closes",
         "TellBeforeClose",
         "deadlock",
+    );
+}
+
+#[test]
+fn a_refresh_that_reaps_before_it_marks_is_caught() {
+    if planted() {
+        return;
+    }
+    caught(
+        "a_guard_returns_while_the_pool_is_refreshed",
+        "RefreshReapBeforeMark",
+        "stayed idle",
     );
 }
