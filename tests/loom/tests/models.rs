@@ -241,10 +241,11 @@ fn a_guard_returns_while_the_actor_closes() {
 // with its goodbye through the actor, as does the replacement the actor may make.
 #[test]
 fn a_guard_returns_while_the_pool_is_refreshed() {
-    check(2, || {
+    check(3, || {
         let (pool, tally, actor) = one_idle(Duration::from_secs(10));
         let guard = at_once(pool.get()).expect("the idle connection");
-        let actor = thread::spawn(move || block_on(actor));
+        // The race is between the guard and the refresh alone: the actor runs after them
+        // (what they send it waits in its mailbox), which keeps the model small.
         let returner = thread::spawn(move || drop(guard));
         let refresher = thread::spawn({
             let pool = pool.clone();
@@ -255,17 +256,16 @@ fn a_guard_returns_while_the_pool_is_refreshed() {
         returner.join().unwrap();
         refresher.join().unwrap();
         let status = pool.status();
-        // Retired (counted as it is taken), whichever way it went; what is idle now can only
-        // be the replacement.
+        // Retired (counted as it is taken), whichever way it went: nothing is idle.
         assert_eq!(
-            status.counters.closed_refreshed, 1,
+            (status.counters.closed_refreshed, status.idle),
+            (1, 0),
             "a connection made before the refresh stayed idle: {status:?}"
         );
-        assert!(status.idle < status.counters.created as usize, "{status:?}");
         pool.begin_close();
-        actor.join().unwrap();
-        // The actor may have made the replacement the pool keeps idle (`min_idle`) before the
-        // close: each connection, old and new, ends once, with its goodbye.
+        block_on(actor);
+        // Each connection ends once, with its goodbye through the actor (which may have made
+        // the replacement the pool keeps idle before the close).
         let created = tally.created();
         assert!((1..=2).contains(&created), "{created}");
         assert_eq!(tally.assert_each_closed_once(), (created, 0));
