@@ -173,17 +173,47 @@ impl Connection {
         self.abandoned
     }
 
-    fn watch<T>(&mut self, result: &Result<T, RedisError>) {
-        if let Err(e) = result {
-            if e.is_unrecoverable_error() || e.is_connection_dropped() {
-                self.broken = true;
+    fn watch(&mut self, result: &Result<Value, RedisError>) {
+        match result {
+            Err(e) => {
+                if e.is_unrecoverable_error() || e.is_connection_dropped() {
+                    self.broken = true;
+                }
+                self.server_said(e.code());
             }
-            match e.code() {
-                Some("READONLY") => self.read_only = true,
-                // Loading its data set (a restarted or re-synced replica): not this one.
-                Some("LOADING") => self.broken = true,
-                _ => {}
+            // redis-rs hands a server's error reply back as a value, and turns it into an
+            // error only later, as the caller reads it.
+            Ok(Value::ServerError(e)) => self.server_said(Some(e.code())),
+            Ok(_) => {}
+        }
+    }
+
+    fn watch_all(&mut self, result: &Result<Vec<Value>, RedisError>) {
+        match result {
+            Ok(values) => {
+                for value in values {
+                    if let Value::ServerError(e) = value {
+                        self.server_said(Some(e.code()));
+                    }
+                }
             }
+            Err(e) => {
+                if e.is_unrecoverable_error() || e.is_connection_dropped() {
+                    self.broken = true;
+                }
+                self.server_said(e.code());
+            }
+        }
+    }
+
+    /// What an error reply's code says of the connection and its server.
+    fn server_said(&mut self, code: Option<&str>) {
+        match code {
+            // A replica now (a failover demoted it): no write will succeed here.
+            Some("READONLY") => self.read_only = true,
+            // Loading its data set (a restarted or re-synced replica): not this one.
+            Some("LOADING") => self.broken = true,
+            _ => {}
         }
     }
 }
@@ -231,7 +261,7 @@ impl ConnectionLike for Connection {
             self.abandoned = true;
             let result = self.inner.req_packed_commands(cmd, offset, count).await;
             self.abandoned = false;
-            self.watch(&result);
+            self.watch_all(&result);
             result
         })
     }
@@ -299,7 +329,10 @@ impl gracepool::Manager for Manager {
         if conn.broken || conn.abandoned || conn.read_only {
             return Err(Unhealthy::Closed);
         }
-        let pong: String = redis::cmd("PING").query_async(conn).await?;
+        // On the inner connection: a check cut short (its timeout, the pool's close) leaves a
+        // PING that is answered at once, not a caller's command, and the connection's goodbye
+        // is still said.
+        let pong: String = redis::cmd("PING").query_async(&mut conn.inner).await?;
         if pong == "PONG" {
             Ok(())
         } else {
@@ -335,6 +368,9 @@ impl gracepool::Manager for Manager {
     /// [`Goodbye::Failed`] when sending it failed otherwise (redis-rs' response timeout, a
     /// busy server). The connection is dropped in every case.
     async fn shutdown(&self, mut conn: Connection) -> Goodbye<RedisError> {
+        // A command a caller abandoned (a `BLPOP`, say) would be answered before QUIT: the
+        // connection is dropped instead, which frees its place at once (the server ends the
+        // command when the socket closes).
         if conn.broken || conn.abandoned || self.quit_refused.load(Relaxed) {
             return Goodbye::Unsaid;
         }

@@ -149,12 +149,6 @@ async fn one_call(pool: &Pool, task: usize, n: u64) -> Call {
 /// - Once A is a primary again, writes succeed within [`RECOVERY`], and every call begun after
 ///   the first of them succeeds.
 #[test]
-#[ignore = "gracepool-redis never sees READONLY: redis-rs 1.x answers a server's error as \
-            Ok(Value::ServerError(..)) from req_packed_command (query_async turns it into an \
-            Err afterwards), and Connection::watch (adapters/redis/src/lib.rs) reads only Err; \
-            so the pool is never refreshed and keeps handing out the demoted server's \
-            connections (430 READONLY in 600 ms on the 8 connections made before the switch, refreshes 0). \
-            Passes with watch also reading Ok(Value::ServerError)"]
 fn a_primary_made_replica_under_the_pool() {
     let test = "gracepool-redis::failover::a_primary_made_replica_under_the_pool";
     let (Some(a), Some(b)) = (
