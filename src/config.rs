@@ -87,7 +87,8 @@ impl Config {
             return 0;
         };
         let jitter = self.lifetime_jitter.unwrap_or(lifetime / 40);
-        u64::try_from(jitter.as_millis()).unwrap_or(u64::MAX)
+        // Below 2^47 ms (4,400 years), so that a draw times it fits in 64 bits.
+        u64::try_from(jitter.as_millis()).map_or(1 << 47, |ms| ms.min(1 << 47))
     }
 
     pub(crate) fn validate(&self, runtime: Option<&Arc<dyn Runtime>>) -> Result<(), ConfigError> {

@@ -137,67 +137,90 @@ impl<M: Manager> Drop for Pooled<M> {
             return;
         };
         let shared = &self.shared;
-        if !shared.ledger.is_running() {
-            shared.retire(entry.conn, entry.home, true);
-            return;
+        // The rare ends first, each out of line: the hot path below stays small enough to
+        // be inlined with the put.
+        if !shared.ledger.is_running() || self.checking || self.unfit || std::thread::panicking() {
+            return self.retire_returned(entry);
         }
-        if self.checking {
-            // Its check failed, timed out, or was cut short with the `get` that ran it.
-            shared.ledger.record_check_failed();
-            shared.retire(entry.conn, entry.home, true);
-            return;
+        if let Some(verdict) = unfit(&shared.manager, &mut entry.conn) {
+            return retire_unfit(shared, entry, verdict);
         }
-        let verdict = if std::thread::panicking() || self.unfit {
-            Some(Unfit::Connection)
-        } else {
-            unfit(&shared.manager, &mut entry.conn)
-        };
-        match verdict {
-            None => {}
-            Some(Unfit::Server) => {
-                // The server changed: this one goes, and with it every one made before now.
-                shared.ledger.record_reason(Reason::Refreshed);
-                shared.retire(entry.conn, entry.home, true);
-                shared.refresh();
-                return;
-            }
-            Some(_) => {
-                shared.ledger.record_reason(Reason::Broken);
-                shared.retire(entry.conn, entry.home, true);
-                return;
-            }
-        }
-        if entry.created() < shared.ledger.refresh_mark() {
-            // Made before a refresh: retired as it comes back.
-            shared.ledger.record_reason(Reason::Refreshed);
-            shared.retire(entry.conn, entry.home, true);
-            return;
-        }
-        if shared.ledger.take_surplus() {
-            // The pool was made smaller: this one goes instead of back.
-            shared.ledger.record_reason(Reason::Resized);
-            shared.retire(entry.conn, entry.home, true);
-            return;
-        }
-        if shared.hooks.after_return.is_some() {
-            // The actor runs the hook, then puts it back (see `Shared::recycle`).
-            shared.recycle(entry);
-            return;
+        let surplus = shared.ledger.take_surplus();
+        if surplus || shared.hooks.after_return.is_some() {
+            return self.return_slowly(entry, surplus);
         }
         // Stamped with the coarse clock, unconfirmed until the actor's next tick (see
-        // `Shared::put_returned`): a return reads no clock.
+        // `Shared::put_returned`): a return reads no clock. One made before a refresh is
+        // taken out again at once (`reap_if_refreshed`).
         let created = entry.created();
         match shared.put_returned(entry) {
             // Counted as returned by the waitlist, under its lock.
             Ok(()) => shared.reap_if_refreshed(created),
             // A closed queue hands the connection back: close started after the check above;
             // or the runtime it was made under went away (the pool moved on).
-            Err(entry) => {
-                if entry.home != shared.waitlist.home() {
-                    shared.ledger.record_reason(Reason::Moved);
-                }
-                shared.retire(entry.conn, entry.home, true)
-            }
+            Err(entry) => refused(shared, entry),
+        }
+    }
+}
+
+/// A connection the idle queue refused: closed.
+#[cold]
+fn refused<M: Manager>(shared: &Shared<M>, entry: Idle<M::Connection>) {
+    if entry.home != shared.waitlist.home() {
+        shared.ledger.record_reason(Reason::Moved);
+    }
+    shared.retire(entry.conn, entry.home, true)
+}
+
+/// A connection its manager found unfit on return.
+#[cold]
+fn retire_unfit<M: Manager>(shared: &Shared<M>, entry: Idle<M::Connection>, verdict: Unfit) {
+    match verdict {
+        Unfit::Server => {
+            // The server changed: this one goes, and with it every one made before now.
+            shared.ledger.record_reason(Reason::Refreshed);
+            shared.retire(entry.conn, entry.home, true);
+            shared.refresh();
+        }
+        _ => {
+            shared.ledger.record_reason(Reason::Broken);
+            shared.retire(entry.conn, entry.home, true);
+        }
+    }
+}
+
+impl<M: Manager> Pooled<M> {
+    /// A guard that does not simply return its connection: the pool is closing, its check
+    /// did not pass, its holder marked it, or its thread is panicking.
+    #[cold]
+    fn retire_returned(&self, entry: Idle<M::Connection>) {
+        let shared = &self.shared;
+        if !shared.ledger.is_running() {
+            shared.retire(entry.conn, entry.home, true);
+        } else if self.checking {
+            // Its check failed, timed out, or was cut short with the `get` that ran it.
+            shared.ledger.record_check_failed();
+            shared.retire(entry.conn, entry.home, true);
+        } else {
+            // Marked done (`retire_on_return`), or dropped while panicking: the connection
+            // may be in a broken state.
+            shared.ledger.record_reason(Reason::Broken);
+            shared.retire(entry.conn, entry.home, true);
+        }
+    }
+
+    /// A return that is not a plain put: the pool is shrinking, or the after-return hook
+    /// runs first.
+    #[cold]
+    fn return_slowly(&self, entry: Idle<M::Connection>, surplus: bool) {
+        let shared = &self.shared;
+        if surplus {
+            // The pool was made smaller: this one goes instead of back.
+            shared.ledger.record_reason(Reason::Resized);
+            shared.retire(entry.conn, entry.home, true);
+        } else {
+            // The actor runs the hook, then puts it back (see `Shared::recycle`).
+            shared.recycle(entry);
         }
     }
 }

@@ -95,11 +95,13 @@ impl<C> Idle<C> {
 /// `draw / 65536` of `jitter_ms`, so that connections made together (a pool's start, a
 /// fleet's deploy) reach their lifetime spread over `jitter_ms` rather than in one instant.
 /// `u64::MAX` (no lifetime) stays none.
+#[inline]
 pub(crate) fn lifetime_of(lifetime_ms: u64, jitter_ms: u64, draw: u16) -> u64 {
     if lifetime_ms == u64::MAX {
         return u64::MAX;
     }
-    let shave = ((u128::from(jitter_ms) * u128::from(draw)) >> 16) as u64;
+    // `jitter_ms` is held below 2^47 (`Config::jitter_ms`): the product fits.
+    let shave = (jitter_ms * u64::from(draw)) >> 16;
     lifetime_ms.saturating_sub(shave)
 }
 
@@ -397,7 +399,7 @@ impl<M: Manager> Shared<M> {
     /// the actor's next maintenance tick replaces it with its own time, which is after the
     /// real return (see [`Shared::confirm_return`]), so the idle timeout never runs out early,
     /// and runs out at most one maintenance interval late.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn put_returned(
         &self,
         mut entry: Idle<M::Connection>,
