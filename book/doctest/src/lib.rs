@@ -45,3 +45,7 @@ mod ch12_redis {}
 mod ch13_recipes {}
 #[doc = include_str!("../../src/ch14-runtime-facts.md")]
 mod ch14_runtime_facts {}
+#[doc = include_str!("../../src/ch15-network-failures.md")]
+mod ch15_network_failures {}
+#[doc = include_str!("../../src/ch16-database-moves.md")]
+mod ch16_database_moves {}
