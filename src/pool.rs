@@ -1237,7 +1237,7 @@ impl<M: Manager> Builder<M> {
     }
 
     /// How creation is retried after a failure: the first pause (default 10 ms), doubled with
-    /// each failure in a row up to the longest pause (default 1 s), each pause shortened by a
+    /// each failure in a row up to the longest pause (default 250 ms), each pause shortened by a
     /// random part of up to half (jitter), so many pools do not retry in step. No creation
     /// starts during a pause, whatever the demand; the actor keeps serving everything else.
     /// A success resets it.

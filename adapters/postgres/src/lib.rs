@@ -295,7 +295,7 @@
 //!
 //! | setting | default | what it bounds |
 //! |---|---|---|
-//! | `connect_timeout` | 10 s | one connection attempt (TCP, TLS, authentication) into a silent network; tokio-postgres sets none |
+//! | `connect_timeout` | 10 s | each host's TCP connect into a silent network (TLS and authentication are bounded by the pool's create timeout); tokio-postgres sets none |
 //! | `keepalives_idle`, `keepalives_interval`, `keepalives_retries` | 30 s, 10 s, 3 | a connection with nothing in flight — idle, or waiting for an answer — to a peer that is gone: the kernel ends it after about a minute (30 s + 3 × 10 s); tokio-postgres starts probing after 2 hours |
 //! | `tcp_user_timeout` (Linux) | 60 s | data sent and never acknowledged, where keepalives do not probe |
 //!

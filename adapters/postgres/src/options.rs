@@ -131,7 +131,8 @@ impl std::error::Error for ConfigError {
 pub mod defaults {
     use std::time::Duration;
 
-    /// `connect_timeout`: a TCP connect (and TLS and authentication) into a silent network
+    /// `connect_timeout`: a TCP connect (each host's; tokio-postgres bounds the TCP connect
+    /// only, not TLS or authentication, which the pool's create timeout bounds) into a silent network
     /// gives up after this long (tokio-postgres' own default: none).
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
     /// `keepalives_idle`: an idle connection is probed after this long (tokio-postgres: 2 h).
