@@ -98,9 +98,12 @@ pub trait Runtime: Send + Sync + 'static {
     ///
     /// When true, a `get` that finds no idle connection, nobody waiting ahead of it and room
     /// in the pool creates the connection itself, in its own task, instead of asking the
-    /// pool's actor and waiting for the answer: the connection is still made on the pool's
-    /// runtime, as the actor would make it, without the round trip. Say false when unsure:
-    /// the actor then makes every connection.
+    /// pool's actor and waiting for the answer, without the round trip. The connection is made
+    /// on the runtime the adapter accepted the caller on: the pool's own, or, where an adapter
+    /// offers it, the caller's (gracepool-actix' `with_caller_arbiters`: any arbiter of the
+    /// pool's System), whose connections then last only as long as that runtime (a driver
+    /// task spawned there ends with it; the pool still closes each such connection once). Say
+    /// false when unsure: the actor then makes every connection.
     fn is_current(&self) -> bool {
         false
     }
