@@ -81,7 +81,7 @@
 compile_error!("gracepool-redis needs the feature `tokio` or `smol` (or both)");
 
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use gracepool::{Goodbye, Unhealthy};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -103,6 +103,30 @@ pub struct Manager {
     config: AsyncConnectionConfig,
     // Set once a server answered QUIT with an error: later goodbyes are not attempted.
     quit_refused: AtomicBool,
+    retired: RetirementCounts,
+}
+
+/// Connections retired on their way back to the pool, by what their commands saw. Each
+/// connection is counted once, under the first reason in this order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retirements {
+    /// `READONLY`: the server became a replica (a failover); the pool was refreshed.
+    pub read_only: u64,
+    /// `LOADING`: the server is loading its data set.
+    pub loading: u64,
+    /// The connection failed under a command (closed, reset, unrecoverable).
+    pub connection_lost: u64,
+    /// A command was abandoned before its answer (a timeout, a cancelled request).
+    pub abandoned: u64,
+}
+
+#[derive(Debug, Default)]
+struct RetirementCounts {
+    read_only: AtomicU64,
+    loading: AtomicU64,
+    connection_lost: AtomicU64,
+    abandoned: AtomicU64,
 }
 
 impl Manager {
@@ -119,6 +143,7 @@ impl Manager {
             client,
             config: AsyncConnectionConfig::new(),
             quit_refused: AtomicBool::new(false),
+            retired: RetirementCounts::default(),
         }
     }
 
@@ -127,6 +152,18 @@ impl Manager {
     pub fn with_connection_config(mut self, config: AsyncConnectionConfig) -> Manager {
         self.config = config;
         self
+    }
+
+    /// Connections retired because of what their commands saw, by reason. Reach it through
+    /// the pool: `pool.manager().retirements()`.
+    pub fn retirements(&self) -> Retirements {
+        let r = &self.retired;
+        Retirements {
+            read_only: r.read_only.load(Relaxed),
+            loading: r.loading.load(Relaxed),
+            connection_lost: r.connection_lost.load(Relaxed),
+            abandoned: r.abandoned.load(Relaxed),
+        }
     }
 
     /// The client connections are made from.
@@ -159,6 +196,8 @@ pub struct Connection {
     abandoned: bool,
     /// The server is read-only (a replica after a failover: `READONLY`).
     read_only: bool,
+    /// The server is loading its data set (`LOADING`).
+    loading: bool,
 }
 
 impl Connection {
@@ -212,7 +251,7 @@ impl Connection {
             // A replica now (a failover demoted it): no write will succeed here.
             Some("READONLY") => self.read_only = true,
             // Loading its data set (a restarted or re-synced replica): not this one.
-            Some("LOADING") => self.broken = true,
+            Some("LOADING") => self.loading = true,
             _ => {}
         }
     }
@@ -310,6 +349,7 @@ impl gracepool::Manager for Manager {
             broken: false,
             abandoned: false,
             read_only: false,
+            loading: false,
         })
     }
 
@@ -326,7 +366,7 @@ impl gracepool::Manager for Manager {
         conn: &mut Connection,
         _metrics: &gracepool::Metrics,
     ) -> Result<(), Unhealthy<RedisError>> {
-        if conn.broken || conn.abandoned || conn.read_only {
+        if conn.broken || conn.abandoned || conn.read_only || conn.loading {
             return Err(Unhealthy::Closed);
         }
         // On the inner connection: a check cut short (its timeout, the pool's close) leaves a
@@ -345,7 +385,7 @@ impl gracepool::Manager for Manager {
     }
 
     fn is_broken(&self, conn: &mut Connection) -> bool {
-        conn.broken || conn.abandoned || conn.read_only
+        conn.broken || conn.abandoned || conn.read_only || conn.loading
     }
 
     /// `READONLY` (the server became a replica, as after a failover) is
@@ -353,13 +393,22 @@ impl gracepool::Manager for Manager {
     /// write goes to the replica. A connection that failed, whose server is `LOADING`, or that
     /// carries an abandoned command, is [`Unfit::Connection`](gracepool::Unfit::Connection).
     fn unfit(&self, conn: &mut Connection) -> Option<gracepool::Unfit> {
-        if conn.read_only {
-            Some(gracepool::Unfit::Server)
-        } else if conn.broken || conn.abandoned {
-            Some(gracepool::Unfit::Connection)
+        // Called once as each connection comes back, and an unfit one is retired then: each
+        // is counted once.
+        let r = &self.retired;
+        let (unfit, counter) = if conn.read_only {
+            (gracepool::Unfit::Server, &r.read_only)
+        } else if conn.loading {
+            (gracepool::Unfit::Connection, &r.loading)
+        } else if conn.broken {
+            (gracepool::Unfit::Connection, &r.connection_lost)
+        } else if conn.abandoned {
+            (gracepool::Unfit::Connection, &r.abandoned)
         } else {
-            None
-        }
+            return None;
+        };
+        counter.fetch_add(1, Relaxed);
+        Some(unfit)
     }
 
     /// Sends `QUIT` and waits for `+OK`: [`Goodbye::Said`] only when the server answered it.

@@ -280,6 +280,13 @@ fn a_primary_made_replica_under_the_pool() {
             );
         }
         assert!(c.refreshes >= 1, "the pool was never refreshed: {c:?}");
+        // Counted per reason by the manager: every connection that saw READONLY, once.
+        let retired = pool.manager().retirements();
+        assert!(
+            retired.read_only >= 1 && retired.read_only as usize <= read_only.len(),
+            "{retired:?} for {} READONLY errors",
+            read_only.len()
+        );
         assert!(
             c.closed_refreshed >= 1,
             "no connection retired by a refresh: {c:?}"
