@@ -250,7 +250,7 @@
 //!   `PGPASSWORD`, `PGDATABASE`, `PGSSLMODE`, `PGSSLROOTCERT`, `PGCONNECT_TIMEOUT` (seconds),
 //!   `PGAPPNAME` — and `localhost` and the login name (`USER`) when nothing names a host or a
 //!   user.
-//! - [`PgConfig`] (feature `serde`): one configuration section, in any serde format, for the
+//! - `PgConfig` (feature `serde`): one configuration section, in any serde format, for the
 //!   connection (a `url`, or the settings one by one), the manager (`check`,
 //!   `statement_cache`) and the pool (`pool`, gracepool's [`PoolConfig`](gracepool::PoolConfig)).
 //!   Unknown fields are errors; what the section leaves out comes from the environment.
@@ -306,8 +306,8 @@
 //!
 //! # TLS
 //!
-//! With the `rustls` feature, [`ConnectOptions::manager_rustls`] makes a manager that encrypts
-//! as the settings' `sslmode` says, with [`RustlsConnect`]:
+//! With the `rustls` feature, `ConnectOptions::manager_rustls` makes a manager that encrypts
+//! as the settings' `sslmode` says, with `RustlsConnect`:
 //!
 //! | `sslmode` | encrypted | the server's certificate |
 //! |---|---|---|
@@ -341,7 +341,7 @@
 //! `verify-full` ([`ConfigError::TlsRequired`]) rather than connect in plaintext; with `prefer`
 //! they connect in plaintext without trying TLS (libpq would try it first). Their pool type is
 //! `Pool` (`Pool<NoTls>`). [`Manager::with_tls`] takes a connector of your own: a
-//! [`RustlsConnect`] built by hand (its docs say what is checked, which crypto provider it uses,
+//! `RustlsConnect` built by hand (its docs say what is checked, which crypto provider it uses,
 //! and how channel binding works), or any other [`MakeTlsConnect`] tokio-postgres accepts, such
 //! as `postgres-native-tls`'s. The pool type then names it: `Pool<RustlsConnect>`.
 //!
@@ -379,8 +379,8 @@
 //!
 //! # Features
 //!
-//! - `rustls`: TLS on rustls, [`RustlsConnect`] and [`ConnectOptions::manager_rustls`].
-//! - `serde`: [`PgConfig`].
+//! - `rustls`: TLS on rustls, `RustlsConnect` and `ConnectOptions::manager_rustls`.
+//! - `serde`: `PgConfig`.
 //! - `tracing`: the warning when a driver ends outside a close, and gracepool's own events.
 //!
 //! # Coming from deadpool-postgres
@@ -396,10 +396,10 @@
 //! | `RecyclingMethod::Verified` | [`CheckMethod::Verified`] | Both send an empty query. |
 //! | `RecyclingMethod::Clean` | `.before_checkout(..)` running deadpool's clean-up SQL (`CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;`) | Not built in: a hook says what it costs where it runs. `before_checkout` runs it where deadpool does, as a connection is handed out; `.after_return(..)` runs it as the connection comes back, off the next caller's path. `RESET ALL` undoes `after_create`'s `SET`s. |
 //! | `RecyclingMethod::Custom(sql)` | `.before_checkout(\|conn, _\| Box::pin(async move { conn.batch_execute(SQL).await?; Ok(()) }))` | Or in `.after_return(..)`, as above. |
-//! | `deadpool_postgres::Config { .. }` | [`PgConfig`] (feature `serde`) | One serde section: a `url` or the settings one by one, `check`, `statement_cache`, and the pool's settings under `pool`. |
+//! | `deadpool_postgres::Config { .. }` | `PgConfig` (feature `serde`) | One serde section: a `url` or the settings one by one, `check`, `statement_cache`, and the pool's settings under `pool`. |
 //! | `config.create_pool(Some(Runtime::Tokio1), NoTls)?` | `section.builder()?.runtime(TokioRuntime::current()).build()?` | Or `Pool::builder(section.manager()?)` to set more on the builder. |
 //! | `Runtime::Tokio1` | `.runtime(TokioRuntime::current())` (gracepool-tokio) | Required: the pool's actor and the drivers run there. On actix: `ActixRuntime::current()`. |
-//! | `Config` read from `PG__*` variables with the `config` crate | [`Manager::from_env`], or [`ConnectOptions::from_env`] | Reads libpq's own variables, `DATABASE_URL` then `PGHOST`, `PGUSER`, ... No extra crate. [`PgConfig`] also fills what a file leaves out from them. |
+//! | `Config` read from `PG__*` variables with the `config` crate | [`Manager::from_env`], or [`ConnectOptions::from_env`] | Reads libpq's own variables, `DATABASE_URL` then `PGHOST`, `PGUSER`, ... No extra crate. `PgConfig` also fills what a file leaves out from them. |
 //! | `Pool::builder(manager).max_size(n).build()?` | `Pool::builder(manager).max_size(n).runtime(TokioRuntime::current()).build()?` | |
 //! | `pool.get().await?` | `pool.get().await?` | A [`Pooled`]: derefs to [`PgConnection`], and through it to [`Client`], mutably too. |
 //! | `pool.timeout_get(&Timeouts { wait, .. })` | `pool.get_timeout(wait)` | Only the wait is per call; the create and check timeouts are the builder's. |
@@ -529,7 +529,7 @@ impl Manager<NoTls> {
     /// Without TLS it refuses a string that asks for TLS (`sslmode=require`, `verify-ca`,
     /// `verify-full`: [`ConfigError::TlsRequired`]) rather than connect in plaintext; with
     /// `prefer` (libpq's default) it connects in plaintext. For TLS, enable the `rustls`
-    /// feature and use [`ConnectOptions::manager_rustls`].
+    /// feature and use `ConnectOptions::manager_rustls`.
     pub fn from_conn_str(s: &str) -> Result<Self, ConfigError> {
         ConnectOptions::parse(s)?.manager()
     }
