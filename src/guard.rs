@@ -177,10 +177,16 @@ fn refused<M: Manager>(shared: &Shared<M>, entry: Idle<M::Connection>) {
 fn retire_unfit<M: Manager>(shared: &Shared<M>, entry: Idle<M::Connection>, verdict: Unfit) {
     match verdict {
         Unfit::Server => {
-            // The server changed: this one goes, and with it every one made before now.
+            // The server changed: this one goes, and with it every one made before now —
+            // unless a refresh since this one was made covered it already (eight connections
+            // that all saw the same failover refresh the pool once, not eight times, each
+            // retiring the replacements the one before made).
+            let covered = entry.created() < shared.ledger.refresh_mark_ordered();
             shared.ledger.record_reason(Reason::Refreshed);
             shared.retire(entry.conn, entry.home, true);
-            shared.refresh();
+            if !covered {
+                shared.refresh();
+            }
         }
         _ => {
             shared.ledger.record_reason(Reason::Broken);
