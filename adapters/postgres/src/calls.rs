@@ -1,10 +1,10 @@
 //! Which calls a connection has outstanding: a call whose future was dropped before its answer
 //! (a timeout, a cancelled request handler) leaves its request on the connection, and the
 //! next caller's first query waits behind it — forever, on a server that stopped answering.
-//! The abandoned call is cancelled on the server (PostgreSQL's cancel request, so a live
-//! server stops working on it), and the connection is checked for real (one round trip,
-//! after the cancel request went out) before it is handed out again; one whose call ran past
-//! the per-call timeout is retired.
+//! Before the connection is handed out again, its check asks the server to stop the abandoned
+//! call (PostgreSQL's cancel request: a live server stops working on it; one idle by then
+//! ignores it), then makes sure with one round trip; one whose call ran past the per-call
+//! timeout is retired. Nothing is sent from a `Drop`: the abandoning future only sets flags.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -95,6 +95,9 @@ pub(crate) struct Calls {
     broken: AtomicBool,
     timeout: Option<Duration>,
     cancel: Option<Canceller>,
+    /// A call was abandoned: the next check asks the server to stop it (from its own task:
+    /// a `Drop` sends nothing and spawns nothing).
+    cancel_wanted: AtomicBool,
     /// What an error seen on this connection said of it (`FIT` until one did).
     unfit: AtomicU8,
     counts: Arc<RetirementCounts>,
@@ -114,14 +117,21 @@ impl Calls {
             broken: AtomicBool::new(false),
             timeout,
             cancel,
+            cancel_wanted: AtomicBool::new(false),
             unfit: AtomicU8::new(FIT),
             counts,
             cancelling: Mutex::new(None),
         }
     }
 
-    /// The cancel request sent for an abandoned call, if one is under way: the check waits
-    /// for it before its round trip.
+    /// Whether a call was abandoned since the last check, which is to ask the server to stop
+    /// it; reading it clears it.
+    pub(crate) fn take_cancel_wanted(&self) -> bool {
+        self.cancel_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// The cancel request sent for a call past the per-call timeout, if one is under way: the
+    /// check waits for it before its round trip.
     pub(crate) fn take_cancelling(&self) -> Option<tokio::task::JoinHandle<()>> {
         self.cancelling
             .lock()
@@ -204,7 +214,6 @@ impl Calls {
     ) -> Result<R, Error> {
         let mut pending = Pending {
             calls: self,
-            client,
             done: false,
         };
         let out = match self.timeout {
@@ -229,19 +238,19 @@ impl Calls {
     }
 }
 
-/// A call under way: dropped before it finished, it marks the connection dirty and asks the
-/// server to stop the call.
+/// A call under way: dropped before it finished, it marks the connection dirty, and asks the
+/// next check to have the server stop the call.
 struct Pending<'a> {
     calls: &'a Calls,
-    client: &'a Client,
     done: bool,
 }
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if !self.done {
+            // Only flags: the next check, in a task of its own, cancels and makes sure.
             self.calls.mark_dirty();
-            self.calls.cancel(self.client);
+            self.calls.cancel_wanted.store(true, Ordering::Relaxed);
         }
     }
 }

@@ -982,7 +982,8 @@ where
     fn create(&self) -> impl Future<Output = Result<PgConnection, tokio_postgres::Error>> + Send {
         let connecting = self.config.connect(self.tls.clone());
         let statements = Cache::new(self.cache, self.generation.clone());
-        let cancel: Option<Canceller> = Some({
+        // Only calls past the per-call timeout are cancelled from the caller's task.
+        let cancel: Option<Canceller> = self.query_timeout.map(|_| {
             let tls = self.tls.clone();
             Arc::new(move |token: tokio_postgres::CancelToken| {
                 // Sent from the caller's task, on its tokio runtime; none there (a future
@@ -1021,6 +1022,7 @@ where
     ) -> impl Future<Output = Result<(), Unhealthy<tokio_postgres::Error>>> + Send {
         let check = self.check;
         let conn = &*conn;
+        let tls = self.tls.clone();
         async move {
             if conn.client.is_closed() || conn.calls.unfit().is_some() {
                 return Err(Unhealthy::Closed);
@@ -1029,9 +1031,14 @@ where
             // come before this connection is anyone's again.
             let dirty = conn.calls.is_dirty();
             if let Some(cancelling) = conn.calls.take_cancelling() {
-                // The abandoned call's cancel request first, so that it cannot stop the next
+                // The timed-out call's cancel request first, so that it cannot stop the next
                 // caller's query instead.
                 let _ = cancelling.await;
+            }
+            if conn.calls.take_cancel_wanted() {
+                // A call was abandoned: ask the server to stop it (bounded, with this check, by
+                // the pool's check timeout), then the round trip below makes sure it is done.
+                let _ = conn.client.cancel_token().cancel_query(tls).await;
             }
             if check == CheckMethod::ReadWrite {
                 let answer = conn
