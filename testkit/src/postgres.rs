@@ -89,6 +89,8 @@ pub struct PgServer {
     port: u16,
     owner: Option<(u32, u32)>,
     tls: Option<TlsFiles>,
+    /// `-c` settings given after the test kit's own (the later of two wins).
+    settings: Vec<String>,
 }
 
 /// The certificates of a server started with [`PgServer::start_with_tls`]: PEM files in the
@@ -113,7 +115,16 @@ impl PgServer {
     /// `SKIPPED <test>: ...` line when PostgreSQL is not installed; panics instead under
     /// `CI=true`, and when the server cannot be started.
     pub fn start(test: &str) -> Option<PgServer> {
-        PgServer::start_inner(test, None).map(|(server, _)| server)
+        PgServer::start_inner(test, None, &[]).map(|(server, _)| server)
+    }
+
+    /// [`start`](PgServer::start), with server settings of the test's own given after the
+    /// test kit's (each `(name, value)` as `postgres -c name=value`; a later setting wins, so
+    /// `("max_connections", "69")` replaces the test kit's 100). They hold across restarts,
+    /// and a standby of this server is started with them too. Skips and fails as
+    /// [`start`](PgServer::start) does.
+    pub fn start_with_settings(test: &str, settings: &[(&str, &str)]) -> Option<PgServer> {
+        PgServer::start_inner(test, None, settings).map(|(server, _)| server)
     }
 
     /// Starts a fresh server for `test` with TLS on (`ssl = on`), its certificate valid for
@@ -128,11 +139,15 @@ impl PgServer {
     /// `names` only (DNS names, or IP addresses such as `127.0.0.1`): for a test of a host name
     /// the certificate does not list.
     pub fn start_with_tls_for(test: &str, names: &[&str]) -> Option<(PgServer, TlsFiles)> {
-        PgServer::start_inner(test, Some(names))
+        PgServer::start_inner(test, Some(names), &[])
             .map(|(server, tls)| (server, tls.expect("started with TLS")))
     }
 
-    fn start_inner(test: &str, tls_names: Option<&[&str]>) -> Option<(PgServer, Option<TlsFiles>)> {
+    fn start_inner(
+        test: &str,
+        tls_names: Option<&[&str]>,
+        settings: &[(&str, &str)],
+    ) -> Option<(PgServer, Option<TlsFiles>)> {
         let postgres = require_binary("postgres", &[BIN_DIR], "postgresql", test)?;
         let bin = postgres
             .parent()
@@ -177,6 +192,10 @@ impl PgServer {
             port: 0,
             owner,
             tls,
+            settings: settings
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect(),
         };
         server.initdb();
         // A port found free may be taken before the server binds it: try a few.
@@ -510,6 +529,7 @@ impl PgServer {
             .args(["-c", "shared_buffers=16MB"])
             .args(["-c", "max_connections=100"])
             .args(self.tls_settings())
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
             .spawn()
@@ -609,6 +629,7 @@ impl PgServer {
             port: 0,
             owner: self.owner,
             tls: None,
+            settings: self.settings.clone(),
         };
         let out = standby
             .command("pg_basebackup")
@@ -1142,6 +1163,22 @@ mod tests {
         primary.stop();
         assert!(!alive(pid), "the primary is stopped");
         assert_eq!(standby.psql("SELECT 1"), "1");
+    }
+
+    /// A test's own settings replace the test kit's, and hold across a restart.
+    #[test]
+    fn settings_of_the_test_replace_the_kits() {
+        let Some(mut pg) = PgServer::start_with_settings(
+            "testkit::postgres::settings_of_the_test_replace_the_kits",
+            &[("max_connections", "23"), ("log_connections", "on")],
+        ) else {
+            return;
+        };
+        assert_eq!(pg.psql("SHOW max_connections"), "23");
+        pg.restart_fast();
+        assert_eq!(pg.psql("SHOW max_connections"), "23");
+        assert_eq!(pg.psql("SHOW log_connections"), "on");
+        assert!(pg.log().contains("connection received: host=127.0.0.1"));
     }
 
     #[test]
