@@ -27,6 +27,8 @@ pub mod child;
 pub mod fault;
 pub mod netfilter;
 #[cfg(unix)]
+pub mod pgbouncer;
+#[cfg(unix)]
 pub mod postgres;
 pub mod redis;
 pub mod server;
