@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
+use crate::builder::Builder;
 use crate::manager::Manager;
-use crate::pool::Builder;
 
 /// Every knob of [`Builder`], each optional: a field left out keeps the builder's default.
 ///
@@ -73,7 +73,7 @@ pub struct PoolConfig {
     /// [`Builder::fail_fast`].
     pub fail_fast: Option<bool>,
     /// [`Builder::queue_order`]: `"fifo"` or `"lifo"`.
-    pub queue_order: Option<crate::QueueOrder>,
+    pub queue_order: Option<crate::config::QueueOrder>,
 }
 
 /// A limit that can be switched off: what the builder's `Option<Duration>` knobs take.
@@ -212,10 +212,10 @@ impl<M: Manager> Builder<M> {
     }
 }
 
-fn parse_order(s: &str) -> Result<crate::QueueOrder, String> {
+fn parse_order(s: &str) -> Result<crate::config::QueueOrder, String> {
     match s.to_ascii_lowercase().as_str() {
-        "fifo" => Ok(crate::QueueOrder::Fifo),
-        "lifo" => Ok(crate::QueueOrder::Lifo),
+        "fifo" => Ok(crate::config::QueueOrder::Fifo),
+        "lifo" => Ok(crate::config::QueueOrder::Lifo),
         _ => Err(format!("{s:?} is not fifo or lifo")),
     }
 }

@@ -104,9 +104,12 @@ macro_rules! event {
 }
 
 mod actor;
+mod builder;
+mod checkout;
 mod close;
 mod config;
 mod coop;
+mod creation;
 mod deadline;
 mod error;
 #[cfg(feature = "serde")]
@@ -114,6 +117,7 @@ mod file_config;
 mod guard;
 mod handles;
 mod hooks;
+mod jobs;
 mod ledger;
 mod manager;
 mod pool;
@@ -124,6 +128,7 @@ mod status;
 mod sync;
 mod waitlist;
 
+pub use builder::Builder;
 pub use config::{ConfigError, QueueOrder};
 pub use error::{Error, Seen, Stage};
 #[cfg(feature = "serde")]
@@ -132,7 +137,7 @@ pub use guard::Pooled;
 pub use handles::WeakPool;
 pub use hooks::{HookError, HookFuture};
 pub use manager::{Goodbye, Manager, Unfit, Unhealthy};
-pub use pool::{Builder, Pool};
+pub use pool::Pool;
 pub use runtime::{BoxFuture, Runtime, SpawnError};
 pub use status::{CloseCause, CloseReport, Counters, Metrics, PoolState, Status};
 

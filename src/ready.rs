@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::builder::Builder;
 use crate::error::Error;
 use crate::manager::Manager;
-use crate::pool::{Builder, Pool};
+use crate::pool::Pool;
 
 /// How often a start-up wait looks at the pool. Start-up only: never on a hot path.
 const LOOK_EVERY: Duration = Duration::from_millis(2);

@@ -22,6 +22,10 @@
 //! asked to be told about (`armed`). Joining reports a deadline to register only when it is
 //! earlier than that; every waiter's deadline is then at or after some registration, so
 //! [`Waitlist::expire`] on each one that falls due times every waiter out on time.
+//!
+//! Longer than the other files (about 700 lines) because it is one concept: every path in it
+//! keeps the one invariant above (at most one of the two queues is non-empty, under one lock),
+//! and split in two, each half would hold only part of the argument for it.
 
 use std::collections::VecDeque;
 use std::fmt;

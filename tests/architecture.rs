@@ -113,3 +113,95 @@ fn every_function_the_map_names_exists() {
     );
     assert!(names.len() >= 30, "only {} names found", names.len());
 }
+
+/// Whether `code` defines `name` (a function, a type, a macro, a variant, a constant).
+fn defines(code: &str, name: &str) -> bool {
+    [
+        format!("fn {name}<"),
+        format!("fn {name}("),
+        format!("struct {name}"),
+        format!("enum {name}"),
+        format!("trait {name}"),
+        format!("macro_rules! {name}"),
+        format!("type {name}"),
+        format!("const {name}"),
+    ]
+    .iter()
+    .any(|pattern| code.contains(pattern.as_str()))
+}
+
+#[test]
+fn every_function_of_the_core_is_in_the_file_the_map_gives() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut checked = 0;
+    let mut misplaced = Vec::new();
+    for row in map().lines().filter(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        // | part | files | what they hold |
+        let (Some(files), Some(what)) = (cells.get(2), cells.get(3)) else {
+            continue;
+        };
+        let files: Vec<String> = spans(files)
+            .into_iter()
+            .filter(|f| f.starts_with("src/") && f.ends_with(".rs"))
+            .collect();
+        if files.is_empty() {
+            continue;
+        }
+        let code: String = files
+            .iter()
+            .map(|f| std::fs::read_to_string(root.join(f)).unwrap_or_default())
+            .collect();
+        for span in spans(what) {
+            let name = span.trim_end_matches('!');
+            let name = name.rsplit("::").next().unwrap_or(name);
+            let lower = name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+            let ident = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            // Functions and macros (lower case) must be defined in the row's files; types may
+            // be re-exported or named for context.
+            if lower && ident && name.len() > 3 {
+                checked += 1;
+                if !defines(&code, name) {
+                    misplaced.push(format!("{name} (map: {})", files.join(", ")));
+                }
+            }
+        }
+    }
+    assert!(
+        misplaced.is_empty(),
+        "ARCHITECTURE.md places these in files that do not define them: {misplaced:?}"
+    );
+    assert!(checked >= 30, "only {checked} functions checked");
+}
+
+/// The core is a stack: `lib.rs` declares the modules and re-exports their items, and no
+/// module reaches back up through the crate root for one of them.
+#[test]
+fn no_module_of_the_core_imports_the_crate_root() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut upward = Vec::new();
+    for entry in std::fs::read_dir(&root).expect("src/").flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == "lib.rs") {
+            continue;
+        }
+        let code = std::fs::read_to_string(&path).expect("a source file");
+        for (n, line) in code.lines().enumerate() {
+            let line = line.trim_start();
+            if line.starts_with("//") {
+                continue;
+            }
+            // `crate::Item` or `use crate::{…}` names something at the root, not a module.
+            let root_item = line.match_indices("crate::").any(|(at, _)| {
+                line[at + "crate::".len()..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_uppercase() || c == '{')
+            });
+            if root_item {
+                upward.push(format!("{}:{}: {line}", path.display(), n + 1));
+            }
+        }
+    }
+    assert!(upward.is_empty(), "modules importing the crate root: {upward:#?}");
+}
