@@ -197,6 +197,8 @@ impl<M: Manager> PoolActor<M> {
                     }
                 }
                 Event::Tick => {
+                    #[cfg(feature = "metrics")]
+                    let _ = shared.status(); // publishes the gauges and counters
                     let due = self.maintain();
                     tick = shared
                         .runtime

@@ -321,6 +321,25 @@ impl<M: Manager> Builder<M> {
         self
     }
 
+    /// The pool's name: the `pool` label of every figure it publishes with the `metrics`
+    /// feature (default `"default"`), so that a dashboard tells a service's pools apart
+    /// (`"primary"`, `"replica"`, `"cache"`).
+    ///
+    /// ```
+    /// # use gracepool_testkit::{Counting, ExecRuntime};
+    /// # let rt = ExecRuntime::new();
+    /// let pool = gracepool::Pool::builder(Counting::new())
+    ///     .name("primary")
+    ///     .runtime(rt.handle())
+    ///     .build()
+    ///     .unwrap();
+    /// # rt.block_on(async { pool.close().await });
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.config.name = Some(name.into());
+        self
+    }
+
     /// The configured backoff pair (first, longest).
     #[cfg_attr(not(feature = "serde"), allow(dead_code))]
     pub(crate) fn backoff(&self) -> (Duration, Duration) {
@@ -368,6 +387,8 @@ impl<M: Manager> Builder<M> {
         let lifo = self.config.queue_order == QueueOrder::Lifo;
         let ledger = Ledger::new();
         ledger.set_limits(self.config.max_size, self.config.min_idle);
+        #[cfg(feature = "metrics")]
+        ledger.metrics.register(self.config.name.as_deref());
         let (mailbox_tx, mailbox_rx) = async_channel::unbounded();
         let ambient = runtime.ambient();
         let ms = |d: Option<Duration>| {

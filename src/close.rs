@@ -232,6 +232,9 @@ impl<M: Manager> Shared<M> {
         }
         drop(close);
         self.closed.notify(usize::MAX);
+        // The last figures, for a dashboard: no tick publishes them after the close.
+        #[cfg(feature = "metrics")]
+        let _ = self.status();
     }
 
     fn report(&self) -> Option<CloseReport> {

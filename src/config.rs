@@ -31,6 +31,8 @@ pub(crate) struct Config {
     /// waiters' wait timeouts.
     pub fail_fast: bool,
     pub queue_order: QueueOrder,
+    /// The pool's name, for what it publishes (`Builder::name`).
+    pub name: Option<String>,
 }
 
 /// Which idle connection a checkout takes. Waiting callers are served first come, first
@@ -75,6 +77,7 @@ impl Default for Config {
             backoff_max: Duration::from_millis(250),
             fail_fast: false,
             queue_order: QueueOrder::Fifo,
+            name: None,
         }
     }
 }

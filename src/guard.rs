@@ -23,6 +23,9 @@ pub struct Pooled<M: Manager> {
     checking: bool,
     /// Set by [`Pooled::retire_on_return`]: the connection is closed when the guard drops.
     unfit: bool,
+    /// When its check passed: the start of its use, for the `metrics` feature's histogram.
+    #[cfg(feature = "metrics")]
+    since: crate::metrics::Since,
 }
 
 impl<M: Manager> Pooled<M> {
@@ -33,11 +36,15 @@ impl<M: Manager> Pooled<M> {
             shared,
             checking: true,
             unfit: false,
+            #[cfg(feature = "metrics")]
+            since: Default::default(),
         }
     }
 
     pub(crate) fn checked(&mut self) {
         self.checking = false;
+        #[cfg(feature = "metrics")]
+        self.since.start();
     }
 
     /// Whether its health check passed (or none was due).
@@ -133,6 +140,8 @@ fn unfit<M: Manager>(manager: &M, conn: &mut M::Connection) -> Option<Unfit> {
 
 impl<M: Manager> Drop for Pooled<M> {
     fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        self.shared.ledger.metrics.used(self.since);
         let Some(mut entry) = self.entry.take() else {
             return;
         };

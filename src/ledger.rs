@@ -94,6 +94,9 @@ pub(crate) struct Ledger {
     epoch: Instant,
     /// xorshift state for the lifetime jitter's draws (creation only).
     rng: AtomicU64,
+    /// Where the counts are published, with the `metrics` feature (`src/metrics.rs`).
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: crate::metrics::Publisher,
 }
 
 impl Ledger {
@@ -142,6 +145,8 @@ impl Ledger {
                     .map_or(0x9E37_79B9_7F4A_7C15, |d| d.as_nanos() as u64)
                     | 1,
             ),
+            #[cfg(feature = "metrics")]
+            metrics: Default::default(),
         }
     }
 
@@ -340,6 +345,8 @@ impl Ledger {
     /// A caller that had to wait stopped waiting (served, failed, timed out or gone) after
     /// `waited`.
     pub(crate) fn record_wait(&self, waited: std::time::Duration) {
+        #[cfg(feature = "metrics")]
+        self.metrics.waited(waited);
         let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
         self.gets_waited.fetch_add(1, Relaxed);
         self.wait_ns_total.fetch_add(ns, Relaxed);

@@ -89,6 +89,18 @@
 //! - `serde` (off by default): `PoolConfig`, the builder's settings as data, read from any
 //!   `serde` format or from the environment (`PoolConfig::from_env`) and applied with
 //!   `Builder::config`.
+//! - `metrics` (off by default): publishes the pool's figures through the
+//!   [`metrics`](https://docs.rs/metrics) facade, for whichever exporter the application
+//!   installs (Prometheus, StatsD, OpenTelemetry), each labelled `pool` with the name given to
+//!   `Builder::name`: gauges `gracepool_connections`, `gracepool_idle_connections`,
+//!   `gracepool_in_use_connections`, `gracepool_max_connections`, `gracepool_waiting_callers`;
+//!   counters `gracepool_connections_created_total`, `gracepool_connections_closed_total`
+//!   (by `reason`), `gracepool_goodbyes_total` (by `outcome`), `gracepool_get_timeouts_total`,
+//!   `gracepool_create_errors_total`, `gracepool_checks_failed_total`,
+//!   `gracepool_refreshes_total` and more; histograms `gracepool_wait_seconds`,
+//!   `gracepool_create_seconds`, `gracepool_use_seconds`. The guide's chapter on observing a
+//!   pool lists them all and says when each is published. Install the exporter's recorder
+//!   before building the pool: the pool registers its handles as it is built.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
@@ -120,6 +132,8 @@ mod hooks;
 mod jobs;
 mod ledger;
 mod manager;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod pool;
 mod ready;
 mod runtime;

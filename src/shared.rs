@@ -176,7 +176,13 @@ impl<M: Manager> Shared<M> {
     /// (bounded by the shutdown timeout): it was never the pool's, and is not counted as
     /// created.
     pub(crate) async fn make(&self) -> Result<M::Connection, CreateFailure<M::Error>> {
+        #[cfg(feature = "metrics")]
+        let since = crate::metrics::Since::now();
         let made = AssertUnwindSafe(self.manager.create()).catch_unwind().await;
+        #[cfg(feature = "metrics")]
+        self.ledger
+            .metrics
+            .created(since, matches!(made, Ok(Ok(_))));
         let conn = match made {
             Ok(Ok(conn)) => conn,
             Ok(Err(error)) => return Err(self.create_failure(error)),
@@ -517,8 +523,9 @@ impl<M: Manager> Shared<M> {
         Flow { taken, returned }
     }
 
+    /// A snapshot; with the `metrics` feature, also published (`src/metrics.rs`).
     pub(crate) fn status(&self) -> Status {
-        Status {
+        let status = Status {
             max_size: self.ledger.max_size(),
             size: self.ledger.slots(),
             idle: self.waitlist.idle(),
@@ -527,7 +534,10 @@ impl<M: Manager> Shared<M> {
             state: self.ledger.state(),
             actor_alive: self.ledger.actor_alive(),
             counters: self.ledger.counters(self.flow()),
-        }
+        };
+        #[cfg(feature = "metrics")]
+        self.ledger.metrics.publish(&status);
+        status
     }
 }
 
