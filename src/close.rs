@@ -300,6 +300,9 @@ impl<M: Manager> Drop for Shared<M> {
         // The last reference: the actor, every handle and every guard are gone. Whatever is
         // still queued is closed here, synchronously.
         self.shutdown_sync(CloseCause::LastHandleDropped);
+        // A waiter's deadline may still be registered: it would keep this allocation until
+        // it fell due.
+        crate::deadline::forget((self as *const Self).cast());
     }
 }
 

@@ -11,6 +11,10 @@
 //! even when that runtime is no longer driven. The thread needs no runtime, never polls a
 //! future, and sleeps on a condition variable until the earliest deadline of every pool in the
 //! process. If it cannot be started, [`register`] says so and callers arm their own timers.
+//!
+//! A registration holds its owner weakly, and an owner that goes takes its registrations with
+//! it ([`forget`]): a pool dropped while a waiter's deadline is pending leaves nothing behind
+//! (a `Weak` alone would keep the pool's allocation until the deadline fell due).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -55,8 +59,10 @@ struct Service {
     changed: Condvar,
 }
 
+/// The service, once something started it.
+static SERVICE: OnceLock<Option<&'static Service>> = OnceLock::new();
+
 fn service() -> Option<&'static Service> {
-    static SERVICE: OnceLock<Option<&'static Service>> = OnceLock::new();
     *SERVICE.get_or_init(|| {
         let service: &'static Service = Box::leak(Box::new(Service {
             heap: Mutex::new(BinaryHeap::new()),
@@ -89,6 +95,19 @@ pub(crate) fn register(at: Instant, owner: Weak<dyn Expire>) -> bool {
         service.changed.notify_one();
     }
     true
+}
+
+/// Drops every registration of `owner` (its address): called as the owner goes, so that no
+/// registration keeps its allocation until it falls due.
+pub(crate) fn forget(owner: *const ()) {
+    let Some(service) = SERVICE.get().copied().flatten() else {
+        // Never started: nothing was registered.
+        return;
+    };
+    let mut heap = service.heap.lock().unwrap_or_else(|p| p.into_inner());
+    // Rare (once per pool that had waiters with a deadline), and the heap holds about one
+    // registration per pool.
+    heap.retain(|due| !std::ptr::addr_eq(due.owner.as_ptr(), owner));
 }
 
 impl Service {
@@ -134,5 +153,102 @@ impl Service {
         // `owner` may be the last reference to a pool: its Drop runs here, which only closes
         // queued connections synchronously.
         drop(owner);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Weak};
+    use std::time::{Duration, Instant};
+
+    use super::{forget, register, Expire, SERVICE};
+    use crate::runtime::{BoxFuture, Runtime, SpawnError};
+
+    /// Registrations the deadline thread holds for the owner at `owner`.
+    fn pending(owner: *const ()) -> usize {
+        let Some(service) = SERVICE.get().copied().flatten() else {
+            return 0;
+        };
+        let heap = service.heap.lock().unwrap();
+        heap.iter()
+            .filter(|due| std::ptr::addr_eq(due.owner.as_ptr(), owner))
+            .count()
+    }
+
+    struct Owner;
+
+    impl Expire for Owner {
+        fn expire(&self, _: Instant, _: Instant) -> Option<Instant> {
+            None
+        }
+    }
+
+    #[test]
+    fn forgetting_an_owner_drops_its_registrations() {
+        let owner = Arc::new(Owner);
+        let far = Instant::now() + Duration::from_secs(600);
+        assert!(register(far, Arc::downgrade(&owner) as Weak<dyn Expire>));
+        assert!(register(far, Arc::downgrade(&owner) as Weak<dyn Expire>));
+        assert_eq!(Arc::weak_count(&owner), 2);
+        forget(Arc::as_ptr(&owner).cast());
+        assert_eq!(Arc::weak_count(&owner), 0);
+    }
+
+    struct Exec(Arc<async_executor::Executor<'static>>);
+
+    impl Runtime for Exec {
+        fn spawn(&self, task: BoxFuture) -> Result<(), SpawnError> {
+            self.0.spawn(task).detach();
+            Ok(())
+        }
+
+        fn sleep(&self, duration: Duration) -> BoxFuture {
+            Box::pin(async move {
+                async_io::Timer::after(duration).await;
+            })
+        }
+    }
+
+    struct Numbers;
+
+    impl crate::manager::Manager for Numbers {
+        type Connection = u64;
+        type Error = std::io::Error;
+
+        async fn create(&self) -> Result<u64, std::io::Error> {
+            Ok(7)
+        }
+    }
+
+    /// A pool dropped while a waiter's deadline is registered: the registration goes with it,
+    /// not when the wait timeout (ten minutes) would have passed.
+    #[test]
+    fn a_dropped_pool_leaves_no_registration_behind() {
+        let executor = Arc::new(async_executor::Executor::new());
+        let pool = crate::pool::Pool::builder(Numbers)
+            .max_size(1)
+            .runtime(Exec(executor.clone()))
+            .build()
+            .unwrap();
+        let address: *const () = Arc::as_ptr(&pool.shared).cast();
+        futures_lite::future::block_on(executor.run(async {
+            let held = pool.get().await.unwrap();
+            let waiter = {
+                let pool = pool.clone();
+                executor.spawn(async move {
+                    let _ = pool.get_timeout(Duration::from_secs(600)).await;
+                })
+            };
+            while pool.status().waiters == 0 {
+                async_io::Timer::after(Duration::from_millis(5)).await;
+            }
+            assert_eq!(pending(address), 1);
+            let _ = waiter.cancel().await;
+            drop(held);
+            pool.close().await;
+        }));
+        drop(pool);
+        drop(executor);
+        assert_eq!(pending(address), 0, "the dropped pool is still registered");
     }
 }
