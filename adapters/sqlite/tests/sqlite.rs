@@ -314,7 +314,12 @@ fn a_read_only_file_is_a_clear_permanent_error() {
         read_only_scenario(&db);
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
+    // A copy of this test binary in the temporary directory, which `nobody` can reach
+    // wherever the checkout lies.
+    let bin = dir.path().join("sqlite-test");
+    std::fs::copy(std::env::current_exe().unwrap(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = std::process::Command::new(&bin)
         .args([
             "--exact",
             "read_only_child",
