@@ -33,6 +33,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod fleet;
 pub mod manager;
 pub mod pools;
 pub mod scenarios;
