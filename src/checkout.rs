@@ -48,7 +48,7 @@ impl Budget {
     }
 
     /// When the call started waiting, read now the first time it is asked.
-    fn start(&mut self) -> Instant {
+    pub(crate) fn start(&mut self) -> Instant {
         *self.started.get_or_insert_with(Instant::now)
     }
 
@@ -179,20 +179,25 @@ impl<M: Manager> Pool<M> {
                 Err(Closed) => return Err(shared.closed_error()),
             }
         }
-        if let Some(entry) = self.before_waiting(&mut budget, wait).await? {
-            match self.prepare(entry, true, false, &budget)? {
-                Prepared::Ready(guard) => return Ok(guard),
-                // Fresh from `create`: no check is due (`prepare` asks for none).
-                Prepared::Check(mut guard) => {
-                    guard.checked();
-                    return Ok(guard);
+        let mut wait = {
+            // Set by a caller's own creation that did not finish at once: the call's wait
+            // began then. One mark counts the wait once, however and wherever the call ends.
+            let mut mark = None;
+            if let Some(entry) = self.before_waiting(&mut budget, &mut mark, wait).await? {
+                match self.prepare(entry, true, false, &budget)? {
+                    Prepared::Ready(guard) => return Ok(guard),
+                    // Fresh from `create`: no check is due (`prepare` asks for none).
+                    Prepared::Check(mut guard) => {
+                        guard.checked();
+                        return Ok(guard);
+                    }
+                    // Refused: the pool's home moved on while it was made, or a refresh came
+                    // in between: wait for the actor's rather than make another.
+                    Prepared::Retry => {}
                 }
-                // Refused: the pool's home moved on while it was made (or a lifetime or idle
-                // timeout of zero): wait for the actor's rather than make another.
-                Prepared::Retry => {}
             }
-        }
-        let mut wait = Waiting::start(shared, &mut budget);
+            Waiting::start(shared, &mut budget, mark)
+        };
         loop {
             let (entry, fresh, counted) = self.next_entry(&mut wait, &mut budget).await?;
             // The hot path's checkout, written out again rather than shared: one shared step
@@ -215,9 +220,10 @@ impl<M: Manager> Pool<M> {
     /// nobody is ahead, the pool has room and this task runs on the pool's runtime, creates
     /// a connection here rather than ask the actor and wait for its answer (a cold start pays
     /// no round trip per connection). `None`: the caller is to queue.
-    async fn before_waiting(
-        &self,
+    async fn before_waiting<'s>(
+        &'s self,
         budget: &mut Budget,
+        mark: &mut Option<WaiterMark<'s>>,
         wait: bool,
     ) -> Result<Option<Idle<M::Connection>>, Error<M::Error>> {
         let shared = &self.shared;
@@ -234,7 +240,7 @@ impl<M: Manager> Pool<M> {
         }
         // Boxed: its future is several times the size of the rest of `get`'s, which every
         // caller copies; it runs at a cold start, rarely afterwards.
-        Box::pin(self.create_here(budget)).await
+        Box::pin(self.create_here(budget, mark)).await
     }
 
     /// The error for a caller whose wait timeout ran out: with the last creation failure as
@@ -594,8 +600,9 @@ struct Waiting<'a, M: Manager> {
 }
 
 impl<'a, M: Manager> Waiting<'a, M> {
-    /// The wait starts now (the clock is read, unless a check or a creation read it already).
-    fn start(shared: &'a Shared<M>, budget: &mut Budget) -> Self {
+    /// The wait starts now (the clock is read, unless a check or a creation read it already),
+    /// or goes on from a caller's own creation that made the call wait (its `mark`).
+    fn start(shared: &'a Shared<M>, budget: &mut Budget, mark: Option<WaiterMark<'a>>) -> Self {
         crate::coop::reset();
         let started = budget.start();
         let deadline = budget.timeout.and_then(|t| started.checked_add(t));
@@ -606,19 +613,21 @@ impl<'a, M: Manager> Waiting<'a, M> {
             again: false,
             moves: 0,
             started_here: false,
-            _mark: WaiterMark::new(&shared.ledger, started),
+            _mark: mark.unwrap_or_else(|| WaiterMark::new(&shared.ledger, started)),
             _pool: std::marker::PhantomData,
         }
     }
 }
 
 /// Records a caller's wait when it ends, however it ends (served, failed, timed out, or the
-/// future dropped). (How many wait is the waitlist's queue length, kept under its lock: no
-/// counter of its own for every caller to touch.)
-struct WaiterMark<'a>(&'a Ledger, Instant);
+/// future dropped): one per call that waited, made where the wait began (a creation of its own
+/// that did not finish at once, or the queue) and handed on until the call ends. (How many
+/// wait is the waitlist's queue length, kept under its lock: no counter of its own for every
+/// caller to touch.)
+pub(crate) struct WaiterMark<'a>(&'a Ledger, Instant);
 
 impl<'a> WaiterMark<'a> {
-    fn new(ledger: &'a Ledger, started: Instant) -> Self {
+    pub(crate) fn new(ledger: &'a Ledger, started: Instant) -> Self {
         WaiterMark(ledger, started)
     }
 }

@@ -5,7 +5,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use crate::actor::PoolActor;
-use crate::checkout::Budget;
+use crate::checkout::{Budget, WaiterMark};
 use crate::error::{CreateFailure, Error};
 use crate::manager::Manager;
 use crate::pool::Pool;
@@ -64,12 +64,14 @@ impl<M: Manager> Pool<M> {
     /// bounded by the create timeout and what is left of the wait timeout; a panic is
     /// contained. Close abandons it at once, as the actor abandons its own creations. `None`:
     /// the creation failed and the caller is to wait while the actor retries (the default,
-    /// not fail-fast).
+    /// not fail-fast). A creation that does not finish at once makes the call wait: it sets
+    /// the call's `mark`, which counts the wait when the call ends.
     ///
     /// [`may_create_here`]: Pool::may_create_here
-    pub(crate) async fn create_here(
-        &self,
+    pub(crate) async fn create_here<'s>(
+        &'s self,
         budget: &mut Budget,
+        mark: &mut Option<WaiterMark<'s>>,
     ) -> Result<Option<Idle<M::Connection>>, Error<M::Error>> {
         let shared = &self.shared;
         // Owned from here: whatever ends this future before a connection is made (close, the
@@ -99,6 +101,7 @@ impl<M: Manager> Pool<M> {
                     Some(d) => Some(shared.runtime.sleep(d)),
                     None => None,
                 };
+                *mark = Some(WaiterMark::new(&shared.ledger, budget.start()));
                 limits = Some((timer, listener));
             }
             let (timer, listener) = limits.as_mut().expect("set just above");
@@ -111,23 +114,8 @@ impl<M: Manager> Pool<M> {
             }
         })
         .await;
-        // A creation that did not finish at once made this call wait (nothing was idle): its
-        // wait is counted as any other, unless the call goes on to wait for the actor, which
-        // counts the whole of it.
-        let suspended = limits.is_some();
         drop(limits);
         let wait_over = matches!(made, Made::TimedOut) && budget.spent();
-        let rides_out = !shared.config.fail_fast
-            && match &made {
-                Made::Done(Ok(_))
-                | Made::Done(Err(CreateFailure::Permanent(_)))
-                | Made::Closing => false,
-                Made::TimedOut => !wait_over,
-                Made::Done(_) => true,
-            };
-        if suspended && !rides_out {
-            shared.ledger.record_wait(budget.waited());
-        }
         let failure = match made {
             Made::Done(Ok(conn)) => {
                 // The slot is the connection's now.

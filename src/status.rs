@@ -44,7 +44,9 @@ pub struct Counters {
     pub hook_failed: u64,
     /// Checkouts that succeeded.
     pub gets: u64,
-    /// Calls to `get` that had to wait (nothing idle, or others ahead), however they ended.
+    /// Calls to `get` that had to wait (nothing idle, or others ahead), however they ended:
+    /// each once, whether it waited for a connection it made itself, for one from the pool,
+    /// or for both in turn.
     pub gets_waited: u64,
     /// Calls to `get` that ended with [`Error::Timeout`](crate::Error::Timeout).
     pub gets_timed_out: u64,

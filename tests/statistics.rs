@@ -1,10 +1,11 @@
 //! Pool statistics in `status()`: gets, waits and timeouts, and connections closed by reason,
 //! which together account for every connection that ended.
 
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use gracepool::{Error, Pool};
-use gracepool_testkit::{assert_accounted, until_status, Counting, ExecRuntime, Fault};
+use gracepool::{BoxFuture, Error, Pool, Pooled, Runtime, SpawnError};
+use gracepool_testkit::{assert_accounted, until_status, Counting, ExecHandle, ExecRuntime, Fault};
 
 #[test]
 fn gets_waits_and_timeouts_are_counted() {
@@ -128,4 +129,93 @@ fn a_connection_refused_at_checkout_is_not_counted_as_a_get() {
         pool.close().await;
     });
     assert_accounted(&pool.status().counters);
+}
+
+/// The test executor, saying that every caller runs on it: a `get` that finds nothing idle
+/// makes its connection itself.
+#[derive(Clone)]
+struct Here(ExecHandle);
+
+impl Runtime for Here {
+    fn spawn(&self, task: BoxFuture) -> Result<(), SpawnError> {
+        self.0.spawn(task)
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture {
+        self.0.sleep(duration)
+    }
+
+    fn is_current(&self) -> bool {
+        true
+    }
+}
+
+/// A call given up while it makes its own connection had to wait all the same: one wait.
+#[test]
+fn a_call_dropped_during_its_own_creation_counts_one_wait() {
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    m.set_create_delay(Duration::from_millis(500));
+    let pool = Pool::builder(m.clone())
+        .max_size(2)
+        .runtime(Here(rt.handle()))
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let given_up = futures_lite::future::or(async { Some(pool.get().await) }, async {
+            async_io::Timer::after(Duration::from_millis(40)).await;
+            None
+        })
+        .await;
+        assert!(given_up.is_none(), "the creation takes 500 ms");
+        let c = pool.status().counters;
+        assert_eq!((c.gets, c.gets_waited), (0, 1), "{c:?}");
+        assert!(c.wait_total >= Duration::from_millis(30), "{c:?}");
+        pool.close().await;
+    });
+    assert_eq!(m.created(), 0);
+    m.assert_balanced();
+}
+
+/// A caller whose own connection is refused as it is checked out (a refresh from another
+/// thread landed between the creation's end and the checkout) goes on to wait for the actor:
+/// still one wait. The race is narrow, so the test runs rounds until it has seen it a few times.
+#[test]
+fn a_call_whose_own_connection_is_refused_counts_one_wait() {
+    let (m, rt) = (Counting::new(), ExecRuntime::new());
+    // Every creation waits on a timer: each call waits once.
+    m.set_create_delay(Duration::from_millis(1));
+    let pool = Pool::builder(m.clone())
+        .max_size(4)
+        .runtime(Here(rt.handle()))
+        .build()
+        .unwrap();
+    let stop = AtomicBool::new(false);
+    let (calls, c) = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Relaxed) {
+                pool.refresh();
+                std::thread::yield_now();
+            }
+        });
+        let out = rt.block_on(async {
+            let until = Instant::now() + Duration::from_secs(60);
+            let mut calls = 0;
+            while pool.status().counters.closed_refreshed < 3 && Instant::now() < until {
+                // Closed at once, so that nothing is ever idle: each call makes or waits for a
+                // new connection.
+                Pooled::close(pool.get().await.unwrap());
+                calls += 1;
+            }
+            (calls, pool.status().counters)
+        });
+        stop.store(true, Relaxed);
+        out
+    });
+    assert!(
+        c.closed_refreshed >= 1,
+        "no connection was refused in {calls} calls: the race was not met"
+    );
+    assert_eq!((c.gets, c.gets_waited), (calls, calls), "{c:?}");
+    rt.block_on(pool.close());
+    m.assert_balanced();
 }
