@@ -8,6 +8,7 @@ use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use crate::deadline::Bell;
 use crate::error::CreateFailure;
 use crate::jobs::{create, farewells, recycle, shut_down};
 use crate::ledger::plan_growth;
@@ -21,16 +22,13 @@ type Creation<C, E> = Pin<Box<dyn Future<Output = Result<C, CreateFailure<E>>> +
 enum Event<M: Manager> {
     Created(Result<M::Connection, CreateFailure<M::Error>>),
     BackoffOver,
+    WarmDue,
     ShutDown,
     Msg(Msg<M::Connection>),
     MailboxClosed,
     Tick,
     Deadline,
 }
-
-/// Creations under way at once, at most: a huge `min_idle` or a crowd of waiters is served in
-/// waves rather than by as many futures at once.
-const MAX_CREATING: usize = 64;
 
 /// Creation retries after failures: exponential, capped, with jitter. Plain data; the actor
 /// turns a pause into a timer.
@@ -64,6 +62,23 @@ impl Backoff {
             .checked_mul(1u32 << doublings)
             .unwrap_or(self.longest)
             .min(self.longest);
+        self.jittered(base)
+    }
+
+    /// A creation failed because the server is full: as `failed`, but the pauses go on
+    /// doubling past `longest`, up to `full_longest`.
+    pub(crate) fn failed_full(&mut self, full_longest: std::time::Duration) -> std::time::Duration {
+        self.failures = self.failures.saturating_add(1);
+        let doublings = (self.failures - 1).min(31);
+        let base = self
+            .first
+            .checked_mul(1u32 << doublings)
+            .unwrap_or(full_longest)
+            .min(full_longest.max(self.longest));
+        self.jittered(base)
+    }
+
+    fn jittered(&mut self, base: std::time::Duration) -> std::time::Duration {
         // xorshift64: cheap, and good enough to spread retries.
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
@@ -89,6 +104,15 @@ pub(crate) struct PoolActor<M: Manager> {
     backoff: Backoff,
     /// Set while creation pauses after a failure.
     paused: Option<BoxFuture>,
+    /// When the next `min_idle` creation may start (`prewarm_window`), and the timer that
+    /// wakes the actor then.
+    warm_at: Option<std::time::Instant>,
+    warm: Option<BoxFuture>,
+    /// The surplus window under way: when it ends.
+    surplus_due: Option<std::time::Instant>,
+    /// Idle connections were given back as surplus: `min_idle` is not topped up again until
+    /// callers have had to wait.
+    trimmed: bool,
     /// Which home this actor is (see `Waitlist::evict`): the connections it makes carry it.
     home: u32,
 }
@@ -108,6 +132,10 @@ impl<M: Manager> PoolActor<M> {
             deadline: None,
             backoff,
             paused: None,
+            warm_at: None,
+            warm: None,
+            surplus_due: None,
+            trimmed: false,
             home,
         }
     }
@@ -115,7 +143,7 @@ impl<M: Manager> PoolActor<M> {
     pub(crate) async fn run(mut self) {
         let shared = self.shared.clone();
         let interval = shared.config.maintenance_interval;
-        let mut tick = shared.runtime.sleep(interval);
+        let mut tick = Tick::after(&shared, interval);
         shared.ledger.tick_clock();
         self.grow();
         let mut streak = 0u32;
@@ -143,12 +171,17 @@ impl<M: Manager> PoolActor<M> {
                             return Poll::Ready(Event::BackoffOver);
                         }
                     }
+                    if let Some(warm) = self.warm.as_mut() {
+                        if warm.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Event::WarmDue);
+                        }
+                    }
                     if let Some(deadline) = self.deadline.as_mut() {
                         if deadline.as_mut().poll(cx).is_ready() {
                             return Poll::Ready(Event::Deadline);
                         }
                     }
-                    if tick.as_mut().poll(cx).is_ready() {
+                    if tick.poll(cx).is_ready() {
                         return Poll::Ready(Event::Tick);
                     }
                     Poll::Pending
@@ -160,6 +193,10 @@ impl<M: Manager> PoolActor<M> {
                 Event::Created(result) => self.created(result),
                 Event::BackoffOver => {
                     self.paused = None;
+                    self.grow();
+                }
+                Event::WarmDue => {
+                    self.warm = None;
                     self.grow();
                 }
                 Event::ShutDown => self.grow(),
@@ -200,9 +237,7 @@ impl<M: Manager> PoolActor<M> {
                     #[cfg(feature = "metrics")]
                     let _ = shared.status(); // publishes the gauges and counters
                     let due = self.maintain();
-                    tick = shared
-                        .runtime
-                        .sleep(due.map_or(interval, |due| due.min(interval)));
+                    tick = Tick::after(&shared, due.map_or(interval, |due| due.min(interval)));
                 }
                 Event::Deadline => {
                     // Checked-out connections did not all come back in time: finish now.
@@ -223,7 +258,7 @@ impl<M: Manager> PoolActor<M> {
     }
 
     fn grow(&mut self) {
-        let shared = &self.shared;
+        let shared = self.shared.clone();
         // No creation starts while creation pauses after a failure: a manager that fails at
         // once cannot make the actor spin, and the pause ends in a `BackoffOver` that grows.
         if !shared.ledger.is_running() {
@@ -231,7 +266,12 @@ impl<M: Manager> PoolActor<M> {
         }
         // A caller's own creation failed (it asked to grow after): pause as for ours.
         if shared.ledger.take_pause_request() && self.paused.is_none() {
-            self.paused = Some(shared.runtime.sleep(self.backoff.failed()));
+            let pause = if shared.ledger.server_full() {
+                self.backoff.failed_full(shared.config.full_backoff_max)
+            } else {
+                self.backoff.failed()
+            };
+            self.paused = Some(shared.runtime.sleep(pause));
         }
         if self.paused.is_some() {
             return;
@@ -244,22 +284,70 @@ impl<M: Manager> PoolActor<M> {
             shared.ledger.max_size(),
             shared.ledger.min_idle(),
         );
-        let wave = (growth.for_waiters + growth.for_min_idle)
-            .min(MAX_CREATING.saturating_sub(self.creating.len()));
+        let full = shared.ledger.server_full();
+        if growth.for_waiters > 0 {
+            // Demand beyond what the pool holds: min_idle is worth keeping again.
+            self.trimmed = false;
+        }
+        let for_min_idle = if self.trimmed {
+            // A pool that gave its spares back keeps them given back until its callers need
+            // more.
+            0
+        } else {
+            self.paced(growth.for_min_idle)
+        };
+        let mut wave = growth.for_waiters + for_min_idle;
+        if full {
+            // One attempt at a time while the server is full, for a caller or for min_idle
+            // (which is what finds out, when nobody waits, that there is room again): each
+            // refused one is a wasted round trip for the server too.
+            wave = wave.min(usize::from(self.creating.is_empty()));
+        }
+        let cap = shared.config.max_creating;
         for _ in 0..wave {
             // A caller creating for itself may have taken the room meanwhile.
+            if !shared.ledger.begin_creation(cap) {
+                break;
+            }
             if !shared.ledger.try_reserve_slot() {
+                shared.ledger.end_creation();
                 break;
             }
             self.creating.push(Box::pin(create(shared.clone())));
         }
     }
 
+    /// How many of `wanted` `min_idle` creations may start now: one per
+    /// `prewarm_window / min_idle`, the first at once; sets the timer for the next.
+    fn paced(&mut self, wanted: usize) -> usize {
+        let config = &self.shared.config;
+        // Within half the idle timeout, so that the first connection of a top-up is not
+        // reaped as idle before the last is made.
+        let window = config
+            .idle_timeout
+            .map_or(config.prewarm_window, |idle| config.prewarm_window.min(idle / 2));
+        if wanted == 0 || window.is_zero() {
+            return wanted;
+        }
+        let now = std::time::Instant::now();
+        if let Some(at) = self.warm_at.filter(|at| *at > now) {
+            if self.warm.is_none() {
+                self.warm = Some(self.shared.runtime.sleep(at - now));
+            }
+            return 0;
+        }
+        let min_idle = u32::try_from(self.shared.ledger.min_idle().max(1)).unwrap_or(u32::MAX);
+        self.warm_at = Some(now + window / min_idle);
+        1
+    }
+
     fn created(&mut self, result: Result<M::Connection, CreateFailure<M::Error>>) {
         let shared = &self.shared;
         match result {
             Ok(conn) => {
+                shared.ledger.end_creation();
                 shared.ledger.record_created();
+                shared.ledger.set_server_full(false);
                 self.backoff.succeeded();
                 shared.ledger.set_callers_may_create(true);
                 shared.set_last_create_error(None);
@@ -277,11 +365,17 @@ impl<M: Manager> PoolActor<M> {
                 if let Err(entry) = shared.put_idle(entry, true) {
                     self.retire(entry.conn);
                 }
-                // Creations may have been held back by MAX_CREATING.
+                // Creations may have been held back by `max_creating`.
                 self.grow();
             }
             Err(failure) => {
+                shared.ledger.end_creation();
                 shared.ledger.release_slot();
+                let full = matches!(&failure, CreateFailure::Backend(e) if shared.manager.is_server_full(e));
+                shared.ledger.set_server_full(full);
+                // A failed attempt does not use up its place in the pre-warm's pacing: the
+                // backoff decides when the next one starts.
+                self.warm_at = None;
                 shared.ledger.set_callers_may_create(false);
                 #[cfg(feature = "tracing")]
                 match &failure {
@@ -311,7 +405,11 @@ impl<M: Manager> PoolActor<M> {
                 // One pause per wave: creations started together fail together, and the
                 // pause doubles once for them all, not once for each.
                 if self.paused.is_none() {
-                    let pause = self.backoff.failed();
+                    let pause = if full {
+                        self.backoff.failed_full(shared.config.full_backoff_max)
+                    } else {
+                        self.backoff.failed()
+                    };
                     self.paused = Some(shared.runtime.sleep(pause));
                 }
             }
@@ -359,6 +457,7 @@ impl<M: Manager> PoolActor<M> {
         if !shared.ledger.is_running() {
             return None;
         }
+        self.give_back_surplus();
         let mut next_due: Option<u64> = None;
         if shared.config.idle_timeout.is_some() || shared.config.max_lifetime.is_some() {
             // Read afresh: a return that lands between this read and the reaper's lock is
@@ -396,11 +495,53 @@ impl<M: Manager> PoolActor<M> {
         None
     }
 
+    /// At the end of each surplus window, closes the idle connections no checkout needed
+    /// throughout it (the fewest idle at any moment of it), those idle longest first. The
+    /// pool then stops topping up `min_idle` until callers have to wait (`grow`).
+    fn give_back_surplus(&mut self) {
+        let Some(window) = self.shared.config.surplus_window else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        match self.surplus_due {
+            Some(due) if now >= due => {}
+            Some(_) => return,
+            None => {
+                // The first window starts now.
+                self.shared.waitlist.take_low_water();
+                self.surplus_due = Some(now + window);
+                return;
+            }
+        }
+        self.surplus_due = Some(now + window);
+        let unneeded = self.shared.waitlist.take_low_water();
+        if unneeded == 0 {
+            return;
+        }
+        let gone = self.shared.waitlist.take_coldest(unneeded);
+        if gone.is_empty() {
+            return;
+        }
+        self.trimmed = true;
+        self.shared
+            .ledger
+            .record_reasons(crate::ledger::Reason::Surplus, gone.len());
+        event!(
+            debug,
+            closed = gone.len(),
+            "gave back idle connections no checkout needed for a whole surplus window"
+        );
+        for entry in gone {
+            self.retire(entry.conn);
+        }
+    }
+
     fn start_closing(&mut self) {
         let shared = self.shared.clone();
         // Creations under way are abandoned: their futures are dropped, their slots freed.
         for _ in self.creating.drain(..) {
             shared.ledger.abandon_slot();
+            shared.ledger.end_creation();
         }
         // The idle queue is closed already: what it holds is all it will ever hold.
         let idle = shared.waitlist.take_idle();
@@ -430,6 +571,32 @@ impl<M: Manager> PoolActor<M> {
 }
 
 /// Polls every future in `jobs`; removes and returns the output of the first that is ready.
+/// The maintenance tick: rung by the deadline thread (see `deadline::Bell`), so that the
+/// runtime holds no timer for it; a timer of the runtime's when the thread keeps no deadlines.
+enum Tick {
+    Bell(Arc<Bell>),
+    Timer(BoxFuture),
+}
+
+impl Tick {
+    fn after<M: Manager>(shared: &Shared<M>, after: std::time::Duration) -> Tick {
+        match std::time::Instant::now()
+            .checked_add(after)
+            .and_then(Bell::at)
+        {
+            Some(bell) => Tick::Bell(bell),
+            None => Tick::Timer(shared.runtime.sleep(after)),
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self {
+            Tick::Bell(bell) => bell.poll(cx),
+            Tick::Timer(timer) => timer.as_mut().poll(cx),
+        }
+    }
+}
+
 fn poll_any<T>(
     jobs: &mut Vec<Pin<Box<dyn Future<Output = T> + Send>>>,
     cx: &mut std::task::Context<'_>,
@@ -458,6 +625,7 @@ impl<M: Manager> Drop for PoolActor<M> {
         }
         for _ in self.creating.drain(..) {
             self.shared.ledger.abandon_slot();
+            self.shared.ledger.end_creation();
         }
         self.closing.clear();
         self.deadline = None;

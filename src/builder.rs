@@ -150,6 +150,46 @@ impl<M: Manager> Builder<M> {
         self
     }
 
+    /// At most this many creations in flight at once, the actor's and callers' own together
+    /// (default 16). A burst of demand on an empty pool opens connections this many at a
+    /// time rather than all at once.
+    pub fn max_creating(mut self, max_creating: usize) -> Self {
+        self.config.max_creating = max_creating;
+        self
+    }
+
+    /// `min_idle` connections are made one at a time, spread evenly over `window` (default
+    /// 1 s), at build and whenever the pool tops up (after connections expired together, say),
+    /// so that a fleet of processes started together does not open all its connections in the
+    /// same instant. Connections for waiting callers are never held back by it. A window
+    /// longer than half the idle timeout is shortened to that. `Duration::ZERO`: all at once.
+    pub fn prewarm_window(mut self, window: Duration) -> Self {
+        self.config.prewarm_window = window;
+        self
+    }
+
+    /// The longest pause between creation attempts while the server says it is full
+    /// ([`Manager::is_server_full`]: PostgreSQL's `too many clients`; default 2 s). While it
+    /// is, the pool makes one attempt at a time, and its pauses grow up to this rather than to
+    /// the `create_backoff` limit:
+    /// room on a full server comes only as other clients leave, and a fleet that retried
+    /// four times a second per process would mostly collect refusals.
+    pub fn server_full_backoff(mut self, longest: Duration) -> Self {
+        self.config.full_backoff_max = longest;
+        self
+    }
+
+    /// Gives back idle connections nobody needed (default: a window of 30 s). At the end of
+    /// each window, as many idle connections as stayed idle through all of it — the fewest
+    /// that were idle at any moment of it — are closed, those idle longest first, `min_idle`
+    /// included: a pool then tops up to `min_idle` again only once callers had to wait for a
+    /// connection. A process of a fleet keeps what its load uses, and a process started later
+    /// finds room on the server. `None`: `min_idle` is a floor kept whatever the load.
+    pub fn surplus_window(mut self, window: impl Into<Option<Duration>>) -> Self {
+        self.config.surplus_window = window.into();
+        self
+    }
+
     /// Calls `sink` with every creation failure that no caller receives, so that a backend
     /// that refuses the pool is visible without the `tracing` feature: with the default
     /// (callers ride out failures) that is every failure — callers see it only as the source

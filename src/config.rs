@@ -33,6 +33,17 @@ pub(crate) struct Config {
     pub queue_order: QueueOrder,
     /// The pool's name, for what it publishes (`Builder::name`).
     pub name: Option<String>,
+    /// At most this many creations in flight at once, the actor's and callers' together.
+    pub max_creating: usize,
+    /// `min_idle` connections are made one at a time, spread evenly over this window, rather
+    /// than all at once. Zero: all at once.
+    pub prewarm_window: Duration,
+    /// The longest pause between attempts while the server says it is full
+    /// (`Manager::is_server_full`).
+    pub full_backoff_max: Duration,
+    /// Idle connections that no checkout needed during a whole window of this length are
+    /// closed, `min_idle` included. `None`: `min_idle` is a floor that is always kept.
+    pub surplus_window: Option<Duration>,
 }
 
 /// Which idle connection a checkout takes. Waiting callers are served first come, first
@@ -78,6 +89,10 @@ impl Default for Config {
             fail_fast: false,
             queue_order: QueueOrder::Fifo,
             name: None,
+            max_creating: 16,
+            prewarm_window: Duration::from_secs(1),
+            full_backoff_max: Duration::from_secs(2),
+            surplus_window: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -98,6 +113,9 @@ impl Config {
         if self.max_size == 0 {
             return Err(ConfigError::MaxSizeZero);
         }
+        if self.max_creating == 0 {
+            return Err(ConfigError::MaxCreatingZero);
+        }
         if self.min_idle > self.max_size {
             return Err(ConfigError::MinIdleAboveMax {
                 min_idle: self.min_idle,
@@ -113,6 +131,8 @@ impl Config {
             ("max_lifetime", self.max_lifetime),
             ("maintenance_interval", Some(self.maintenance_interval)),
             ("create_backoff", Some(self.backoff_first)),
+            ("server_full_backoff", Some(self.full_backoff_max)),
+            ("surplus_window", self.surplus_window),
         ];
         for (name, value) in timeouts {
             if value == Some(Duration::ZERO) {
@@ -143,6 +163,8 @@ impl Config {
 pub enum ConfigError {
     /// `max_size` is 0: the pool could never hand out a connection.
     MaxSizeZero,
+    /// `max_creating` is 0: the pool could never make a connection.
+    MaxCreatingZero,
     /// `min_idle` is larger than `max_size`.
     MinIdleAboveMax {
         /// The configured `min_idle`.
@@ -174,6 +196,9 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConfigError::MaxSizeZero => f.write_str("max_size is 0; it must be at least 1"),
+            ConfigError::MaxCreatingZero => {
+                f.write_str("max_creating is 0; it must be at least 1")
+            }
             ConfigError::MinIdleAboveMax { min_idle, max_size } => write!(
                 f,
                 "min_idle ({min_idle}) is larger than max_size ({max_size}); lower min_idle or raise max_size"

@@ -57,7 +57,11 @@ impl<M: Manager> Pool<M> {
             && shared.ledger.callers_may_create()
             && shared.ledger.slots() < shared.ledger.max_size()
             && shared.runtime.is_current()
-            && shared.ledger.try_reserve_slot()
+            && shared.ledger.begin_creation(shared.config.max_creating)
+            && (shared.ledger.try_reserve_slot() || {
+                shared.ledger.end_creation();
+                false
+            })
     }
 
     /// Creates a connection in the caller's task, on a slot [`may_create_here`] reserved,
@@ -77,6 +81,7 @@ impl<M: Manager> Pool<M> {
         // Owned from here: whatever ends this future before a connection is made (close, the
         // wait timeout, the future dropped) gives the slot back.
         let slot = Reserved { shared };
+        let _in_flight = InFlight(shared);
         if !shared.ledger.is_running() {
             return Err(shared.closed_error());
         }
@@ -121,6 +126,9 @@ impl<M: Manager> Pool<M> {
                 // The slot is the connection's now.
                 slot.keep();
                 shared.ledger.record_created();
+                if shared.ledger.server_full() {
+                    shared.ledger.set_server_full(false);
+                }
                 if !shared.ledger.callers_may_create() {
                     // A failure was recorded since this creation began: it no longer holds.
                     // (Otherwise there is none to clear: failures close the way first.)
@@ -146,6 +154,9 @@ impl<M: Manager> Pool<M> {
         // Failed: callers stop creating, and the actor pauses before it retries, as after a
         // failure of its own.
         shared.ledger.set_callers_may_create(false);
+        shared.ledger.set_server_full(
+            matches!(&failure, CreateFailure::Backend(e) if shared.manager.is_server_full(e)),
+        );
         shared.ledger.ask_pause();
         slot.keep();
         shared.ledger.release_slot();
@@ -203,6 +214,16 @@ pub(crate) enum Made<T> {
     TimedOut,
     /// The pool started closing.
     Closing,
+}
+
+/// A place among the creations in flight (`max_creating`) a caller took in
+/// [`Pool::may_create_here`]; given back however its creation ends.
+struct InFlight<'a, M: Manager>(&'a Shared<M>);
+
+impl<M: Manager> Drop for InFlight<'_, M> {
+    fn drop(&mut self) {
+        self.0.ledger.end_creation();
+    }
 }
 
 /// A slot a caller reserved to create a connection in. Dropped before the connection is

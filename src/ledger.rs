@@ -20,6 +20,8 @@ pub(crate) enum Reason {
     MaxLifetime,
     Retained,
     Resized,
+    /// Idle through a whole surplus window: nobody needed it.
+    Surplus,
     /// The runtime its actor ran on went away; the pool moved on to another.
     Moved,
     /// Made before a refresh of the pool (`Pool::refresh`, or a manager that saw the server
@@ -48,6 +50,11 @@ pub(crate) struct Ledger {
     callers_create: AtomicBool,
     /// A caller's creation failed and the actor has not paused for it yet.
     pause_asked: AtomicBool,
+    /// Creations in flight, the actor's and callers' together (bounded by `max_creating`).
+    creations: AtomicUsize,
+    /// The last creation failed because the server is full (`Manager::is_server_full`);
+    /// cleared by the next success.
+    server_full: AtomicBool,
     /// Checkouts and the ends of guards, beside those the waitlist counts under its lock
     /// (see [`Flow`]): checkouts of connections a caller created itself, and guards that
     /// ended other than by going back to the waitlist (retired, detached, refused at close).
@@ -80,6 +87,7 @@ pub(crate) struct Ledger {
     closed_max_lifetime: AtomicU64,
     closed_retained: AtomicU64,
     closed_resized: AtomicU64,
+    closed_surplus: AtomicU64,
     closed_moved: AtomicU64,
     /// Actors started on a runtime of a caller's (a pool whose runtime follows the caller).
     homes: AtomicU64,
@@ -107,6 +115,8 @@ impl Ledger {
             slots: AtomicUsize::new(0),
             callers_create: AtomicBool::new(true),
             pause_asked: AtomicBool::new(false),
+            creations: AtomicUsize::new(0),
+            server_full: AtomicBool::new(false),
             checkouts: AtomicU64::new(0),
             checkins: AtomicU64::new(0),
             untaken: AtomicU64::new(0),
@@ -132,6 +142,7 @@ impl Ledger {
             closed_max_lifetime: AtomicU64::new(0),
             closed_retained: AtomicU64::new(0),
             closed_resized: AtomicU64::new(0),
+            closed_surplus: AtomicU64::new(0),
             closed_moved: AtomicU64::new(0),
             homes: AtomicU64::new(0),
             max_size: AtomicUsize::new(usize::MAX),
@@ -226,6 +237,27 @@ impl Ledger {
 
     pub(crate) fn set_callers_may_create(&self, open: bool) {
         self.callers_create.store(open, Relaxed);
+    }
+
+    /// Takes one of `cap` places for a creation in flight; false when all are taken.
+    pub(crate) fn begin_creation(&self, cap: usize) -> bool {
+        self.creations
+            .fetch_update(SeqCst, Relaxed, |n| (n < cap).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// A creation in flight ended (made, failed, or abandoned).
+    pub(crate) fn end_creation(&self) {
+        self.creations.fetch_sub(1, SeqCst);
+    }
+
+    /// Whether the server said it is full at the last creation (see `Manager::is_server_full`).
+    pub(crate) fn server_full(&self) -> bool {
+        self.server_full.load(Relaxed)
+    }
+
+    pub(crate) fn set_server_full(&self, full: bool) {
+        self.server_full.store(full, Relaxed);
     }
 
     /// A caller's creation failed: the actor is to pause creation, as after its own failure.
@@ -370,6 +402,7 @@ impl Ledger {
             Reason::MaxLifetime => &self.closed_max_lifetime,
             Reason::Retained => &self.closed_retained,
             Reason::Resized => &self.closed_resized,
+            Reason::Surplus => &self.closed_surplus,
             Reason::Moved => &self.closed_moved,
             Reason::Refreshed => &self.closed_refreshed,
         };
@@ -468,6 +501,7 @@ impl Ledger {
             closed_max_lifetime: self.closed_max_lifetime.load(Relaxed),
             closed_retained: self.closed_retained.load(Relaxed),
             closed_resized: self.closed_resized.load(Relaxed),
+            closed_surplus: self.closed_surplus.load(Relaxed),
             closed_moved: self.closed_moved.load(Relaxed),
             closed_unconfirmed: self.closed_unconfirmed.load(Relaxed),
             closed_refreshed: self.closed_refreshed.load(Relaxed),

@@ -72,6 +72,15 @@ pub trait Manager: Send + Sync + 'static {
         false
     }
 
+    /// Whether a creation error says the server is up but has no room for another client
+    /// (PostgreSQL's `53300 too many clients`, Redis' `max number of clients reached`). The
+    /// pool then backs off for longer (`Builder::server_full_backoff`) and makes one attempt at
+    /// a time until a creation succeeds. Default: never.
+    fn is_server_full(&self, error: &Self::Error) -> bool {
+        let _ = error;
+        false
+    }
+
     /// Checks a connection before it is handed out again: every checkout of a connection that
     /// has waited in the pool, but not the first checkout of a connection handed straight from
     /// `create` to the caller it was made for. [`Unhealthy`] closes the connection and the pool

@@ -11,7 +11,7 @@
 //! | `gracepool_max_connections` | gauge | the `max_size` in force |
 //! | `gracepool_waiting_callers` | gauge | callers waiting for a connection |
 //! | `gracepool_connections_created_total` | counter | connections made |
-//! | `gracepool_connections_closed_total` | counter | connections closed, by `reason`: `broken`, `check_failed`, `idle_timeout`, `max_lifetime`, `retained`, `resized`, `moved`, `refreshed`, `pool_closed` |
+//! | `gracepool_connections_closed_total` | counter | connections closed, by `reason`: `broken`, `check_failed`, `idle_timeout`, `max_lifetime`, `retained`, `resized`, `surplus`, `moved`, `refreshed`, `pool_closed` |
 //! | `gracepool_connections_detached_total` | counter | connections taken out with `Pooled::detach` |
 //! | `gracepool_goodbyes_total` | counter | how closed connections ended, by `outcome`: `said` (the peer confirmed the goodbye), `unconfirmed` (started, not confirmed), `unsaid` (closed without one), `failed` (the close failed) |
 //! | `gracepool_gets_total` | counter | checkouts that succeeded |
@@ -58,6 +58,7 @@ const CLOSE_REASONS: [&str; 9] = [
     "max_lifetime",
     "retained",
     "resized",
+    "surplus",
     "moved",
     "refreshed",
     "pool_closed",
@@ -205,6 +206,7 @@ impl Handles {
             c.closed_max_lifetime,
             c.closed_retained,
             c.closed_resized,
+            c.closed_surplus,
             c.closed_moved,
             c.closed_refreshed,
             c.closed_by_close(),

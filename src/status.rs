@@ -67,6 +67,9 @@ pub struct Counters {
     pub closed_retained: u64,
     /// Closed because the pool was made smaller.
     pub closed_resized: u64,
+    /// Idle connections given back because no checkout needed them for a whole surplus
+    /// window (`Builder::surplus_window`).
+    pub closed_surplus: u64,
     /// Closed because the runtime they were created on went away while the pool, whose
     /// runtime follows its callers ([`Runtime::ambient`](crate::Runtime::ambient)), lived on:
     /// idle ones at once, checked-out ones as their guards drop.
@@ -112,6 +115,7 @@ impl Counters {
                 + self.closed_max_lifetime
                 + self.closed_retained
                 + self.closed_resized
+                + self.closed_surplus
                 + self.closed_moved
                 + self.closed_refreshed,
         )

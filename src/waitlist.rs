@@ -87,17 +87,22 @@ struct List<T, E> {
     /// return takes anyway, rather than with atomic operations of their own.
     taken: u64,
     returned: u64,
+    /// The fewest connections idle at any moment since `take_low_water` was last called:
+    /// that many were never needed meanwhile.
+    low_water: usize,
 }
 
 impl<T, E> List<T, E> {
     /// The idle connection to hand out next, in the pool's queue order.
     #[inline]
     fn take_one(&mut self) -> Option<T> {
-        if self.lifo {
+        let entry = if self.lifo {
             self.idle.pop_back()
         } else {
             self.idle.pop_front()
-        }
+        };
+        self.low_water = self.low_water.min(self.idle.len());
+        entry
     }
 }
 
@@ -229,6 +234,7 @@ impl<T: Send + 'static, E: Send + Sync + 'static> Waitlist<T, E> {
                 homeless,
                 taken: 0,
                 returned: 0,
+                low_water: 0,
             }),
             waiting: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
@@ -295,6 +301,26 @@ impl<T: Send + 'static, E: Send + Sync + 'static> Waitlist<T, E> {
                 i += 1;
             }
         }
+        self.publish_idle(&list);
+        gone
+    }
+
+    /// How many connections were idle throughout since the last call (the fewest idle at any
+    /// moment), and starts counting afresh from what is idle now.
+    pub(crate) fn take_low_water(&self) -> usize {
+        let mut list = self.lock();
+        let low = list.low_water.min(list.idle.len());
+        list.low_water = list.idle.len();
+        low
+    }
+
+    /// Takes up to `n` idle connections, those idle longest first (the front of the queue in
+    /// either order: FIFO takes from it, LIFO leaves it alone).
+    pub(crate) fn take_coldest(&self, n: usize) -> Vec<T> {
+        let mut list = self.lock();
+        let n = n.min(list.idle.len());
+        let gone: Vec<T> = list.idle.drain(..n).collect();
+        list.low_water = list.low_water.min(list.idle.len());
         self.publish_idle(&list);
         gone
     }

@@ -16,6 +16,8 @@ fn expiry_spread(jitter: Duration) -> Duration {
         .min_idle(8)
         .max_lifetime(Duration::from_millis(600))
         .max_lifetime_jitter(jitter)
+        // Made in the same instant, as the test's premise: no pre-warm pacing.
+        .prewarm_window(Duration::ZERO)
         .maintenance_interval(Duration::from_millis(5))
         .runtime(rt.handle())
         .build()

@@ -433,6 +433,7 @@ pub fn assert_accounted(c: &gracepool::Counters) {
         + c.closed_max_lifetime
         + c.closed_retained
         + c.closed_resized
+        + c.closed_surplus
         + c.closed_moved
         + c.closed_refreshed;
     assert!(

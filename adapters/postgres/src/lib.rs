@@ -969,6 +969,19 @@ pub fn is_permanent(error: &tokio_postgres::Error) -> bool {
         || shown.starts_with("error performing TLS handshake")
 }
 
+/// Whether a creation error says the server has no room for another client: SQLSTATE
+/// `53300` (`too_many_connections`: `max_connections` reached, or the slots left are reserved
+/// for superusers), or a pooler in front that is full (PgBouncer's `no more connections
+/// allowed`). The pool then backs off for longer and makes one attempt at a time (see
+/// `gracepool::Manager::is_server_full`).
+pub fn is_server_full(error: &tokio_postgres::Error) -> bool {
+    if let Some(db) = error.as_db_error() {
+        return *db.code() == SqlState::TOO_MANY_CONNECTIONS
+            || db.message().contains("no more connections allowed");
+    }
+    false
+}
+
 impl<T> gracepool::Manager for Manager<T>
 where
     T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
@@ -1013,6 +1026,10 @@ where
 
     fn is_permanent(&self, error: &tokio_postgres::Error) -> bool {
         is_permanent(error)
+    }
+
+    fn is_server_full(&self, error: &tokio_postgres::Error) -> bool {
+        is_server_full(error)
     }
 
     fn check(

@@ -335,6 +335,16 @@ pub fn is_permanent(error: &RedisError) -> bool {
     }
 }
 
+/// Whether a creation error says the server has no room for another client (`ERR max
+/// number of clients reached`, at Redis' `maxclients`). The pool then backs off for longer and
+/// makes one attempt at a time (see `gracepool::Manager::is_server_full`).
+pub fn is_server_full(error: &RedisError) -> bool {
+    error.code() == Some("ERR")
+        && error
+            .detail()
+            .is_some_and(|d| d.contains("max number of clients"))
+}
+
 impl gracepool::Manager for Manager {
     type Connection = Connection;
     type Error = RedisError;
@@ -357,6 +367,10 @@ impl gracepool::Manager for Manager {
     /// settings the server or the client cannot use. Everything else is ridden out.
     fn is_permanent(&self, error: &RedisError) -> bool {
         is_permanent(error)
+    }
+
+    fn is_server_full(&self, error: &RedisError) -> bool {
+        is_server_full(error)
     }
 
     /// A connection that saw an I/O error is [`Unhealthy::Closed`] at once; any other is
