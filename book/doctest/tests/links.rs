@@ -1,8 +1,9 @@
-//! Every link in the README, the guide (`book/src`), the matrix README and the benchmark
-//! results points somewhere that exists: relative links to files of this repository,
-//! `#anchor`s to a heading of the page they name, and links to this repository on GitHub to a
-//! file that is here. Every `{{#include file:anchor}}` of the guide names a file that exists
-//! and an `ANCHOR: anchor` marker in it. No network: links to other sites are not followed.
+//! Every link in the README, the changelog, the adapter crates' READMEs, the guide
+//! (`book/src`), the matrix README and the benchmark results points somewhere that exists:
+//! relative links to files of this repository, `#anchor`s to a heading of the page they name,
+//! and links to this repository on GitHub to a file that is here. Every
+//! `{{#include file:anchor}}` of the guide names a file that exists and an `ANCHOR: anchor`
+//! marker in it. No network: links to other sites are not followed.
 //!
 //! The guide is rendered by mdbook, which copies `book/src` alone: a relative link from the
 //! guide to a file outside `book/src` would be broken in the HTML book, so the guide links to
@@ -25,9 +26,19 @@ fn root() -> PathBuf {
 fn pages() -> Vec<PathBuf> {
     let mut pages = vec![
         PathBuf::from("README.md"),
+        PathBuf::from("CHANGELOG.md"),
         PathBuf::from("tests/matrix/README.md"),
         PathBuf::from("benches/RESULTS.md"),
     ];
+    // Each published crate's README (crates.io shows it as the crate's page).
+    let mut readmes: Vec<PathBuf> = fs::read_dir(root().join("adapters"))
+        .expect("adapters/ is readable")
+        .map(|e| Path::new("adapters").join(e.expect("a directory entry").file_name()))
+        .map(|crate_dir| crate_dir.join("README.md"))
+        .filter(|readme| root().join(readme).is_file())
+        .collect();
+    readmes.sort();
+    pages.extend(readmes);
     let mut book: Vec<PathBuf> = fs::read_dir(root().join("book/src"))
         .expect("book/src is readable")
         .map(|e| e.expect("a directory entry").path())
