@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use gracepool::PoolConfig;
 
-use crate::{CheckMethod, ConfigError, ConnectOptions, Manager, SslMode, StatementCache};
+use crate::{CheckMethod, ConfigError, ConnectOptions, Manager, Pooler, SslMode, StatementCache};
 
 /// A PostgreSQL pool's settings in one section: where and how to connect (a `url`, or libpq's
 /// settings one by one, or both — a setting given alone wins over the URL's), how connections
@@ -56,6 +56,16 @@ pub struct PgConfig {
     pub check: Option<CheckMethod>,
     /// Statements each connection keeps; 0 turns the cache off.
     pub statement_cache: Option<usize>,
+    /// What is between the pool and PostgreSQL: `"session"` (the default: the server
+    /// itself, or PgBouncer with `pool_mode = session`) or `"transaction"` (PgBouncer with
+    /// `pool_mode = transaction`). With `"transaction"` the statement cache is off whatever
+    /// `statement_cache` says, and calls that would prepare a named statement outside a
+    /// transaction fail at once (SQLSTATE `0A000`): use `query_typed`, `execute_typed`,
+    /// `simple_query`, `batch_execute`, or prepare inside a transaction. Session state set by
+    /// hooks (`SET` in `after_create`) does not follow a connection from one transaction to
+    /// the next there: give such settings to the role or the database instead
+    /// (`ALTER ROLE ... SET`). See [`Pooler`] and the crate docs, "Behind PgBouncer".
+    pub pooler: Option<Pooler>,
     /// The pool's knobs.
     pub pool: PoolConfig,
 }
@@ -133,8 +143,11 @@ impl PgConfig {
         Ok(self.tune(self.options()?.manager_rustls()?))
     }
 
-    /// Applies this section's check and statement cache to `manager`.
+    /// Applies this section's check, statement cache and pooler to `manager`.
     pub fn tune<T>(&self, mut manager: Manager<T>) -> Manager<T> {
+        if let Some(pooler) = self.pooler {
+            manager = manager.pooler(pooler);
+        }
         if let Some(check) = self.check {
             manager = manager.check_method(check);
         }
@@ -272,6 +285,26 @@ mod tests {
         assert!(unknown.to_string().contains("unknown field"), "{unknown}");
         let bad = serde_json::from_str::<PgConfig>(r#"{ "sslmode": "always" }"#).unwrap_err();
         assert!(bad.to_string().contains("verify-full"), "{bad}");
+    }
+
+    #[test]
+    fn a_transaction_pooler_turns_the_statement_cache_off() {
+        let config: PgConfig = serde_json::from_str(
+            r#"{ "url": "postgresql://app@pgbouncer:6432/app", "pooler": "transaction", "statement_cache": 50 }"#,
+        )
+        .unwrap();
+        assert_eq!(config.pooler, Some(Pooler::Transaction));
+        let m = config.tune(Manager::new(
+            config.options_without_env().unwrap().config().clone(),
+        ));
+        assert_eq!(m.get_pooler(), Pooler::Transaction);
+        let shown = format!("{m:?}");
+        assert!(shown.contains("statement_cache: Disabled"), "{shown}");
+        let session: PgConfig = serde_json::from_str(r#"{ "pooler": "session" }"#).unwrap();
+        let m = session.tune(Manager::new(tokio_postgres::Config::new()));
+        assert!(format!("{m:?}").contains("Bounded(100)"), "{m:?}");
+        let bad = serde_json::from_str::<PgConfig>(r#"{ "pooler": "statement" }"#).unwrap_err();
+        assert!(bad.to_string().contains("transaction"), "{bad}");
     }
 
     #[test]

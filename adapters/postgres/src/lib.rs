@@ -103,7 +103,8 @@
 //!   is in use). A service with an open-ended set of query texts holds at most `n` statements
 //!   per session on the server.
 //! - [`StatementCache::Disabled`]: `prepare_cached` prepares on every call, a round trip each,
-//!   and no statement outlives its use. The mode for PgBouncer's transaction pooling (below).
+//!   and no statement outlives its use. Behind PgBouncer's transaction pooling, set
+//!   [`Pooler::Transaction`] instead, which turns the cache off and more (below).
 //!
 //! Inside a transaction, [`Transaction::prepare_cached`] reads and fills the same cache: a
 //! statement prepared there outlives the transaction, whether it commits or not.
@@ -131,14 +132,85 @@
 //!
 //! ## Behind PgBouncer
 //!
-//! With PgBouncer's transaction pooling, each transaction may run on another server
-//! connection, and before PgBouncer 1.21 a named prepared statement exists only on the server
-//! connection that prepared it. There, turn the cache off
-//! (`.statement_cache(StatementCache::Disabled)`), and outside transactions send statements
-//! unnamed: [`Client::query_typed`] (the parameter types given, parsed and run in one round
-//! trip), `simple_query` or `batch_execute`. Inside a transaction, `prepare_cached` then
-//! prepares on the server connection the transaction runs on, and works. Session pooling needs
-//! none of this. PgBouncer is not in this crate's tests yet.
+//! In PgBouncer's session pooling (`pool_mode = session`) a client connection keeps one
+//! server connection for its whole life: everything above works unchanged, the statement cache
+//! included. Size the pool within PgBouncer's `default_pool_size`: a client connection beyond
+//! it waits in PgBouncer for a server connection.
+//!
+//! In transaction pooling (`pool_mode = transaction`), each transaction — each statement
+//! outside one — may run on another server connection, and before PgBouncer 1.21 a named
+//! prepared statement exists only on the server connection that prepared it. tokio-postgres
+//! names every statement it prepares, also the one behind `query("SELECT ...", params)`,
+//! and prepares it in one round trip and runs it in the next: there, such calls fail with
+//! `prepared statement "s3" does not exist` (or `already exists`, when a statement another
+//! client left behind has the same name). Tell the manager, with
+//! [`Manager::pooler`]`(`[`Pooler::Transaction`]`)` (`"pooler": "transaction"` in a
+//! `PgConfig`), and no call through a pooled connection leaves a named statement to be
+//! looked for elsewhere:
+//!
+//! - The statement cache is off, whatever [`Manager::statement_cache`] says.
+//! - Outside a transaction, the calls that would prepare a named statement — `prepare`,
+//!   `prepare_cached` and their typed forms, and the untyped `query`, `query_one`,
+//!   `query_opt`, `execute` — fail at once, without preparing anything, with SQLSTATE
+//!   `0A000` (feature not supported), a message naming `Pooler::Transaction`, and a hint
+//!   naming what works. The refusal comes from the server (a `DO` block that raises it), so it
+//!   is the `tokio_postgres::Error` these calls always return; only a refused call pays its
+//!   round trip, and the connection serves on.
+//! - What works: [`PgConnection::query_typed`] and its `_one`/`_opt` forms, and
+//!   [`PgConnection::execute_typed`] (an unnamed statement, parameter types given: parsed,
+//!   bound and run in one round trip, on one server connection); `simple_query` and
+//!   `batch_execute` (the simple protocol: no parameters, no statement); and anything inside
+//!   [`PgConnection::transaction`], which keeps one server connection until it ends —
+//!   `Transaction::prepare_cached` prepares there (afresh each time, the cache being off).
+//!   Drop a statement prepared in a transaction before the transaction ends: its `Close`
+//!   then reaches the server connection that holds it.
+//! - The pool's own round trips hold no session state: the checks ([`CheckMethod`]: an
+//!   empty query, or `SHOW transaction_read_only`), the round trip after an abandoned call,
+//!   and the goodbye each use whichever server connection PgBouncer gives them. A cancel
+//!   request for an abandoned call goes through PgBouncer, which forwards it to the server
+//!   connection running that call.
+//! - Session state does not follow a client connection: a `SET` in an `after_create` hook
+//!   applies to one server connection, and the next transaction may run on another (where
+//!   another client's `SET` may be in force); a reset in `after_return` (`DISCARD ALL`,
+//!   `RESET ALL`) resets whichever server connection it lands on. Put such settings on the
+//!   role or the database (`ALTER ROLE app SET statement_timeout = '5s'`), or use `SET LOCAL`
+//!   inside a transaction. Advisory locks, `LISTEN`, temporary tables and `WITH HOLD` cursors
+//!   belong to session pooling.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use gracepool_postgres::tokio_postgres::types::Type;
+//! use gracepool_postgres::{Manager, Pool, Pooler};
+//! use gracepool_tokio::TokioRuntime;
+//!
+//! // PgBouncer with pool_mode = transaction, on its usual port.
+//! let manager = Manager::from_conn_str("host=pgbouncer.internal port=6432 user=app dbname=app")?
+//!     .pooler(Pooler::Transaction);
+//! let pool: Pool = Pool::builder(manager).runtime(TokioRuntime::current()).build()?;
+//!
+//! let mut conn = pool.get().await?;
+//! let rows = conn
+//!     .query_typed("SELECT name FROM users WHERE id = $1", &[(&7i64, Type::INT8)])
+//!     .await?;
+//! let tx = conn.transaction().await?;
+//! let stmt = tx.prepare_cached("UPDATE users SET seen = now() WHERE id = $1").await?;
+//! tx.execute(&stmt, &[&7i64]).await?;
+//! drop(stmt);
+//! tx.commit().await?;
+//! # let _ = rows; Ok(()) }
+//! ```
+//!
+//! What PgBouncer's own operations look like to the pool (each is tested: `tests/pgbouncer.rs`):
+//! `PAUSE` holds every query until `RESUME` — a checkout of an idle connection succeeds (the
+//! default check makes no round trip) and its query waits; callers finding none idle wait out
+//! their wait timeout; nothing is retired, and the held queries are answered after `RESUME`.
+//! (With [`CheckMethod::Verified`] and a check timeout shorter than the pause, the checks time
+//! out and their connections are replaced.) `RECONNECT` replaces PgBouncer's server
+//! connections and is not seen by the pool. A restart of PgBouncer ends every client
+//! connection: the callers in a query get `connection closed`, the pool replaces its
+//! connections once PgBouncer listens again. `SHUTDOWN` ends them the same way; a pool
+//! closing meanwhile still closes within its deadline, those connections counted as closed
+//! without goodbye.
 //!
 //! # Transactions
 //!
@@ -445,6 +517,7 @@ mod calls;
 #[cfg(feature = "serde")]
 mod file_config;
 mod options;
+mod pooler;
 mod statements;
 #[cfg(feature = "rustls")]
 mod tls;
@@ -453,6 +526,7 @@ mod transaction;
 #[cfg(feature = "serde")]
 pub use file_config::PgConfig;
 pub use options::{defaults, ConfigError, ConnectOptions, SslMode};
+pub use pooler::Pooler;
 pub use statements::StatementCache;
 #[cfg(feature = "rustls")]
 pub use tls::{rustls, RustlsConnect, RustlsStream, RustlsTlsConnect, TlsError, Verify};
@@ -512,6 +586,7 @@ pub struct Manager<T = NoTls> {
     generation: Arc<AtomicU64>,
     query_timeout: Option<std::time::Duration>,
     retirements: Arc<RetirementCounts>,
+    pooler: Pooler,
 }
 
 impl Manager<NoTls> {
@@ -552,6 +627,7 @@ impl<T> Manager<T> {
             generation: Arc::new(AtomicU64::new(0)),
             query_timeout: None,
             retirements: Arc::default(),
+            pooler: Pooler::Session,
         }
     }
 
@@ -586,10 +662,40 @@ impl<T> Manager<T> {
 
     /// How many prepared statements each connection keeps for
     /// [`prepare_cached`](PgConnection::prepare_cached) ([`StatementCache::Bounded`] at 100
-    /// by default; [`StatementCache::Disabled`] behind PgBouncer's transaction pooling).
+    /// by default). Behind a transaction pooler ([`Pooler::Transaction`]) the cache is off
+    /// whatever this says.
     pub fn statement_cache(mut self, cache: StatementCache) -> Self {
         self.cache = cache;
         self
+    }
+
+    /// Says what is between the pool and PostgreSQL ([`Pooler::Session`] by default: the
+    /// server itself, or PgBouncer in session pooling). With [`Pooler::Transaction`]
+    /// (PgBouncer's transaction pooling) no call made through a pooled connection leaves a
+    /// named statement to be found on another server connection: the statement cache is off,
+    /// and outside a transaction the calls that would prepare one — `prepare`,
+    /// `prepare_cached` and their typed forms, and the untyped `query`, `query_one`,
+    /// `query_opt` and `execute` — fail at once with SQLSTATE `0A000` and a message naming
+    /// the forms that work: `query_typed`, `execute_typed`, `simple_query`, `batch_execute`,
+    /// and anything inside [`PgConnection::transaction`]. See the crate docs, "Behind
+    /// PgBouncer".
+    pub fn pooler(mut self, pooler: Pooler) -> Self {
+        self.pooler = pooler;
+        self
+    }
+
+    /// What is between the pool and PostgreSQL, as [`pooler`](Manager::pooler) set it.
+    pub fn get_pooler(&self) -> Pooler {
+        self.pooler
+    }
+
+    /// The statement cache each new connection gets: the one set, or none behind a
+    /// transaction pooler.
+    fn effective_cache(&self) -> StatementCache {
+        match self.pooler {
+            Pooler::Transaction => StatementCache::Disabled,
+            _ => self.cache,
+        }
     }
 
     /// Empties every connection's statement cache — after a migration changed a table that
@@ -612,7 +718,8 @@ impl<T> fmt::Debug for Manager<T> {
         f.debug_struct("Manager")
             .field("config", &self.config)
             .field("check", &self.check)
-            .field("statement_cache", &self.cache)
+            .field("statement_cache", &self.effective_cache())
+            .field("pooler", &self.pooler)
             .field("query_timeout", &self.query_timeout)
             .finish_non_exhaustive()
     }
@@ -636,6 +743,9 @@ pub struct PgConnection {
     // server (the session's end deallocates it).
     statements: Cache,
     calls: Calls,
+    /// Whether calls may prepare named statements outside a transaction (not behind a
+    /// transaction pooler).
+    named: bool,
 }
 
 /// Calls made through these methods of [`PgConnection`] (they shadow the [`Client`]'s of the
@@ -649,6 +759,7 @@ pub struct PgConnection {
 impl PgConnection {
     /// [`Client::prepare`], tracked.
     pub async fn prepare(&self, query: &str) -> Result<Statement, tokio_postgres::Error> {
+        self.named_allowed().await?;
         self.calls
             .track(&self.client, self.client.prepare(query))
             .await
@@ -660,6 +771,7 @@ impl PgConnection {
         query: &str,
         parameter_types: &[Type],
     ) -> Result<Statement, tokio_postgres::Error> {
+        self.named_allowed().await?;
         let call = self.client.prepare_typed(query, parameter_types);
         self.calls.track(&self.client, call).await
     }
@@ -673,6 +785,7 @@ impl PgConnection {
     where
         T: ?Sized + ToStatement,
     {
+        self.named_allowed().await?;
         let call = self.client.query(statement, params);
         self.calls.track(&self.client, call).await
     }
@@ -686,6 +799,7 @@ impl PgConnection {
     where
         T: ?Sized + ToStatement,
     {
+        self.named_allowed().await?;
         let call = self.client.query_one(statement, params);
         self.calls.track(&self.client, call).await
     }
@@ -699,6 +813,7 @@ impl PgConnection {
     where
         T: ?Sized + ToStatement,
     {
+        self.named_allowed().await?;
         let call = self.client.query_opt(statement, params);
         self.calls.track(&self.client, call).await
     }
@@ -743,6 +858,7 @@ impl PgConnection {
     where
         T: ?Sized + ToStatement,
     {
+        self.named_allowed().await?;
         let call = self.client.execute(statement, params);
         self.calls.track(&self.client, call).await
     }
@@ -774,6 +890,20 @@ impl PgConnection {
             .await
     }
 
+    /// Behind a transaction pooler, the refusal of a call that would prepare a named
+    /// statement outside a transaction (see [`Manager::pooler`]); `Ok` otherwise, at no cost.
+    async fn named_allowed(&self) -> Result<(), tokio_postgres::Error> {
+        if self.named {
+            return Ok(());
+        }
+        let refused = self
+            .calls
+            .track(&self.client, self.client.batch_execute(pooler::REFUSAL))
+            .await;
+        // The server raises the refusal (or the connection failed on the way).
+        Err(refused.expect_err("the refusal's DO block always raises"))
+    }
+
     /// Whether a call on this connection may have left its request behind (its future was
     /// dropped before the answer): the pool then checks it with a round trip before handing
     /// it out again.
@@ -799,6 +929,7 @@ impl PgConnection {
         if let Some(stmt) = self.statements.get(sql, types) {
             return Ok(stmt);
         }
+        // Refused by `prepare_typed` behind a transaction pooler.
         let stmt = self.prepare_typed(sql, types).await?;
         self.statements.insert(sql, types, stmt.clone());
         Ok(stmt)
@@ -994,7 +1125,8 @@ where
 
     fn create(&self) -> impl Future<Output = Result<PgConnection, tokio_postgres::Error>> + Send {
         let connecting = self.config.connect(self.tls.clone());
-        let statements = Cache::new(self.cache, self.generation.clone());
+        let statements = Cache::new(self.effective_cache(), self.generation.clone());
+        let named = self.pooler != Pooler::Transaction;
         // Only calls past the per-call timeout are cancelled from the caller's task.
         let cancel: Option<Canceller> = self.query_timeout.map(|_| {
             let tls = self.tls.clone();
@@ -1020,6 +1152,7 @@ where
                 client,
                 statements,
                 calls,
+                named,
             })
         }
     }
@@ -1106,6 +1239,7 @@ where
             client,
             statements,
             calls: _,
+            named: _,
         } = conn;
         driver.ending.store(true, Ordering::Relaxed);
         async move {

@@ -22,9 +22,9 @@ pub enum StatementCache {
     /// At most this many statements per connection; the least recently used goes first.
     Bounded(usize),
     /// No cache: `prepare_cached` prepares every time (a round trip per call), and nothing
-    /// named stays on the server. The mode for PgBouncer's transaction pooling before 1.21,
-    /// where a named statement may not exist on the server connection a later transaction
-    /// gets; see the crate docs.
+    /// named stays on the server. Behind PgBouncer's transaction pooling, set
+    /// `Pooler::Transaction` on the manager: it turns the cache off, and refuses the calls that
+    /// would still prepare a named statement outside a transaction; see the crate docs.
     Disabled,
 }
 
