@@ -74,6 +74,17 @@ pub struct PoolConfig {
     pub fail_fast: Option<bool>,
     /// [`Builder::queue_order`]: `"fifo"` or `"lifo"`.
     pub queue_order: Option<crate::config::QueueOrder>,
+    /// [`Builder::max_creating`].
+    pub max_creating: Option<usize>,
+    /// [`Builder::prewarm_window`] (`0` makes `min_idle` all at once).
+    #[serde(with = "duration", skip_serializing_if = "Option::is_none")]
+    pub prewarm_window: Option<Duration>,
+    /// [`Builder::server_full_backoff`].
+    #[serde(with = "duration", skip_serializing_if = "Option::is_none")]
+    pub server_full_backoff: Option<Duration>,
+    /// [`Builder::surplus_window`] (`"off"`: `min_idle` is a floor).
+    #[serde(with = "limit", skip_serializing_if = "Option::is_none")]
+    pub surplus_window: Option<Limit>,
 }
 
 /// A limit that can be switched off: what the builder's `Option<Duration>` knobs take.
@@ -155,6 +166,10 @@ impl PoolConfig {
         set!(backoff_longest, parse_duration);
         set!(fail_fast, parse_bool);
         set!(queue_order, parse_order);
+        set!(max_creating, parse_count);
+        set!(prewarm_window, parse_duration);
+        set!(server_full_backoff, parse_duration);
+        set!(surplus_window, parse_limit);
         Ok(c)
     }
 }
@@ -183,6 +198,16 @@ impl<M: Manager> Builder<M> {
         limit!(shutdown_timeout);
         limit!(idle_timeout);
         limit!(max_lifetime);
+        limit!(surplus_window);
+        if let Some(n) = c.max_creating {
+            self = self.max_creating(n);
+        }
+        if let Some(d) = c.prewarm_window {
+            self = self.prewarm_window(d);
+        }
+        if let Some(d) = c.server_full_backoff {
+            self = self.server_full_backoff(d);
+        }
         if let Some(d) = c.max_lifetime_jitter {
             self = self.max_lifetime_jitter(d);
         }

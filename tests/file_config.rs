@@ -23,11 +23,19 @@ fn a_file_sets_every_knob_and_the_pool_uses_it() {
         "check_on_checkout": false,
         "backoff_first": "5ms",
         "backoff_longest": "200ms",
-        "fail_fast": true
+        "fail_fast": true,
+        "max_creating": 2,
+        "prewarm_window": "0s",
+        "server_full_backoff": "3s",
+        "surplus_window": "off"
     }"#;
     let config: PoolConfig = serde_json::from_str(text).unwrap();
     assert_eq!(config.max_size, Some(3));
     assert_eq!(config.idle_timeout, Some(Limit::Off));
+    assert_eq!(config.max_creating, Some(2));
+    assert_eq!(config.prewarm_window, Some(Duration::ZERO));
+    assert_eq!(config.server_full_backoff, Some(Duration::from_secs(3)));
+    assert_eq!(config.surplus_window, Some(Limit::Off));
     assert_eq!(
         config.check_timeout,
         Some(Limit::After(Duration::from_millis(500)))
@@ -129,6 +137,8 @@ fn the_environment_sets_knobs_by_name() {
         ("APP_POOL_WAIT_TIMEOUT", "2s"),
         ("APP_POOL_IDLE_TIMEOUT", "off"),
         ("APP_POOL_FAIL_FAST", "yes"),
+        ("APP_POOL_SURPLUS_WINDOW", "10s"),
+        ("APP_POOL_MAX_CREATING", "4"),
         ("OTHER_MAX_SIZE", "99"),
     ]
     .into_iter()
@@ -142,6 +152,11 @@ fn the_environment_sets_knobs_by_name() {
     );
     assert_eq!(config.idle_timeout, Some(Limit::Off));
     assert_eq!(config.fail_fast, Some(true));
+    assert_eq!(
+        config.surplus_window,
+        Some(Limit::After(Duration::from_secs(10)))
+    );
+    assert_eq!(config.max_creating, Some(4));
     assert_eq!(config.min_idle, None, "unset keeps the builder's default");
     let bad = |name: &str| (name == "APP_POOL_MAX_SIZE").then(|| "lots".to_string());
     let err = PoolConfig::from_lookup("APP_POOL_", bad).unwrap_err();
