@@ -18,7 +18,8 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
-use std::sync::{Condvar, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 /// What owns deadlines: a waitlist, seen through the state that holds it.
@@ -88,7 +89,17 @@ pub(crate) fn register(at: Instant, owner: Weak<dyn Expire>) -> bool {
         return false;
     };
     let mut heap = service.heap.lock().unwrap_or_else(|p| p.into_inner());
+    // The thread wakes by the earliest registration it has seen, which is no later than the
+    // first one here now: a later `at` needs no notification (a syscall).
     let earliest = heap.peek().is_none_or(|first| at < first.at);
+    // Registrations whose owner is gone (an actor's tick after its pool closed) would pile up
+    // with pools made and dropped in quick succession; the oldest are at the top.
+    while heap
+        .peek()
+        .is_some_and(|first| first.owner.strong_count() == 0)
+    {
+        heap.pop();
+    }
     heap.push(Due { at, owner });
     drop(heap);
     if earliest {
@@ -153,6 +164,60 @@ impl Service {
         // `owner` may be the last reference to a pool: its Drop runs here, which only closes
         // queued connections synchronously.
         drop(owner);
+    }
+}
+
+/// A wake-up for one task at one time, kept by the thread: the actor's maintenance tick. A
+/// runtime timer would do, but a runtime with a timer pending pays for it on every turn of
+/// its scheduler (it reads the clock and its timer wheel each time it parks: about 300
+/// instructions in a `yield_now` loop on tokio), and every task of the application pays it,
+/// not only the pool's. The thread pays one registration per tick.
+pub(crate) struct Bell {
+    /// Rung, and the waker of the task that last polled it.
+    state: Mutex<(bool, Option<Waker>)>,
+}
+
+impl Bell {
+    /// A bell that rings at `at`, or `None` when the thread keeps no deadlines (it could
+    /// not be started; or under the model checks, where no time passes): the caller then
+    /// arms a timer of its own.
+    pub(crate) fn at(at: Instant) -> Option<Arc<Bell>> {
+        if cfg!(loom) {
+            return None;
+        }
+        let bell = Arc::new(Bell {
+            state: Mutex::new((false, None)),
+        });
+        let owner: Weak<dyn Expire> = Arc::downgrade(&bell) as Weak<dyn Expire>;
+        register(at, owner).then_some(bell)
+    }
+
+    /// Ready once it has rung.
+    pub(crate) fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0 {
+            return Poll::Ready(());
+        }
+        match &mut state.1 {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            waker => *waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl Expire for Bell {
+    fn expire(&self, _at: Instant, _now: Instant) -> Option<Instant> {
+        let waker = {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.0 = true;
+            state.1.take()
+        };
+        // Woken outside the lock: waking may run the task's scheduler.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        None
     }
 }
 
