@@ -51,7 +51,7 @@ pub(crate) const POOL_LABEL: &str = "pool";
 pub(crate) const DEFAULT_NAME: &str = "default";
 
 /// The reasons of `gracepool_connections_closed_total`, in the order of [`Handles::closed`].
-const CLOSE_REASONS: [&str; 9] = [
+const CLOSE_REASONS: [&str; 10] = [
     "broken",
     "check_failed",
     "idle_timeout",
