@@ -67,7 +67,9 @@
 //!   closes the connection itself.
 //!
 //! The cost is one OS thread per open connection (a pool of 16 holds 16 threads, mostly
-//! parked) and a channel hand-off per call, about what a `spawn_blocking` costs.
+//! parked) and a channel hand-off per call: no more than sending the call to tokio's
+//! blocking pool costs with the connection behind a mutex, and less when many callers share
+//! the pool (`examples/handoff.rs` measures both on the same pool).
 //!
 //! # What a panic does
 //!
@@ -131,8 +133,10 @@ pub trait Connector: Send + Sync + 'static {
     /// closed at once on its thread.
     fn open(&self) -> Result<Self::Connection, Self::Error>;
 
-    /// Checks a connection before it is handed out again (the pool's check on checkout).
-    /// Default: healthy.
+    /// Checks a connection before it is handed out again, when it has been idle for at least
+    /// [`Manager::check_after_idle`] (1 s by default): a check is a round trip to the
+    /// connection's thread, which a busy pool should not pay on every checkout. Default:
+    /// healthy.
     fn check(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
         let _ = conn;
         Ok(())
@@ -230,6 +234,7 @@ impl std::error::Error for InteractError {}
 pub struct Manager<K: Connector> {
     inner: Arc<Inner<K>>,
     close_wait: Duration,
+    check_after_idle: Duration,
     thread_name: String,
 }
 
@@ -247,6 +252,7 @@ impl<K: Connector> Manager<K> {
                 tracker: Arc::default(),
             }),
             close_wait: Duration::from_secs(1),
+            check_after_idle: Duration::from_secs(1),
             thread_name: "gracepool-conn".to_owned(),
         }
     }
@@ -257,6 +263,15 @@ impl<K: Connector> Manager<K> {
     /// Never waits for a thread busy with a call. Default: 1 s; zero never waits.
     pub fn close_wait(mut self, wait: Duration) -> Manager<K> {
         self.close_wait = wait;
+        self
+    }
+
+    /// How long a connection must have been idle in the pool before [`Connector::check`]
+    /// runs as it is checked out again. Default: 1 s; zero checks on every checkout. A
+    /// connection a call left unfit, or still busy, is never handed out, whatever this says.
+    /// (The pool's `check_on_checkout(false)` turns every check off.)
+    pub fn check_after_idle(mut self, idle: Duration) -> Manager<K> {
+        self.check_after_idle = idle;
         self
     }
 
@@ -615,15 +630,20 @@ impl<K: Connector> gracepool::Manager for Manager<K> {
         }
     }
 
-    /// Runs [`Connector::check`] on the connection's thread. A connection that is not fit
-    /// ([`Connection::is_fit`]) or still busy is [`Unhealthy::Closed`] without asking.
+    /// A connection that is not fit ([`Connection::is_fit`]) or still busy is
+    /// [`Unhealthy::Closed`] without asking; one idle for at least
+    /// [`check_after_idle`](Manager::check_after_idle) runs [`Connector::check`] on its
+    /// thread.
     async fn check(
         &self,
         conn: &mut Connection<K>,
-        _metrics: &Metrics,
+        metrics: &Metrics,
     ) -> Result<(), Unhealthy<Error<K::Error>>> {
         if !conn.is_fit() || conn.is_busy() {
             return Err(Unhealthy::Closed);
+        }
+        if metrics.last_returned().elapsed() < self.check_after_idle {
+            return Ok(());
         }
         let inner = self.inner.clone();
         match conn.interact(move |c| inner.connector.check(c)).await {

@@ -23,6 +23,7 @@ struct Conn {
 struct Counting {
     next: AtomicU64,
     closed: AtomicU64,
+    checks: AtomicU64,
     /// When set, every `open` waits for a message on it first.
     open_gate: Mutex<Option<mpsc::Receiver<()>>>,
 }
@@ -43,6 +44,12 @@ impl Connector for Probe {
         Ok(Conn {
             id: self.0.next.fetch_add(1, Relaxed),
         })
+    }
+
+    /// Every check fails: the connection is replaced.
+    fn check(&self, _: &mut Conn) -> Result<(), std::io::Error> {
+        self.0.checks.fetch_add(1, Relaxed);
+        Err(std::io::Error::other("planted check failure"))
     }
 
     fn close(&self, conn: Conn) -> Result<(), std::io::Error> {
@@ -315,4 +322,35 @@ async fn within_soon<T>(fut: impl std::future::Future<Output = T>, what: &str) -
         panic!("{what}")
     })
     .await
+}
+
+#[test]
+fn the_check_runs_on_the_thread_only_after_the_idle_time() {
+    on_both(|rt| async move {
+        let counting = Arc::new(Counting::default());
+        // Default (1 s): a connection back a moment ago is handed out unchecked.
+        let pool = pool(&counting, rt.clone(), 1);
+        for _ in 0..3 {
+            let mut conn = pool.get().await.unwrap();
+            assert_eq!(conn.interact(|c: &mut Conn| c.id).await.unwrap(), 0);
+        }
+        pool.close().await;
+        assert_eq!(counting.checks.load(Relaxed), 0);
+
+        // Zero: every checkout of an idle connection runs the check, which fails here.
+        let counting = Arc::new(Counting::default());
+        let pool =
+            Pool::builder(Manager::new(Probe(counting.clone())).check_after_idle(Duration::ZERO))
+                .max_size(1)
+                .runtime_arc(rt)
+                .build()
+                .unwrap();
+        drop(pool.get().await.unwrap());
+        let mut conn = pool.get().await.unwrap();
+        assert_eq!(conn.interact(|c: &mut Conn| c.id).await.unwrap(), 1);
+        drop(conn);
+        let report = pool.close().await;
+        assert_eq!(counting.checks.load(Relaxed), 1);
+        assert_eq!(report.counters.check_failed, 1, "{report:?}");
+    });
 }

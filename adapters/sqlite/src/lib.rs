@@ -52,9 +52,10 @@
 //! and write and create by default), and sets up each connection in this order:
 //! `busy_timeout` (5 s), `PRAGMA journal_mode=WAL` (readers and one writer at once; skipped
 //! on a read-only connection), `PRAGMA foreign_keys=ON`, then your own hook
-//! ([`Config::setup`]). Before a connection that has waited in the pool is handed out again,
-//! it must answer `SELECT 1`; a connection that a call left inside a transaction is closed as
-//! it comes back, never handed to the next caller.
+//! ([`Config::setup`]). Before a connection that has waited in the pool for a second or more
+//! is handed out again, it must answer `SELECT 1` (the manager's
+//! [`check_after_idle`](gracepool_blocking::Manager::check_after_idle)); a connection that a
+//! call left inside a transaction is closed as it comes back, never handed to the next caller.
 //!
 //! # Writers and `busy_timeout`
 //!
