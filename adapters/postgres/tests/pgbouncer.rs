@@ -666,18 +666,26 @@ fn shutdown_while_the_pool_closes() {
         let pool = pool(manager(&bouncer, "shutdown", Pooler::Transaction), |b| {
             b.close_deadline(deadline)
         });
-        // Tasks in queries that take a while, more of them than server connections.
+        // Tasks in queries that take a while (most of them queued in PgBouncer behind its two
+        // server connections), more of them than server connections.
         let mut holders = Vec::new();
         for _ in 0..POOL_SIZE {
             let pool = pool.clone();
             holders.push(tokio::spawn(async move {
                 let conn = pool.get().await?;
-                let _ = conn.simple_query("SELECT pg_sleep(0.3)").await;
+                let _ = conn.simple_query("SELECT pg_sleep(5)").await;
                 drop(conn);
                 Ok::<(), gracepool_postgres::PoolError>(())
             }));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let all_out = async {
+            while pool.status().in_use < POOL_SIZE {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        tokio::time::timeout(RECOVERY, all_out)
+            .await
+            .expect("every connection is checked out");
         let checked_out = pool.status().in_use;
         let started = Instant::now();
         let closing = {
