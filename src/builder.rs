@@ -31,6 +31,8 @@ pub struct Builder<M: Manager> {
     runtime: Option<Arc<dyn Runtime>>,
     on_create_error: Option<crate::shared::ErrorSink<M::Error>>,
     hooks: Hooks<M::Connection>,
+    /// The pool's name (`name`), kept here: only what the pool publishes uses it.
+    name: Option<String>,
 }
 
 impl<M: Manager> fmt::Debug for Builder<M> {
@@ -39,6 +41,7 @@ impl<M: Manager> fmt::Debug for Builder<M> {
             .field("config", &self.config)
             .field("runtime", &self.runtime.is_some())
             .field("hooks", &self.hooks.names())
+            .field("name", &self.name)
             .finish()
     }
 }
@@ -51,6 +54,7 @@ impl<M: Manager> Builder<M> {
             runtime: None,
             on_create_error: None,
             hooks: Hooks::default(),
+            name: None,
         }
     }
 
@@ -376,7 +380,7 @@ impl<M: Manager> Builder<M> {
     /// # rt.block_on(async { pool.close().await });
     /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.config.name = Some(name.into());
+        self.name = Some(name.into());
         self
     }
 
@@ -428,7 +432,7 @@ impl<M: Manager> Builder<M> {
         let ledger = Ledger::new();
         ledger.set_limits(self.config.max_size, self.config.min_idle);
         #[cfg(feature = "metrics")]
-        ledger.metrics.register(self.config.name.as_deref());
+        ledger.metrics.register(self.name.as_deref());
         let (mailbox_tx, mailbox_rx) = async_channel::unbounded();
         let ambient = runtime.ambient();
         let ms = |d: Option<Duration>| {

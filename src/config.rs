@@ -31,8 +31,6 @@ pub(crate) struct Config {
     /// waiters' wait timeouts.
     pub fail_fast: bool,
     pub queue_order: QueueOrder,
-    /// The pool's name, for what it publishes (`Builder::name`).
-    pub name: Option<String>,
     /// At most this many creations in flight at once, the actor's and callers' together.
     pub max_creating: usize,
     /// `min_idle` connections are made one at a time, spread evenly over this window, rather
@@ -88,7 +86,6 @@ impl Default for Config {
             backoff_max: Duration::from_millis(250),
             fail_fast: false,
             queue_order: QueueOrder::Fifo,
-            name: None,
             max_creating: 16,
             prewarm_window: Duration::from_secs(1),
             full_backoff_max: Duration::from_secs(2),

@@ -85,6 +85,10 @@ pub struct PoolConfig {
     /// [`Builder::surplus_window`] (`"off"`: `min_idle` is a floor).
     #[serde(with = "limit", skip_serializing_if = "Option::is_none")]
     pub surplus_window: Option<Limit>,
+    /// [`Builder::name`]: the `pool` label of the figures the pool publishes with the
+    /// `metrics` feature.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A limit that can be switched off: what the builder's `Option<Duration>` knobs take.
@@ -170,6 +174,7 @@ impl PoolConfig {
         set!(prewarm_window, parse_duration);
         set!(server_full_backoff, parse_duration);
         set!(surplus_window, parse_limit);
+        set!(name, parse_name);
         Ok(c)
     }
 }
@@ -233,6 +238,9 @@ impl<M: Manager> Builder<M> {
         if let Some(order) = c.queue_order {
             self = self.queue_order(order);
         }
+        if let Some(name) = &c.name {
+            self = self.name(name.clone());
+        }
         self
     }
 }
@@ -243,6 +251,10 @@ fn parse_order(s: &str) -> Result<crate::config::QueueOrder, String> {
         "lifo" => Ok(crate::config::QueueOrder::Lifo),
         _ => Err(format!("{s:?} is not fifo or lifo")),
     }
+}
+
+fn parse_name(s: &str) -> Result<String, String> {
+    Ok(s.to_string())
 }
 
 fn parse_count(s: &str) -> Result<usize, String> {

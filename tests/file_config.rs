@@ -27,7 +27,8 @@ fn a_file_sets_every_knob_and_the_pool_uses_it() {
         "max_creating": 2,
         "prewarm_window": "0s",
         "server_full_backoff": "3s",
-        "surplus_window": "off"
+        "surplus_window": "off",
+        "name": "primary"
     }"#;
     let config: PoolConfig = serde_json::from_str(text).unwrap();
     assert_eq!(config.max_size, Some(3));
@@ -36,6 +37,13 @@ fn a_file_sets_every_knob_and_the_pool_uses_it() {
     assert_eq!(config.prewarm_window, Some(Duration::ZERO));
     assert_eq!(config.server_full_backoff, Some(Duration::from_secs(3)));
     assert_eq!(config.surplus_window, Some(Limit::Off));
+    assert_eq!(config.name.as_deref(), Some("primary"));
+    // The name reaches the builder (the `pool` label of what the pool publishes).
+    let builder = Pool::builder(Counting::new()).config(&config);
+    assert!(
+        format!("{builder:?}").contains(r#"name: Some("primary")"#),
+        "{builder:?}"
+    );
     assert_eq!(
         config.check_timeout,
         Some(Limit::After(Duration::from_millis(500)))
@@ -139,6 +147,7 @@ fn the_environment_sets_knobs_by_name() {
         ("APP_POOL_FAIL_FAST", "yes"),
         ("APP_POOL_SURPLUS_WINDOW", "10s"),
         ("APP_POOL_MAX_CREATING", "4"),
+        ("APP_POOL_NAME", "orders"),
         ("OTHER_MAX_SIZE", "99"),
     ]
     .into_iter()
@@ -157,6 +166,7 @@ fn the_environment_sets_knobs_by_name() {
         Some(Limit::After(Duration::from_secs(10)))
     );
     assert_eq!(config.max_creating, Some(4));
+    assert_eq!(config.name.as_deref(), Some("orders"));
     assert_eq!(config.min_idle, None, "unset keeps the builder's default");
     let bad = |name: &str| (name == "APP_POOL_MAX_SIZE").then(|| "lots".to_string());
     let err = PoolConfig::from_lookup("APP_POOL_", bad).unwrap_err();
