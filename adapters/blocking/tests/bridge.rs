@@ -26,6 +26,8 @@ struct Counting {
     checks: AtomicU64,
     /// When set, every `open` waits for a message on it first.
     open_gate: Mutex<Option<mpsc::Receiver<()>>>,
+    /// When set, `close` waits for a message on it first.
+    close_gate: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
 /// The connector under test: shares its counts with the test.
@@ -54,6 +56,10 @@ impl Connector for Probe {
 
     fn close(&self, conn: Conn) -> Result<(), std::io::Error> {
         let _ = conn.id;
+        let gate = self.0.close_gate.lock().unwrap().take();
+        if let Some(gate) = gate {
+            let _ = gate.recv();
+        }
         self.0.closed.fetch_add(1, Relaxed);
         Ok(())
     }
@@ -352,5 +358,74 @@ fn the_check_runs_on_the_thread_only_after_the_idle_time() {
         let report = pool.close().await;
         assert_eq!(counting.checks.load(Relaxed), 1);
         assert_eq!(report.counters.check_failed, 1, "{report:?}");
+    });
+}
+
+/// The synchronous close (here: a guard dropped after the pool closed) waits for a goodbye
+/// that hangs no longer than `close_wait`; the thread finishes it later, counted.
+#[test]
+fn a_hanging_goodbye_holds_the_synchronous_close_no_longer_than_close_wait() {
+    on_both(|rt| async move {
+        let counting = Arc::new(Counting::default());
+        let pool = Pool::builder(
+            Manager::new(Probe(counting.clone())).close_wait(Duration::from_millis(100)),
+        )
+        .max_size(1)
+        .runtime_arc(rt)
+        .build()
+        .unwrap();
+        let threads = pool.manager().threads();
+        let mut conn = pool.get().await.unwrap();
+        conn.interact(|_: &mut Conn| ()).await.unwrap();
+        let report = pool.close_within(Duration::ZERO).await;
+        assert_eq!(report.checked_out, 1);
+        let (release, gate) = mpsc::channel();
+        *counting.close_gate.lock().unwrap() = Some(gate);
+        // The guard's drop runs Manager::close here: it must come back while the goodbye hangs.
+        let dropped = spawn(async move { drop(conn) });
+        within_soon(
+            dropped.recv(),
+            "the guard's drop waited for a hanging goodbye",
+        )
+        .await
+        .unwrap();
+        assert_eq!(counting.closed.load(Relaxed), 0, "the goodbye still hangs");
+        release.send(()).unwrap();
+        wait_closed(&threads);
+        let s = threads.stats();
+        assert_eq!((s.opened, s.closed, s.closed_late), (1, 1, 1), "{s:?}");
+        assert_accounted(&pool.status().counters);
+    });
+}
+
+/// A connection that is not `Send` lives on its thread for its whole life.
+#[test]
+fn a_connection_need_not_be_send() {
+    struct Local;
+    impl Connector for Local {
+        type Connection = std::rc::Rc<std::cell::Cell<u32>>;
+        type Error = std::io::Error;
+        fn open(&self) -> Result<Self::Connection, std::io::Error> {
+            Ok(std::rc::Rc::new(std::cell::Cell::new(0)))
+        }
+    }
+    on_both(|rt| async move {
+        let pool = Pool::builder(Manager::new(Local))
+            .runtime_arc(rt)
+            .build()
+            .unwrap();
+        let mut conn = pool.get().await.unwrap();
+        for _ in 0..3 {
+            conn.interact(|c: &mut std::rc::Rc<std::cell::Cell<u32>>| c.set(c.get() + 1))
+                .await
+                .unwrap();
+        }
+        let n = conn
+            .interact(|c: &mut std::rc::Rc<std::cell::Cell<u32>>| c.get())
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        drop(conn);
+        pool.close().await;
     });
 }
