@@ -6,7 +6,8 @@ library only, nothing to install).
                             without `publish = false`), one a line
     crates.py msrv          fails when a published crate lacks `rust-version`, or when a crate
                             in its normal or build dependencies (all features on, every
-                            platform, as locked in Cargo.lock) declares a higher `rust-version`
+                            platform, as resolved in Cargo.lock) declares a higher
+                            `rust-version`
 
 The msrv check covers what clippy's `incompatible_msrv` lint cannot: the dependencies. A
 dependency that declares no `rust-version` is listed, not failed (nothing to compare).
@@ -19,7 +20,7 @@ import sys
 
 def metadata():
     out = subprocess.run(
-        ["cargo", "metadata", "--format-version", "1", "--locked", "--all-features"],
+        ["cargo", "metadata", "--format-version", "1", "--all-features"],
         check=True,
         stdout=subprocess.PIPE,
     ).stdout
