@@ -159,7 +159,9 @@ fn every_function_of_the_core_is_in_the_file_the_map_gives() {
             let ident = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             // Functions and macros (lower case) must be defined in the row's files; types may
             // be re-exported or named for context.
-            if lower && ident && name.len() > 3 {
+            // Feature and crate names in code spans are words, not items.
+            let word = matches!(name, "tracing" | "metrics" | "serde" | "loom");
+            if lower && ident && name.len() > 3 && !word {
                 checked += 1;
                 if !defines(&code, name) {
                     misplaced.push(format!("{name} (map: {})", files.join(", ")));
@@ -203,5 +205,8 @@ fn no_module_of_the_core_imports_the_crate_root() {
             }
         }
     }
-    assert!(upward.is_empty(), "modules importing the crate root: {upward:#?}");
+    assert!(
+        upward.is_empty(),
+        "modules importing the crate root: {upward:#?}"
+    );
 }
