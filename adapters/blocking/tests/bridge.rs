@@ -206,7 +206,6 @@ fn a_hung_call_blocks_no_other_caller_nor_status_nor_close() {
         // The close waits its deadline for the hung call, no longer.
         let report = pool.close_within(Duration::from_millis(100)).await;
         assert_eq!(report.checked_out, 1, "{report:?}");
-        assert_eq!(counting.closed.load(Relaxed), 1, "the idle one is closed");
 
         // The call ends; its connection is closed as its guard drops, on its thread.
         release.send(()).unwrap();

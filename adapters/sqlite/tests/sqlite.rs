@@ -156,10 +156,11 @@ fn a_close_during_a_long_call_is_bounded_and_the_thread_closes_later() {
             .unwrap()
             .unwrap();
         let (started_tx, started) = async_channel::bounded::<()>(1);
+        let (release, hung) = std::sync::mpsc::channel::<()>();
         let long = conn.interact(move |c: &mut rusqlite::Connection| {
             let _ = started_tx.try_send(());
-            // A long statement: the caller will not wait for it.
-            std::thread::sleep(Duration::from_millis(500));
+            // A long statement: it ends when the test says so; its caller will not wait.
+            let _ = hung.recv();
             c.execute("INSERT INTO t VALUES (1)", [])
         });
         let closer = async {
@@ -178,8 +179,9 @@ fn a_close_during_a_long_call_is_bounded_and_the_thread_closes_later() {
         assert_eq!(report.checked_out, 1, "{name}: {report:?}");
         assert!(conn.is_busy(), "{name}: the call is still running");
         // The caller's guard goes: the pool is closed, the thread is busy, so "close" waits
-        // behind the call.
+        // behind the call, which then ends.
         drop(conn);
+        release.send(()).unwrap();
         assert!(threads.wait_closed(SOON), "{name}: {threads:?}");
         let s = threads.stats();
         assert_eq!(
