@@ -538,11 +538,10 @@ impl<M: Manager> PoolActor<M> {
 
     fn start_closing(&mut self) {
         let shared = self.shared.clone();
-        // Creations under way are abandoned: their futures are dropped, their slots freed.
-        for _ in self.creating.drain(..) {
-            shared.ledger.abandon_slot();
-            shared.ledger.end_creation();
-        }
+        // Creations under way go on (none starts from now): one made within the close
+        // deadline says its goodbye (`created` retires it), so that the server sees a
+        // Terminate rather than a client gone half-way through its handshake. Their slots keep
+        // the close waiting, as checked-out connections do; `finish` abandons the rest.
         // The idle queue is closed already: what it holds is all it will ever hold.
         let idle = shared.waitlist.take_idle();
         if !idle.is_empty() {
@@ -562,9 +561,14 @@ impl<M: Manager> PoolActor<M> {
         self.closing.is_empty() && self.shared.ledger.slots() == 0
     }
 
-    /// Ends the close: connections still being shut down are closed synchronously, then the
+    /// Ends the close: creations still under way are abandoned (their futures dropped, their
+    /// slots freed), connections still being shut down are closed synchronously, then the
     /// queues are closed and drained and the report written.
     fn finish(&mut self) {
+        for _ in self.creating.drain(..) {
+            self.shared.ledger.abandon_slot();
+            self.shared.ledger.end_creation();
+        }
         self.closing.clear();
         self.shared.drain_and_finish(CloseCause::Requested, false);
     }

@@ -3,7 +3,8 @@
 //! `Running → Closing → Closed`. The first close request closes the waitlist, which holds the
 //! idle queue too (waking every waiter, turning away every later return), and asks the actor to
 //! close gracefully. The actor closes idle connections with `shutdown` + `close`, waits up to
-//! the close deadline for checked-out ones, then finishes.
+//! the close deadline for checked-out ones and for creations under way (each made in time says
+//! its goodbye; the rest are abandoned at the deadline), then finishes.
 //!
 //! The sync fallback ([`Shared::shutdown_sync`]) finishes the close whenever the actor cannot:
 //! it is gone (its task was dropped: its `Drop` runs the fallback), or it did not finish in
@@ -69,8 +70,8 @@ impl<M: Manager> Shared<M> {
         event!(debug, ?cause, "close requested");
         // Closing the waitlist wakes every waiter with `Closed`, and makes every later
         // return fail, so returning guards close their connections instead. Before the actor
-        // is told: the idle connections it takes then are all there will ever be. A caller
-        // creating its own connection is told too: it abandons the creation.
+        // is told: the idle connections it takes then are all there will ever be. A check
+        // under way is told too: it ends (a creation goes on, up to the close deadline).
         let tell_first = planted(Bug::TellBeforeClose);
         if !tell_first {
             self.waitlist.close();

@@ -11,6 +11,7 @@ use crate::manager::Manager;
 use crate::pool::Pool;
 use crate::runtime::BoxFuture;
 use crate::shared::{Idle, Msg, Shared};
+use crate::status::PoolState;
 use crate::waitlist::{Claim, Closed};
 
 impl<M: Manager> Pool<M> {
@@ -66,7 +67,9 @@ impl<M: Manager> Pool<M> {
 
     /// Creates a connection in the caller's task, on a slot [`may_create_here`] reserved,
     /// bounded by the create timeout and what is left of the wait timeout; a panic is
-    /// contained. Close abandons it at once, as the actor abandons its own creations. `None`:
+    /// contained. A close lets it finish, as the actor lets its own, and abandons it only when
+    /// the close finishes first (its deadline): the connection made meanwhile says its goodbye
+    /// and the call ends with the pool's close. `None`:
     /// the creation failed and the caller is to wait while the actor retries (the default,
     /// not fail-fast). A creation that does not finish at once makes the call wait: it sets
     /// the call's `mark`, which counts the wait when the call ends.
@@ -94,9 +97,11 @@ impl<M: Manager> Pool<M> {
                 return Poll::Ready(Made::Done(out));
             }
             if limits.is_none() {
-                // Listening before looking at the state: a close that starts after the look
-                // wakes the listener.
-                let listener = shared.closing.listen();
+                // Listening before looking at the state: a close that finishes after the look
+                // wakes the listener. A close that only starts lets the creation go on: made
+                // within the close deadline, the connection says its goodbye (`prepare`
+                // retires it), rather than vanish half-way through its handshake.
+                let listener = shared.closed.listen();
                 let limit = match (create_timeout, budget.remaining()) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -110,7 +115,9 @@ impl<M: Manager> Pool<M> {
                 limits = Some((timer, listener));
             }
             let (timer, listener) = limits.as_mut().expect("set just above");
-            if !shared.ledger.is_running() || std::pin::Pin::new(listener).poll(cx).is_ready() {
+            if shared.ledger.state() == PoolState::Closed
+                || std::pin::Pin::new(listener).poll(cx).is_ready()
+            {
                 return Poll::Ready(Made::Closing);
             }
             match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
@@ -212,7 +219,7 @@ pub(crate) enum Made<T> {
     Done(T),
     /// The create timeout or the wait timeout ran out first.
     TimedOut,
-    /// The pool started closing.
+    /// The pool's close finished first (its deadline passed, or it fell back).
     Closing,
 }
 

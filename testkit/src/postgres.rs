@@ -308,10 +308,10 @@ impl PgServer {
     /// The server's side of a pool's graceful close, for the connections named `app`: once
     /// every session of `app` has ended (waits up to 5 s), each of the `made` connections the
     /// pool made ended with the client's Terminate, but the `killed` that the server ended
-    /// itself; and every session beyond the `made` is a creation the close abandoned (the
-    /// close drops a creation under way, half-made: the server saw its client vanish, an
-    /// unexpected EOF), at most `free` of them (the slots no live connection held as the close
-    /// began). Read from one snapshot of the log. Returns how many creations were abandoned;
+    /// itself; and every session beyond the `made` is a creation abandoned half-made (the
+    /// server saw its client vanish, an unexpected EOF), at most `free` of them. A graceful
+    /// close abandons none (creations under way finish and say goodbye, up to the close
+    /// deadline): pass 0. Read from one snapshot of the log. Returns how many creations were abandoned;
     /// panics, with the log's tail, on anything else.
     pub fn assert_goodbyes(&self, app: &str, made: usize, killed: usize, free: usize) -> usize {
         self.wait_for_backends_of(app, 0, Duration::from_secs(5));

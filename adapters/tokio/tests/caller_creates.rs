@@ -343,14 +343,17 @@ fn callers_and_the_actor_together_never_exceed_max_size() {
     assert_eq!(m.now.load(SeqCst), 0);
 }
 
+/// A caller's creation that never finishes keeps the close waiting up to its deadline, no
+/// longer (one that finishes in time says its goodbye: tests/close_creations.rs in the core).
 #[test]
-fn a_close_abandons_a_creation_under_way_at_once() {
+fn a_close_abandons_a_creation_under_way_at_its_deadline() {
     let m = Counting::new();
     let rt = current_thread();
     rt.block_on(async {
+        let deadline = Duration::from_millis(300);
         let pool = Pool::builder(m.clone())
             .max_size(2)
-            .close_deadline(Duration::from_secs(5))
+            .close_deadline(deadline)
             .runtime(TokioRuntime::current())
             .build()
             .unwrap();
@@ -362,14 +365,13 @@ fn a_close_abandons_a_creation_under_way_at_once() {
         gracepool_testkit::until_status(&pool, "a creation under way", |s| s.size == 1).await;
         let started = Instant::now();
         let report = pool.close().await;
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "close waited {:?}",
-            started.elapsed()
-        );
+        // It waited for the creation (a stalled one never ends: the wait timeout is 30 s, the
+        // create timeout too), then gave up on it at the deadline.
+        assert!(started.elapsed() >= deadline, "{:?}", started.elapsed());
         assert!(report.is_complete() && !report.fallback, "{report:?}");
         assert!(matches!(getter.await.unwrap(), Err(Error::Closed)));
         assert_eq!(pool.status().size, 0);
+        assert_eq!(m.created(), 0);
     });
     m.assert_balanced();
 }
