@@ -174,7 +174,8 @@ impl Config {
         self
     }
 
-    /// Whether the goodbye runs `PRAGMA optimize` before it closes. Default: yes.
+    /// Whether the goodbye runs `PRAGMA optimize` before it closes (a connection opened for
+    /// writing only). Default: yes.
     pub fn optimize_on_close(mut self, on: bool) -> Config {
         self.optimize_on_close = on;
         self
@@ -417,7 +418,8 @@ impl Connector for Config {
     /// `PRAGMA optimize`, then close: the last connection to close checkpoints the
     /// write-ahead log.
     fn close(&self, conn: rusqlite::Connection) -> Result<(), Error> {
-        let optimized = if self.optimize_on_close && conn.is_autocommit() {
+        // A read-only connection has nothing to optimize, and may not write the statistics.
+        let optimized = if self.optimize_on_close && self.writes() && conn.is_autocommit() {
             conn.execute_batch("PRAGMA optimize").map_err(Error::Sqlite)
         } else {
             Ok(())

@@ -396,7 +396,11 @@ fn read_only_scenario(db: &Path) {
                 .unwrap();
             assert_eq!(n, 0);
             drop(conn);
-            readers.close().await;
+            let report = readers.close().await;
+            assert_eq!(
+                report.counters.closed_graceful, report.counters.created,
+                "{name}: {report:?}"
+            );
         }
     });
 }
