@@ -261,7 +261,9 @@ impl<M: Manager> Pool<M> {
         self.shared.refresh()
     }
 
-    /// A snapshot of sizes, waiters, state and counters. Needs no actor round trip.
+    /// A snapshot of sizes, waiters, state and counters. Needs no actor round trip. With the
+    /// `metrics` feature, it also publishes them (a `/metrics` handler calls it before it
+    /// renders, so the gauges are as of the scrape).
     pub fn status(&self) -> Status {
         self.shared.status()
     }

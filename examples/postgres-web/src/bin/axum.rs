@@ -6,6 +6,7 @@
 //! DATABASE_URL="host=127.0.0.1 user=app dbname=app" cargo run -p gracepool-postgres-web --bin axum-service
 //! curl 'http://127.0.0.1:3000/add?n=41'      # 42
 //! curl 'http://127.0.0.1:3000/sleep?ms=300'  # holds a connection for 300 ms
+//! curl 'http://127.0.0.1:3000/metrics'       # the pool's figures, Prometheus text format
 //! kill -TERM <pid>
 //! ```
 //!
@@ -17,6 +18,10 @@
 //! flight to finish — past it, the ones still running (hung on a database that stopped
 //! answering, say) are dropped — then up to `CLOSE_MS` (default 10 000) for the pool's close.
 //! Twenty seconds in all by default, inside Kubernetes' default grace period of 30 s.
+//!
+//! `/metrics` serves what the pool publishes with gracepool's `metrics` feature (its gauges,
+//! counters and histograms, labelled `pool="postgres"`) in Prometheus' text format, through
+//! `metrics-exporter-prometheus`'s recorder; the scrape refreshes the pool's gauges first.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,6 +32,7 @@ use axum::routing::get;
 use axum::Router;
 use gracepool_postgres::{Manager, Pool};
 use gracepool_tokio::TokioRuntime;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -66,6 +72,36 @@ async fn sleep(State(pool): State<Pool>, Query(q): Query<Sleep>) -> Result<Strin
     Ok("slept".to_string())
 }
 
+// ANCHOR: metrics
+/// The Prometheus scrape: the pool's figures as of now (`status()` publishes them), then
+/// everything the recorder holds, in the text format.
+async fn metrics(State((pool, prometheus)): State<(Pool, PrometheusHandle)>) -> String {
+    pool.status();
+    prometheus.render()
+}
+
+/// The recorder every figure goes to, installed before the pool is built (the pool registers
+/// its handles as it is built). The three `_seconds` figures become Prometheus histograms with
+/// these buckets (a summary without them). Its upkeep (folding the samples gathered since the
+/// last scrape) runs every 5 s, so that a service nobody scrapes does not pile them up.
+fn install_prometheus() -> Result<PrometheusHandle, Box<dyn std::error::Error + Send + Sync>> {
+    let buckets = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), &buckets)?
+        .install_recorder()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+// ANCHOR_END: metrics
+
 /// Resolves on SIGTERM (what a deploy or an orchestrator sends) or Ctrl-C.
 async fn terminated() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -99,15 +135,21 @@ async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_string());
     let drain = millis("DRAIN_MS", 10_000)?;
     let close = millis("CLOSE_MS", 10_000)?;
+    let prometheus = install_prometheus()?;
     // ANCHOR: serve_then_close
     let pool: Pool = gracepool::Pool::builder(Manager::from_conn_str(&url)?)
+        .name("postgres")
         .max_size(8)
         .runtime(TokioRuntime::current())
         .build()?;
     let app = Router::new()
         .route("/add", get(add))
         .route("/sleep", get(sleep))
-        .with_state(pool.clone());
+        .with_state(pool.clone())
+        .route(
+            "/metrics",
+            get(metrics).with_state((pool.clone(), prometheus)),
+        );
     let listener = tokio::net::TcpListener::bind(&bind).await?;
     println!("listening on {}", listener.local_addr()?);
     let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
