@@ -36,11 +36,13 @@
 //! tokio-postgres splits a connection in two: a [`Client`] that sends requests, and a
 //! [`tokio_postgres::Connection`] future, the *driver*, that owns the socket and must be
 //! polled for anything to happen. [`Manager::create`](gracepool::Manager::create) spawns the
-//! driver with `tokio::spawn`, which works because the pool runs `create` inside its actor's
-//! task, on the pool's runtime. That runtime must therefore be a tokio one: `gracepool-tokio`,
-//! or `gracepool-actix` (an actix Arbiter is a tokio current-thread runtime). On any other
-//! runtime, `create` panics (there is no tokio reactor to connect with), and the pool reports
-//! that as [`gracepool::Error::ManagerPanicked`].
+//! driver on the tokio runtime it runs on: the pool's (its actor's task), or a caller's on the
+//! pool's runtime. That runtime must therefore be a tokio one: `gracepool-tokio`, or
+//! `gracepool-actix` (an actix Arbiter is a tokio current-thread runtime). On any other
+//! runtime (smol, a plain executor) there is no tokio reactor to connect with: `create` fails
+//! at once, never panics, with [`NoTokioRuntime`] in its error's source chain, which the pool
+//! takes as permanent: `get()` returns [`gracepool::Error::Permanent`]
+//! (`NoTokioRuntime::found_in(&error)` tells it).
 //!
 //! The socket lives in the driver task, not in the [`PgConnection`]. A [`PgConnection`] holds
 //! the client, the driver's `JoinHandle` and the connection's statement cache.
@@ -516,6 +518,7 @@ use tokio_postgres::{Client, Config, Socket, Statement};
 mod calls;
 #[cfg(feature = "serde")]
 mod file_config;
+mod no_runtime;
 mod options;
 mod pooler;
 mod statements;
@@ -525,6 +528,7 @@ mod transaction;
 
 #[cfg(feature = "serde")]
 pub use file_config::PgConfig;
+pub use no_runtime::NoTokioRuntime;
 pub use options::{defaults, ConfigError, ConnectOptions, SslMode};
 pub use pooler::Pooler;
 pub use statements::StatementCache;
@@ -1072,7 +1076,8 @@ fn goodbye(ended: Option<DriverResult>) -> Goodbye<tokio_postgres::Error> {
 
 /// Whether a creation error is one retrying cannot fix: the server refused the credentials
 /// (class 28), the database does not exist (`3D000`), the role may not connect (`42501`), or
-/// the settings or TLS are wrong on this side. Transient, and retried: a refused or reset
+/// the settings or TLS are wrong on this side, or `create` ran outside a tokio runtime
+/// ([`NoTokioRuntime`]). Transient, and retried: a refused or reset
 /// connection, a timeout, `53300` too many connections, `57P03` cannot connect now (starting
 /// up or shutting down), `08xxx`.
 pub fn is_permanent(error: &tokio_postgres::Error) -> bool {
@@ -1081,6 +1086,10 @@ pub fn is_permanent(error: &tokio_postgres::Error) -> bool {
         return code.code().starts_with("28")
             || *code == SqlState::INVALID_CATALOG_NAME
             || *code == SqlState::INSUFFICIENT_PRIVILEGE;
+    }
+    // No tokio runtime where `create` runs: retrying there will not find one.
+    if NoTokioRuntime::found_in(error) {
+        return true;
     }
     // Not from the server: an I/O error, a timeout, a closed connection are transient; a TLS
     // certificate that does not verify, or a setting the client cannot use, is not.
@@ -1142,11 +1151,18 @@ where
             }) as Canceller
         });
         let calls = Calls::new(self.query_timeout, cancel, self.retirements.clone());
+        let config = self.config.clone();
         async move {
+            // The socket and the driver need tokio's reactor: outside a tokio runtime,
+            // connecting would panic. A typed error instead, which the pool takes as
+            // permanent.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return Err(NoTokioRuntime::as_error(&config).await);
+            };
             let (client, connection) = connecting.await?;
             let ending = Arc::new(AtomicBool::new(false));
-            // Runs on the pool's runtime: `create` is polled inside the pool actor's task.
-            let task = tokio::spawn(drive(connection, ending.clone()));
+            // On the runtime `create` is polled on: the pool's, or its caller's.
+            let task = runtime.spawn(drive(connection, ending.clone()));
             Ok(PgConnection {
                 driver: Driver { task, ending },
                 client,
