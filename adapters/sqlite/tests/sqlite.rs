@@ -404,3 +404,33 @@ fn read_only_scenario(db: &Path) {
         }
     });
 }
+
+/// On actix (an arbiter's tokio runtime): calls, goodbyes, and a checkpointed WAL at the end.
+#[test]
+fn works_on_actix() {
+    let dir = temp_dir();
+    let db = dir.path().join("actix.db");
+    actix_rt::System::new().block_on(async {
+        let pool = Pool::builder(Manager::new(Config::new(&db)))
+            .max_size(2)
+            .runtime(gracepool_actix::ActixRuntime::current())
+            .build()
+            .unwrap();
+        let mut conn = pool.get().await.unwrap();
+        let n: i64 = conn
+            .interact(|c: &mut rusqlite::Connection| {
+                c.execute_batch("CREATE TABLE t (n); INSERT INTO t VALUES (1), (2)")?;
+                c.query_row("SELECT sum(n) FROM t", [], |r| r.get(0))
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 3);
+        drop(conn);
+        let report = pool.close().await;
+        assert_eq!(report.counters.closed_graceful, report.counters.created);
+        assert!(pool.manager().threads().wait_closed(SOON));
+    });
+    assert!(matches!(wal_len(&db), None | Some(0)));
+    assert_eq!(rows(&db), 2);
+}
