@@ -140,7 +140,7 @@ impl Settings {
             warm: secs("WARM_MS", 3),
             steady: secs("STEADY_MS", 5),
             step: secs("STEP_MS", 2),
-            scale_hold: secs("SCALE_HOLD_MS", 10),
+            scale_hold: secs("SCALE_HOLD_MS", 45),
             after_scale: secs("AFTER_SCALE_MS", 6),
         }
     }
@@ -1147,6 +1147,20 @@ pub fn details(r: &Run) -> String {
     );
     for (kind, n) in &r.error_kinds {
         let _ = writeln!(out, "    {n} × {kind}");
+    }
+    let mut close_ms: Vec<u64> = r
+        .closes
+        .iter()
+        .filter_map(|c| c.split_once(": ")?.1.split(' ').next()?.parse().ok())
+        .collect();
+    close_ms.sort_unstable();
+    if let (Some(first), Some(last)) = (close_ms.first(), close_ms.last()) {
+        let _ = writeln!(
+            out,
+            "    SIGTERM → pool closed: {first}–{last} ms, median {} ms ({} processes)",
+            close_ms[close_ms.len() / 2],
+            close_ms.len()
+        );
     }
     let mut closes: BTreeMap<&str, usize> = BTreeMap::new();
     for c in &r.closes {

@@ -3,7 +3,7 @@
 //! measured). Each library runs on a server of its own, one library after another.
 //!
 //! ```sh
-//! cargo run --release -p gracepool-bench --bin fleet        # the full run, ~3 min
+//! cargo run --release -p gracepool-bench --bin fleet        # the full run, ~5 min
 //! GRACEPOOL_FLEET_LIBS=grace GRACEPOOL_FLEET_SCALE_HOLD_MS=0 \
 //!   cargo run --release -p gracepool-bench --bin fleet      # gracepool's roll alone
 //! ```
@@ -11,7 +11,7 @@
 //! Settings (`GRACEPOOL_FLEET_*`): `PROCESSES` (8), `MAX_SIZE` (8), `HEADROOM` (5:
 //! `max_connections` = processes × max size + headroom), `TASKS` (4 busy tasks a process),
 //! `QUERY_MS` (20: each call's `pg_sleep`), `CALLER_TIMEOUT_MS` (5000), `WARM_MS` (3000),
-//! `STEADY_MS` (5000), `STEP_MS` (2000: one roll step), `SCALE_HOLD_MS` (10000; 0 skips the
+//! `STEADY_MS` (5000), `STEP_MS` (2000: one roll step), `SCALE_HOLD_MS` (45000; 0 skips the
 //! scale-up), `AFTER_SCALE_MS` (6000), `LIBS` (`grace,dead,bb8`), `SVG` (where the chart
 //! goes; `target/fleet.svg` by default). Nothing here asserts a figure.
 

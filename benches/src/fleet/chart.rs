@@ -106,9 +106,11 @@ fn panel(
     let mut t = (x_from / step).ceil() * step;
     while t <= x_to {
         let x = sx(t);
+        // Not "-0".
+        let t_label = if t.abs() < 1e-9 { 0.0 } else { t };
         let _ = writeln!(
             out,
-            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" class="tick"/><text x="{x:.1}" y="{:.1}" class="xl">{t:.0}</text>"##,
+            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" class="tick"/><text x="{x:.1}" y="{:.1}" class="xl">{t_label:.0}</text>"##,
             y0 + h,
             y0 + h + 4.0,
             y0 + h + 15.0
@@ -166,7 +168,9 @@ fn panel(
                 .zip(runs)
                 .map(|(points, run)| (points, run, r##" stroke-dasharray="4 2""##)),
         );
-    for (points, run, dash) in lines {
+    // The first library last, on top of the others.
+    let lines: Vec<_> = lines.collect();
+    for (points, run, dash) in lines.into_iter().rev() {
         let mut pts = String::new();
         for &(t, v) in points {
             if t < x_from || t > x_to {

@@ -49,3 +49,5 @@ mod ch14_runtime_facts {}
 mod ch15_network_failures {}
 #[doc = include_str!("../../src/ch16-database-moves.md")]
 mod ch16_database_moves {}
+#[doc = include_str!("../../src/ch17-running-a-fleet.md")]
+mod ch17_running_a_fleet {}
