@@ -162,7 +162,8 @@ fn close_wakes_every_waiter_promptly() {
         for w in waiters {
             let (r, woke) = w.await;
             assert!(matches!(r, Err(Error::Closed)), "{r:?}");
-            assert!(woke - closing < Duration::from_millis(100));
+            // Woken by the close: they have no wait timeout, and nothing is returned.
+            assert!(woke - closing < Duration::from_secs(10));
         }
         assert!(matches!(pool.get().await, Err(Error::Closed)));
         drop((a, b));
@@ -290,7 +291,7 @@ fn dropping_the_executor_closes_what_the_actor_held() {
 fn close_blocking_falls_back_when_the_actor_is_not_polled() {
     let (m, rt) = (Counting::new(), ExecRuntime::new());
     let pool = builder(&m, &rt)
-        .close_deadline(Duration::from_secs(10))
+        .close_deadline(Duration::from_secs(60))
         .build()
         .unwrap();
     let held = rt.block_on(async {
@@ -301,7 +302,8 @@ fn close_blocking_falls_back_when_the_actor_is_not_polled() {
     // Nobody runs the executor now: the actor is alive but never polled.
     let t = Instant::now();
     let report = pool.close_blocking(Duration::from_millis(50));
-    assert!(t.elapsed() < Duration::from_secs(2));
+    // Its own 50 ms patience, not the pool's 60 s deadline.
+    assert!(t.elapsed() < Duration::from_secs(20));
     assert!(report.fallback);
     assert_eq!(report.counters.closed_sync, 2);
     assert!(report.is_complete());
@@ -345,7 +347,9 @@ fn last_handle_dropped_closes_without_blocking() {
     );
     let t = Instant::now();
     drop(watcher);
-    assert!(t.elapsed() < Duration::from_millis(50));
+    // The drop starts the close and returns: it does not wait for it (a guard is out, the
+    // close deadline is 10 s, and nothing runs the actor now).
+    assert!(t.elapsed() < Duration::from_secs(5));
     // The actor finishes the close once polled; the guard returns into a closing pool.
     rt.block_on(async {
         async_io::Timer::after(Duration::from_millis(5)).await;
@@ -419,7 +423,8 @@ fn try_get_and_timeouts() {
         let t = Instant::now();
         let r = pool.get_timeout(Duration::from_millis(30)).await;
         assert!(matches!(r, Err(Error::Timeout { waited, last_error: None, .. }) if waited >= Duration::from_millis(30)));
-        assert!(t.elapsed() < Duration::from_secs(1));
+        // Its own 30 ms, not the default 30 s.
+        assert!(t.elapsed() < Duration::from_secs(10));
         drop(g);
         assert!(pool.try_get().await.is_ok());
         pool.close().await;

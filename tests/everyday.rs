@@ -81,8 +81,10 @@ fn creation_backs_off_and_the_actor_keeps_serving() {
             (2..=20).contains(&attempts),
             "{attempts} create calls in one second of outage"
         );
+        // CPU time, not wall time: a loaded machine stretches it little. A pool that spun
+        // would burn a whole core, a second of it.
         assert!(
-            cpu < Duration::from_millis(300),
+            cpu < Duration::from_millis(700),
             "the outage cost {cpu:?} of CPU"
         );
         // The backend comes back: min_idle is restored without anyone asking.
@@ -93,7 +95,8 @@ fn creation_backs_off_and_the_actor_keeps_serving() {
         m.set_create(Fault::Fail);
         let report = pool.close().await;
         assert!(report.is_complete());
-        assert!(report.elapsed < Duration::from_millis(500), "{report:?}");
+        // Nothing to wait for: well within the 10 s close deadline.
+        assert!(report.elapsed < Duration::from_secs(5), "{report:?}");
     });
     assert_all_closed(&pool, &m);
 }
@@ -194,7 +197,8 @@ fn bad_credentials_still_reach_the_caller() {
         let started = Instant::now();
         let r = pool.get().await.map(drop);
         assert!(matches!(r, Err(Error::Backend(_))), "{r:?}");
-        assert!(started.elapsed() < Duration::from_millis(200));
+        // Not the 30 s wait timeout.
+        assert!(started.elapsed() < Duration::from_secs(10));
         pool.close().await;
     });
 }
@@ -362,7 +366,7 @@ fn get_keeps_to_its_wait_timeout_when_the_check_hangs() {
     let (m, rt) = (Counting::new(), ExecRuntime::new());
     let pool = builder(&m, &rt)
         .max_size(1)
-        .check_timeout(Duration::from_secs(10))
+        .check_timeout(Duration::from_secs(60))
         .wait_timeout(Duration::from_millis(300))
         .build()
         .unwrap();
@@ -374,7 +378,8 @@ fn get_keeps_to_its_wait_timeout_when_the_check_hangs() {
         let r = pool.get().await.map(drop);
         let took = started.elapsed();
         assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
-        assert!(took < Duration::from_millis(500), "get() took {took:?}");
+        // The 300 ms wait timeout, not the 60 s check timeout.
+        assert!(took < Duration::from_secs(20), "get() took {took:?}");
         // The waiting path: the connection comes back while the caller waits, then hangs.
         let held = pool.get().await.unwrap(); // new, not checked
         let later = async {
@@ -385,7 +390,8 @@ fn get_keeps_to_its_wait_timeout_when_the_check_hangs() {
         let (r, ()) = futures_lite::future::zip(pool.get(), later).await;
         let took = started.elapsed();
         assert!(matches!(r.map(drop), Err(Error::Timeout { .. })));
-        assert!(took < Duration::from_millis(500), "get() took {took:?}");
+        // The 300 ms wait timeout, not the 60 s check timeout.
+        assert!(took < Duration::from_secs(20), "get() took {took:?}");
         m.set_check(Fault::None);
         pool.close().await;
     });

@@ -109,7 +109,7 @@ fn build_ready_fails_with_the_creation_error() {
                     .min_idle(min_idle)
                     .fail_fast(fail_fast)
                     .runtime(rt.handle())
-                    .build_ready(Duration::from_secs(5)),
+                    .build_ready(Duration::from_secs(60)),
             );
             let Err(e) = r else {
                 panic!("min_idle {min_idle}, fail_fast {fail_fast}: started against a refusing backend")
@@ -118,8 +118,9 @@ fn build_ready_fails_with_the_creation_error() {
                 matches!(e, Error::Backend(_)),
                 "min_idle {min_idle}, fail_fast {fail_fast}: {e:?}"
             );
+            // At once: a permanent failure does not wait out the 60 s patience.
             assert!(
-                started.elapsed() < Duration::from_secs(1),
+                started.elapsed() < Duration::from_secs(20),
                 "min_idle {min_idle}, fail_fast {fail_fast}: {:?}",
                 started.elapsed()
             );
@@ -186,8 +187,9 @@ fn close_within_chooses_the_deadline_per_call() {
         drop(pool.get().await.unwrap());
         let started = Instant::now();
         let report = pool.close_within(Duration::ZERO).await;
+        // Not the default 10 s deadline.
         assert!(
-            started.elapsed() < Duration::from_secs(1),
+            started.elapsed() < Duration::from_secs(5),
             "{:?}",
             started.elapsed()
         );
@@ -199,10 +201,10 @@ fn close_within_chooses_the_deadline_per_call() {
     assert_eq!(pool.status().counters.open(), 0);
     m.assert_balanced();
 
-    // A close waiting out its 5 s deadline is shortened by a later, shorter request.
+    // A close waiting out its 60 s deadline is shortened by a later, shorter request.
     let (m, rt) = (Counting::new(), ExecRuntime::new());
     let pool = Pool::builder(m.clone())
-        .close_deadline(Duration::from_secs(5))
+        .close_deadline(Duration::from_secs(60))
         .runtime(rt.handle())
         .build()
         .unwrap();
@@ -215,7 +217,7 @@ fn close_within_chooses_the_deadline_per_call() {
         })
         .await;
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < Duration::from_secs(20),
             "{:?}",
             started.elapsed()
         );

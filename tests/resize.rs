@@ -24,7 +24,8 @@ fn growing_serves_a_waiter_at_once() {
             pool.resize(2).unwrap();
         })
         .await;
-        assert!(started.elapsed() < Duration::from_secs(1));
+        // Served by the resize, not by its wait timeout (30 s).
+        assert!(started.elapsed() < Duration::from_secs(10));
         assert_eq!(served.unwrap().id, 2);
         assert_eq!(pool.status().max_size, 2);
         drop(held);

@@ -303,14 +303,17 @@ fn terminated_under_load(pg: &PgServer, check: CheckMethod) -> (usize, usize, us
         r.outage(),
         after.len()
     );
-    // Recovered within tens of milliseconds: failing queries stopped, and the load never
-    // stood still, that fast.
+    // Recovered: failing queries stopped, and the load never stood still for long. On an idle
+    // machine both take tens of milliseconds (the line printed above; benches/RESULTS.md);
+    // the bounds here are outer limits for a loaded one, far below what a pool that kept
+    // handing out dead connections (no end to the failures) or waited out a backoff would
+    // show.
     assert!(
-        r.outage() < Duration::from_millis(100),
+        r.outage() < Duration::from_secs(3),
         "failures for {:?}",
         r.outage()
     );
-    assert!(stall < Duration::from_millis(100), "stalled for {stall:?}");
+    assert!(stall < Duration::from_secs(3), "stalled for {stall:?}");
     assert!(report.is_complete(), "{report:?}");
     assert_accounted(&report.counters);
     let created = report.counters.created as usize;

@@ -197,8 +197,11 @@ fn tokio_clients_killed_under_load() {
         load.errors()
     );
     assert!(load.ok() > answered);
+    // Answered again, and get() never failed: the behaviour. How soon is a figure for the
+    // benchmarks (tens of milliseconds on an idle machine), not a bound for a test on a
+    // loaded one: the outer limit is the 5 s wait above.
     assert!(
-        recovery < Duration::from_millis(200),
+        recovery < Duration::from_secs(5),
         "answered again {recovery:?} after the kill"
     );
     assert_eq!(
