@@ -5,6 +5,11 @@
 //! `valgrind --tool=callgrind` or `perf stat -e instructions`, the difference between two
 //! counts divided by the difference of N is the cost of one pair, repeatable whatever else
 //! the machine is doing, and comparable from pool to pool.
+//!
+//! Built with `--features gracepool/metrics` and run with `P1_RECORDER=prometheus`, the pools
+//! publish to a Prometheus recorder (installed before they are built): the cost of the
+//! `metrics` feature with a recorder that keeps what it is given. Without the variable, the
+//! feature publishes to no recorder.
 
 use gracepool_bench::manager::Trivial;
 use gracepool_bench::pools::{Bb8, BenchPool, ChannelFloor, Dead, Grace, MutexFloor};
@@ -19,6 +24,11 @@ async fn run<P: BenchPool>(n: u64) -> u64 {
 }
 
 fn main() {
+    if std::env::var("P1_RECORDER").as_deref() == Ok("prometheus") {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("no other recorder is installed");
+    }
     let mut args = std::env::args().skip(1);
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let name = args.next().unwrap_or_else(|| Grace::NAME.to_string());
