@@ -58,10 +58,10 @@ impl<M: Manager> Pool<M> {
     ///
     /// Takes an idle connection when there is one, with no round trip to the actor. Otherwise,
     /// when nobody waits ahead of it, the pool has room and the call runs on the pool's
-    /// runtime ([`Runtime::is_current`]), creates the connection itself; else asks the actor to
-    /// create one (never more than `max_size` alive) and waits, in FIFO order with other
-    /// waiters, first come, first served. The whole call, health check and creation included,
-    /// keeps to the wait timeout.
+    /// runtime ([`Runtime::is_current`](crate::Runtime::is_current)), creates the connection
+    /// itself; else asks the actor to create one (never more than `max_size` alive) and waits,
+    /// in FIFO order with other waiters, first come, first served. The whole call, health check
+    /// and creation included, keeps to the wait timeout.
     ///
     /// # Errors
     ///
