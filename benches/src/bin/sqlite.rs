@@ -89,6 +89,7 @@ fn grace_pool_checked_after(
     close_deadline: Duration,
     check_after_idle: Duration,
 ) -> gracepool_sqlite::Pool {
+    // ANCHOR: grace_pool
     // busy_timeout 5 s, WAL and foreign keys are the Config's own defaults.
     let config = gracepool_sqlite::Config::new(db)
         .setup(|c: &mut rusqlite::Connection| c.execute_batch("PRAGMA synchronous=NORMAL"));
@@ -99,9 +100,11 @@ fn grace_pool_checked_after(
         .runtime(gracepool_tokio::TokioRuntime::current())
         .build()
         .expect("a valid configuration")
+    // ANCHOR_END: grace_pool
 }
 
 fn dead_pool(db: &Path, size: usize) -> deadpool_sqlite::Pool {
+    // ANCHOR: dead_pool
     use deadpool_sqlite::{Hook, HookError};
     deadpool_sqlite::Config::new(db)
         .builder(deadpool_sqlite::Runtime::Tokio1)
@@ -117,10 +120,12 @@ fn dead_pool(db: &Path, size: usize) -> deadpool_sqlite::Pool {
         }))
         .build()
         .expect("a valid configuration")
+    // ANCHOR_END: dead_pool
 }
 
 impl Bench {
     async fn step(&self, work: Work, id: i64) -> bool {
+        // ANCHOR: step
         let run = move |c: &mut rusqlite::Connection| op(c, work, id);
         match self {
             Bench::Grace(pool) | Bench::GraceChecked(pool) => {
@@ -132,6 +137,7 @@ impl Bench {
                 matches!(conn.interact(run).await, Ok(Ok(())))
             }
         }
+        // ANCHOR_END: step
     }
 }
 
