@@ -51,3 +51,5 @@ mod ch15_network_failures {}
 mod ch16_database_moves {}
 #[doc = include_str!("../../src/ch17-running-a-fleet.md")]
 mod ch17_running_a_fleet {}
+#[doc = include_str!("../../src/ch18-blocking-backends.md")]
+mod ch18_blocking_backends {}
