@@ -6,6 +6,9 @@
 //! the difference of N is what one waited pair costs, the runtime's scheduling included. With
 //! `P3_SIZES` set, it first prints the size of gracepool's `get` future (what every caller
 //! copies as it awaits it).
+//!
+//! With `P3_TIMER` set, an idle task holds a tokio timer (an hour's sleep) beside the pool, as an
+//! application's own timers would: what a pending timer costs the runtime at each park.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -74,6 +77,10 @@ fn main() {
     }
     let started = std::time::Instant::now();
     let sum = rt.block_on(async {
+        if std::env::var_os("P3_TIMER").is_some() {
+            // Never ends within the run: it stays in the timer wheel.
+            tokio::spawn(tokio::time::sleep(std::time::Duration::from_secs(3600)));
+        }
         match name.as_str() {
             Grace::NAME => run::<Grace>(n).await,
             GraceUntimed::NAME => run::<GraceUntimed>(n).await,
