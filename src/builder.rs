@@ -367,7 +367,8 @@ impl<M: Manager> Builder<M> {
 
     /// The pool's name: the `pool` label of every figure it publishes with the `metrics`
     /// feature (default `"default"`), so that a dashboard tells a service's pools apart
-    /// (`"primary"`, `"replica"`, `"cache"`).
+    /// (`"primary"`, `"replica"`, `"cache"`). Pools of one process that share a name publish
+    /// to the same figures, each overwriting the other's: give each its own.
     ///
     /// ```
     /// # use gracepool_testkit::{Counting, ExecRuntime};
