@@ -47,7 +47,9 @@
 //! for a second or more is handed out again, it must answer `SELECT 1` (the manager's
 //! [`check_after_idle`](gracepool_blocking::Manager::check_after_idle)). A connection that a
 //! call left inside a transaction, or whose transaction manager diesel marked broken, is closed
-//! as it comes back, never handed to the next caller.
+//! as it comes back, never handed to the next caller. "Inside a transaction" is what diesel's
+//! transaction manager knows (`Connection::transaction`, `begin_transaction`): a raw `BEGIN`
+//! sent with `sql_query` is not seen, so open transactions through diesel.
 //!
 //! # How a connection says goodbye
 //!
@@ -178,14 +180,15 @@ impl std::error::Error for Error {
 }
 
 impl Error {
-    /// Whether retrying cannot fix it: a malformed connection string, failed authentication,
-    /// a database or role that does not exist. A refused or lost connection is transient.
+    /// Whether retrying cannot fix it: a malformed connection string, failed authentication
+    /// or a missing password, a database or role that does not exist. A refused or lost connection is transient.
     pub fn is_permanent(&self) -> bool {
         match self {
             Error::Connect(diesel::ConnectionError::InvalidCString(_))
             | Error::Connect(diesel::ConnectionError::InvalidConnectionUrl(_)) => true,
             Error::Connect(diesel::ConnectionError::BadConnection(m)) => {
                 m.contains("authentication failed")
+                    || m.contains("no password supplied")
                     || m.contains("does not exist")
                     || m.contains("invalid connection option")
                     || m.contains("missing \"=\"")
