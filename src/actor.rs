@@ -323,9 +323,9 @@ impl<M: Manager> PoolActor<M> {
         let config = &self.shared.config;
         // Within half the idle timeout, so that the first connection of a top-up is not
         // reaped as idle before the last is made.
-        let window = config
-            .idle_timeout
-            .map_or(config.prewarm_window, |idle| config.prewarm_window.min(idle / 2));
+        let window = config.idle_timeout.map_or(config.prewarm_window, |idle| {
+            config.prewarm_window.min(idle / 2)
+        });
         if wanted == 0 || window.is_zero() {
             return wanted;
         }
