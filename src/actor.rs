@@ -110,8 +110,8 @@ pub(crate) struct PoolActor<M: Manager> {
     warm: Option<BoxFuture>,
     /// The surplus window under way: when it ends.
     surplus_due: Option<std::time::Instant>,
-    /// Idle connections were given back as surplus: `min_idle` is not topped up again until
-    /// callers have had to wait.
+    /// Idle connections were given back as surplus: from then on the pool holds what its
+    /// callers use, and `min_idle` is no longer topped up.
     trimmed: bool,
     /// Which home this actor is (see `Waitlist::evict`): the connections it makes carry it.
     home: u32,
@@ -285,13 +285,10 @@ impl<M: Manager> PoolActor<M> {
             shared.ledger.min_idle(),
         );
         let full = shared.ledger.server_full();
-        if growth.for_waiters > 0 {
-            // Demand beyond what the pool holds: min_idle is worth keeping again.
-            self.trimmed = false;
-        }
         let for_min_idle = if self.trimmed {
-            // A pool that gave its spares back keeps them given back until its callers need
-            // more.
+            // A pool that gave its spares back holds what its callers use: topping up again
+            // at the first moment a caller waits would take back the room another process of
+            // the fleet was given, and give it back a window later, over and over.
             0
         } else {
             self.paced(growth.for_min_idle)
@@ -497,7 +494,7 @@ impl<M: Manager> PoolActor<M> {
 
     /// At the end of each surplus window, closes the idle connections no checkout needed
     /// throughout it (the fewest idle at any moment of it), those idle longest first. The
-    /// pool then stops topping up `min_idle` until callers have to wait (`grow`).
+    /// pool then no longer tops up `min_idle`: it holds what its callers use (`grow`).
     fn give_back_surplus(&mut self) {
         let Some(window) = self.shared.config.surplus_window else {
             return;

@@ -186,9 +186,11 @@ impl<M: Manager> Builder<M> {
     /// Gives back idle connections nobody needed (default: a window of 30 s). At the end of
     /// each window, as many idle connections as stayed idle through all of it — the fewest
     /// that were idle at any moment of it — are closed, those idle longest first, `min_idle`
-    /// included: a pool then tops up to `min_idle` again only once callers had to wait for a
-    /// connection. A process of a fleet keeps what its load uses, and a process started later
-    /// finds room on the server. `None`: `min_idle` is a floor kept whatever the load.
+    /// included. From then on the pool holds what its callers use (it still makes connections
+    /// for callers who wait, up to `max_size`) and no longer tops up `min_idle`: `min_idle` is
+    /// what a pool starts with and keeps until its load shows it is not needed. A process of a
+    /// fleet keeps what its load uses, and a process started later finds room on the server.
+    /// `None`: `min_idle` is a floor kept whatever the load.
     pub fn surplus_window(mut self, window: impl Into<Option<Duration>>) -> Self {
         self.config.surplus_window = window.into();
         self
