@@ -1114,7 +1114,11 @@ pub fn table(runs: &[Run]) -> String {
             r.settings.max_connections(),
             r.peak_attempts_per_sec(0.0, r.phases.end + 1.0),
             secs(median, "—"),
-            r.doubled_ratio().map_or("—".into(), |x| format!("{x:.2}×")),
+            r.doubled_ratio().map_or("—".into(), |x| format!(
+                "{x:.2}× ({:.0} → {:.0} calls/s)",
+                r.full_speed(),
+                x * r.full_speed()
+            )),
             secs(r.doubled_reached(), "never"),
             secs(r.after_down(), "not within the run"),
         );
