@@ -1,10 +1,12 @@
 //! Which calls a connection has outstanding: a call whose future was dropped before its answer
 //! (a timeout, a cancelled request handler) leaves its request on the connection, and the
-//! next caller's first query waits behind it — forever, on a server that stopped answering.
-//! Before the connection is handed out again, its check asks the server to stop the abandoned
-//! call (PostgreSQL's cancel request: a live server stops working on it; one idle by then
-//! ignores it), then makes sure with one round trip; one whose call ran past the per-call
-//! timeout is retired. Nothing is sent from a `Drop`: the abandoning future only sets flags.
+//! next caller's first query would wait behind it — forever, on a server that stopped
+//! answering. Such a connection is retired as it comes back, never handed out again: its
+//! goodbye asks the server to stop the abandoned call (PostgreSQL's cancel request), then ends
+//! the session. Reusing it after a cancel is not safe: a cancel request travels on a connection
+//! of its own and the server acts on it whenever it arrives, so a late one stops whatever that
+//! session runs then — the next caller's query (`57014`). Nothing is sent from a `Drop`: the
+//! abandoning future only sets flags.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -29,6 +31,9 @@ pub struct Retirements {
     /// The server is read-only (`25006`): a primary demoted after a failover. The pool was
     /// refreshed.
     pub read_only: u64,
+    /// A call's future was dropped before its answer (a timeout, a cancelled request): the
+    /// request was left on the connection.
+    pub abandoned: u64,
 }
 
 /// The counts behind [`Retirements`], shared by a manager and its connections.
@@ -37,6 +42,7 @@ pub(crate) struct RetirementCounts {
     connection_lost: AtomicU64,
     server_shutdown: AtomicU64,
     read_only: AtomicU64,
+    abandoned: AtomicU64,
 }
 
 impl RetirementCounts {
@@ -45,6 +51,7 @@ impl RetirementCounts {
             connection_lost: self.connection_lost.load(Ordering::Relaxed),
             server_shutdown: self.server_shutdown.load(Ordering::Relaxed),
             read_only: self.read_only.load(Ordering::Relaxed),
+            abandoned: self.abandoned.load(Ordering::Relaxed),
         }
     }
 }
@@ -238,8 +245,8 @@ impl Calls {
     }
 }
 
-/// A call under way: dropped before it finished, it marks the connection dirty, and asks the
-/// next check to have the server stop the call.
+/// A call under way: dropped before it finished, it marks the connection unfit (retired as it
+/// comes back) and asks its goodbye to have the server stop the call first.
 struct Pending<'a> {
     calls: &'a Calls,
     done: bool,
@@ -248,9 +255,17 @@ struct Pending<'a> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if !self.done {
-            // Only flags: the next check, in a task of its own, cancels and makes sure.
+            // Only flags: the goodbye, in the actor's task, cancels the call and ends the session.
             self.calls.mark_dirty();
             self.calls.cancel_wanted.store(true, Ordering::Relaxed);
+            if self
+                .calls
+                .unfit
+                .compare_exchange(FIT, UNFIT_CONNECTION, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.calls.counts.abandoned.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

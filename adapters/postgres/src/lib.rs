@@ -755,9 +755,10 @@ pub struct PgConnection {
 /// Calls made through these methods of [`PgConnection`] (they shadow the [`Client`]'s of the
 /// same name) are tracked: one whose future is dropped before its answer — a timeout, a
 /// cancelled request — leaves its request on the connection, and the connection is then
-/// checked with a round trip before it is handed out again (on a server that stopped
-/// answering, that check times out and the connection is retired, instead of the next caller
-/// hanging behind the abandoned request). With [`Manager::query_timeout`], each is bounded.
+/// retired as it comes back, never handed out again: its goodbye asks the server to stop the
+/// call, then ends the session (the next caller never waits behind the abandoned request, nor
+/// has its own query stopped by a cancel that arrived late). `Manager::retirements` counts
+/// them as `abandoned`. With [`Manager::query_timeout`], each is bounded.
 /// Calls through the client's other methods (`query_raw`, `copy_in`, ...: the client is
 /// reached by `Deref` or [`client`](PgConnection::client)) are not tracked.
 impl PgConnection {
@@ -1254,21 +1255,34 @@ where
             mut driver,
             client,
             statements,
-            calls: _,
+            calls,
             named: _,
         } = conn;
         driver.ending.store(true, Ordering::Relaxed);
+        let tls = self.tls.clone();
         async move {
             if client.is_closed() {
                 // The driver has ended or is ending: nothing to wait for, nobody to greet.
                 return Goodbye::Unsaid;
+            }
+            if calls.take_cancel_wanted() {
+                // A call was abandoned on this connection: ask the server to stop it before
+                // the session ends (bounded, with this goodbye, by the shutdown timeout).
+                let _ = client.cancel_token().cancel_query(tls).await;
             }
             // A round trip first: its answer says the server is there and has answered every
             // request before it, so the Terminate that follows reaches a listening server. A
             // server that stopped answering never answers it: the pool's shutdown timeout
             // then ends this goodbye, and it counts as unconfirmed, not as said.
             if let Err(e) = client.simple_query("").await {
-                return if e.is_closed() || e.as_db_error().is_some() {
+                // A cancel that arrived late stops this round trip instead: the server is
+                // there, and the Terminate still goes out.
+                let cancelled = e.code() == Some(&SqlState::QUERY_CANCELED);
+                return if cancelled {
+                    drop(client);
+                    drop(statements);
+                    goodbye(driver.finished().await)
+                } else if e.is_closed() || e.as_db_error().is_some() {
                     Goodbye::Unsaid
                 } else {
                     Goodbye::Failed(e)
