@@ -65,13 +65,14 @@ impl Backoff {
         self.jittered(base)
     }
 
-    /// A creation failed because the server is full: as `failed`, but the pauses go on
-    /// doubling past `longest`, up to `full_longest`.
+    /// A creation failed because the server is full: the pauses start at `longest` (room on
+    /// a full server comes only as other clients leave: quick retries would only collect
+    /// refusals) and go on doubling up to `full_longest`.
     pub(crate) fn failed_full(&mut self, full_longest: std::time::Duration) -> std::time::Duration {
         self.failures = self.failures.saturating_add(1);
         let doublings = (self.failures - 1).min(31);
         let base = self
-            .first
+            .longest
             .checked_mul(1u32 << doublings)
             .unwrap_or(full_longest)
             .min(full_longest.max(self.longest));
@@ -293,14 +294,17 @@ impl<M: Manager> PoolActor<M> {
         } else {
             self.paced(growth.for_min_idle)
         };
-        let mut wave = growth.for_waiters + for_min_idle;
-        if full {
-            // One attempt at a time while the server is full, for a caller or for min_idle
-            // (which is what finds out, when nobody waits, that there is room again): each
-            // refused one is a wasted round trip for the server too.
-            wave = wave.min(usize::from(self.creating.is_empty()));
-        }
-        let cap = shared.config.max_creating;
+        let wave = growth.for_waiters + for_min_idle;
+        // One attempt at a time, the actor's and callers' together, until the pool has made
+        // its first connection (a server that refuses, is full or rejects the credentials is
+        // asked once, not by every caller of a fresh pool at once), and while the server is
+        // full, for a caller or for min_idle (which is what finds out, when nobody waits, that
+        // there is room again): each refused attempt is a wasted round trip for the server too.
+        let cap = if full || !shared.ledger.made_one() {
+            1
+        } else {
+            shared.config.max_creating
+        };
         for _ in 0..wave {
             // A caller creating for itself may have taken the room meanwhile.
             if !shared.ledger.begin_creation(cap) {

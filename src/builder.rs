@@ -156,7 +156,9 @@ impl<M: Manager> Builder<M> {
 
     /// At most this many creations in flight at once, the actor's and callers' own together
     /// (default 16). A burst of demand on an empty pool opens connections this many at a
-    /// time rather than all at once.
+    /// time rather than all at once. A fresh pool makes its first connection alone, and the
+    /// rest once it has one: a server that refuses, is full or rejects the credentials is
+    /// asked once, not by every caller at once.
     pub fn max_creating(mut self, max_creating: usize) -> Self {
         self.config.max_creating = max_creating;
         self
@@ -174,10 +176,10 @@ impl<M: Manager> Builder<M> {
 
     /// The longest pause between creation attempts while the server says it is full
     /// ([`Manager::is_server_full`]: PostgreSQL's `too many clients`; default 2 s). While it
-    /// is, the pool makes one attempt at a time, and its pauses grow up to this rather than to
-    /// the `create_backoff` limit:
-    /// room on a full server comes only as other clients leave, and a fleet that retried
-    /// four times a second per process would mostly collect refusals.
+    /// is, the pool makes one attempt at a time, and its pauses start at the `create_backoff`
+    /// limit and double up to this: room on a full server comes only as other clients leave,
+    /// and a fleet that retried four times a second per process would mostly collect
+    /// refusals.
     pub fn server_full_backoff(mut self, longest: Duration) -> Self {
         self.config.full_backoff_max = longest;
         self

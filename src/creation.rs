@@ -58,7 +58,12 @@ impl<M: Manager> Pool<M> {
             && shared.ledger.callers_may_create()
             && shared.ledger.slots() < shared.ledger.max_size()
             && shared.runtime.is_current()
-            && shared.ledger.begin_creation(shared.config.max_creating)
+            // Until the pool has made its first connection, one creation at a time (see `grow`).
+            && shared.ledger.begin_creation(if shared.ledger.made_one() {
+                shared.config.max_creating
+            } else {
+                1
+            })
             && (shared.ledger.try_reserve_slot() || {
                 shared.ledger.end_creation();
                 false

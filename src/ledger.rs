@@ -281,6 +281,11 @@ impl Ledger {
         self.slots.fetch_sub(1, SeqCst);
     }
 
+    /// Whether the pool has made a connection yet.
+    pub(crate) fn made_one(&self) -> bool {
+        self.created.load(Relaxed) > 0
+    }
+
     pub(crate) fn record_created(&self) {
         self.created.fetch_add(1, Relaxed);
     }

@@ -4,10 +4,11 @@
 //! (`server_full_backoff`); idle connections nobody
 //! needed for a whole window are given back (`surplus_window`).
 //!
-//! Each check here was made to fail once: the cap removed from `grow` (the in-flight peak
+//! A fresh pool makes its first connection alone. Each check here was made to fail once: the cap removed from `grow` (the in-flight peak
 //! reached 40), the pacing removed (all eight made within a millisecond), full errors treated
 //! as ordinary (8 attempts ran at once on the full server), the surplus rule
-//! switched off (nothing given back).
+//! switched off (nothing given back), the first-connection rule off (the other seven started
+//! at once).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -113,6 +114,48 @@ fn creations_in_flight_never_pass_max_creating() {
         "the test never had creations in parallel ({peak})"
     );
     assert_eq!(m.inner.created.load(SeqCst), m.inner.closed.load(SeqCst));
+}
+
+#[test]
+fn a_fresh_pool_makes_its_first_connection_alone() {
+    let (m, rt) = (Server::default(), ExecRuntime::new());
+    m.inner.delay_ms.store(50, SeqCst);
+    let pool = Pool::builder(m.clone())
+        .max_size(8)
+        .runtime(rt.handle())
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Eight callers at once on a fresh pool: the first creation goes alone (a server that
+        // refuses is asked once, not eight times); once it made one, the rest go together.
+        let gets: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                rt.executor.spawn(async move {
+                    let conn = pool.get().await.expect("served");
+                    async_io::Timer::after(Duration::from_millis(100)).await;
+                    drop(conn);
+                })
+            })
+            .collect();
+        for g in gets {
+            g.await;
+        }
+        pool.close().await;
+    });
+    let started = m.inner.started.lock().unwrap().clone();
+    assert!(started.len() >= 2, "{} creations", started.len());
+    for later in &started[1..] {
+        assert!(
+            *later - started[0] >= Duration::from_millis(45),
+            "a second creation started {:?} after the first, before it was done",
+            *later - started[0]
+        );
+    }
+    assert!(
+        m.inner.peak.load(SeqCst) >= 2,
+        "the rest were not made together"
+    );
 }
 
 #[test]
