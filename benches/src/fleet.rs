@@ -155,8 +155,13 @@ impl Settings {
         (processes * self.tasks) as f64 * 1000.0 / self.query_ms.max(1) as f64
     }
 
-    fn child_env(&self) -> [(&'static str, String); 4] {
+    fn child_env(&self) -> [(&'static str, String); 5] {
         [
+            (
+                "GRACEPOOL_FLEET_MIN_IDLE",
+                std::env::var("GRACEPOOL_FLEET_MIN_IDLE")
+                    .unwrap_or_else(|_| self.max_size.to_string()),
+            ),
             ("GRACEPOOL_FLEET_MAX_SIZE", self.max_size.to_string()),
             ("GRACEPOOL_FLEET_TASKS", self.tasks.to_string()),
             ("GRACEPOOL_FLEET_QUERY_MS", self.query_ms.to_string()),
@@ -223,6 +228,12 @@ fn pg_label(e: &tokio_postgres::Error) -> String {
 
 impl Pool {
     async fn build(lib: Lib, conn_str: &str, size: usize) -> Pool {
+        // `min_idle` where the library has it: `max_size` unless GRACEPOOL_FLEET_MIN_IDLE says.
+        let min_idle = std::env::var("GRACEPOOL_FLEET_MIN_IDLE")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(size)
+            .min(size);
         match lib {
             Lib::Grace => {
                 let manager = gracepool_postgres::Manager::from_conn_str(conn_str)
@@ -230,7 +241,7 @@ impl Pool {
                 Pool::Grace(
                     gracepool::Pool::builder(manager)
                         .max_size(size)
-                        .min_idle(size)
+                        .min_idle(min_idle)
                         .runtime(gracepool_tokio::TokioRuntime::current())
                         .build()
                         .expect("a valid configuration"),
@@ -267,7 +278,7 @@ impl Pool {
                 Pool::Bb8(
                     bb8::Pool::builder()
                         .max_size(size as u32)
-                        .min_idle(Some(size as u32))
+                        .min_idle(Some(min_idle as u32))
                         .connection_customizer(Box::new(CountNew(made.clone())))
                         .build_unchecked(bb8_postgres::PostgresConnectionManager::new(
                             config, NoTls,

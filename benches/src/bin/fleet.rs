@@ -11,7 +11,8 @@
 //! Settings (`GRACEPOOL_FLEET_*`): `PROCESSES` (8), `MAX_SIZE` (8), `HEADROOM` (5:
 //! `max_connections` = processes × max size + headroom), `TASKS` (4 busy tasks a process),
 //! `QUERY_MS` (20: each call's `pg_sleep`), `CALLER_TIMEOUT_MS` (5000), `WARM_MS` (3000),
-//! `STEADY_MS` (5000), `STEP_MS` (2000: one roll step), `SCALE_HOLD_MS` (45000; 0 skips the
+//! `STEADY_MS` (5000), `STEP_MS` (2000: one roll step), `MIN_IDLE` (each pool's `min_idle`
+//! where the library has it: `MAX_SIZE` by default), `SCALE_HOLD_MS` (45000; 0 skips the
 //! scale-up), `AFTER_SCALE_MS` (6000), `LIBS` (`grace,dead,bb8`), `SVG` (where the chart
 //! goes; `target/fleet.svg` by default). Nothing here asserts a figure.
 
