@@ -234,7 +234,13 @@ struct InFlight<'a, M: Manager>(&'a Shared<M>);
 
 impl<M: Manager> Drop for InFlight<'_, M> {
     fn drop(&mut self) {
-        self.0.ledger.end_creation();
+        let shared = self.0;
+        shared.ledger.end_creation();
+        // Callers who queued while this place was the only one (a fresh pool makes its first
+        // connection alone) wait for the actor to make theirs: it learns it may now.
+        if shared.waitlist.waiting() > 0 && shared.ledger.actor_alive() {
+            let _ = shared.mailbox_tx.try_send(Msg::Grow);
+        }
     }
 }
 

@@ -158,6 +158,64 @@ fn a_fresh_pool_makes_its_first_connection_alone() {
     );
 }
 
+/// The test executor, saying that every caller runs on it: a `get` that finds nothing idle
+/// makes its connection itself.
+#[derive(Clone)]
+struct Here(gracepool_testkit::ExecHandle);
+
+impl gracepool::Runtime for Here {
+    fn spawn(&self, task: gracepool::BoxFuture) -> Result<(), gracepool::SpawnError> {
+        self.0.spawn(task)
+    }
+
+    fn sleep(&self, duration: Duration) -> gracepool::BoxFuture {
+        self.0.sleep(duration)
+    }
+
+    fn is_current(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn callers_queued_behind_a_fresh_pools_first_creation_are_not_left_to_the_tick() {
+    let (m, rt) = (Server::default(), ExecRuntime::new());
+    m.inner.delay_ms.store(30, SeqCst);
+    let pool = Pool::builder(m.clone())
+        .max_size(8)
+        // No tick in the test's time: only the end of the first creation can start the rest.
+        .maintenance_interval(Duration::from_secs(60))
+        .runtime(Here(rt.handle()))
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // The first caller creates alone, the seven others queue; each holds its connection
+        // for 200 ms, so one connection cannot serve them all in time.
+        let gets: Vec<_> = (0..8)
+            .map(|_| {
+                let pool = pool.clone();
+                rt.executor.spawn(async move {
+                    let conn = pool
+                        .get_timeout(Duration::from_secs(5))
+                        .await
+                        .expect("served");
+                    async_io::Timer::after(Duration::from_millis(200)).await;
+                    drop(conn);
+                })
+            })
+            .collect();
+        assert!(
+            eventually(Duration::from_secs(3), || m.inner.created.load(SeqCst) >= 4).await,
+            "the queued callers waited for the maintenance tick: {:?}",
+            pool.status()
+        );
+        for g in gets {
+            g.await;
+        }
+        pool.close().await;
+    });
+}
+
 #[test]
 fn min_idle_is_made_over_the_prewarm_window() {
     let (m, rt) = (Server::default(), ExecRuntime::new());
