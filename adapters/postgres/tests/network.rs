@@ -336,7 +336,11 @@ fn a_reset_of_every_connection_is_ridden_out() {
         let pool = pool(&conn_str(proxy.port(), "reset", ""), |b| b.min_idle(SIZE));
         let load = Load::start(&pool, 3);
         assert!(load.await_more(50, Duration::from_secs(10)).await);
-        gracepool_testkit::until_status(&pool, "four connections", |s| s.size == SIZE).await;
+        // All four made (min_idle comes over its pre-warm window), and one of them idle.
+        gracepool_testkit::until_status(&pool, "four connections, one idle", |s| {
+            s.counters.created as usize == SIZE && s.idle >= 1
+        })
+        .await;
         let before = pool.status();
         let reset_at = Instant::now();
         proxy.set_mode(Mode::ResetAll);
