@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{manager, tokio_rt, PgServer};
 use gracepool_postgres::Pool;
@@ -13,6 +13,8 @@ use gracepool_testkit::assert_accounted;
 use gracepool_tokio::TokioRuntime;
 
 const SIZE: usize = 32;
+/// How long each get holds its connection: well within the close deadline.
+const HOLD: Duration = Duration::from_millis(200);
 
 /// Log lines of sessions whose client went away without a Terminate, whatever their stage
 /// (before the startup packet the application name is not known yet, so every line of the
@@ -46,16 +48,30 @@ fn a_close_during_a_cold_start_leaves_no_half_made_session() {
             .runtime(TokioRuntime::current())
             .build()
             .unwrap();
-        // Many gets on an empty pool: each makes a connection in its own task, or waits for
-        // one the actor makes.
+        // Many gets on an empty pool, each holding its connection a while: each makes a
+        // connection in its own task, or waits for one the actor makes. Were the guards
+        // dropped at once, a few connections could serve every get in turn and the pool
+        // would never grow to the size awaited below.
         let gets: Vec<_> = (0..SIZE)
             .map(|_| {
                 let pool = pool.clone();
-                tokio::spawn(async move { pool.get().await.map(drop) })
+                tokio::spawn(async move {
+                    let conn = pool.get().await?;
+                    tokio::time::sleep(HOLD).await;
+                    drop(conn);
+                    Ok::<(), gracepool_postgres::PoolError>(())
+                })
             })
             .collect();
         // Close as soon as creations are under way.
+        let until = Instant::now() + Duration::from_secs(30);
         while pool.status().size < SIZE / 2 {
+            assert!(
+                Instant::now() < until,
+                "the pool never grew to {}: {:?}",
+                SIZE / 2,
+                pool.status()
+            );
             tokio::task::yield_now().await;
         }
         let in_flight = pool.status().size - pool.status().counters.created as usize;
