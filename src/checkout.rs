@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
 
+use crate::clock;
 use crate::deadline::{self, Expire};
 use crate::error::Error;
 use crate::guard::Pooled;
@@ -49,7 +50,18 @@ impl Budget {
 
     /// When the call started waiting, read now the first time it is asked.
     pub(crate) fn start(&mut self) -> Instant {
-        *self.started.get_or_insert_with(Instant::now)
+        let timeout = self.timeout;
+        *self
+            .started
+            .get_or_insert_with(|| clock::deadline_start(timeout, clock::now()))
+    }
+
+    /// As `start`, with the wait clock just read.
+    fn start_at(&mut self, now: clock::Reading) -> Instant {
+        let timeout = self.timeout;
+        *self
+            .started
+            .get_or_insert_with(|| clock::deadline_start(timeout, now))
     }
 
     /// What is left of the wait timeout (`None`: no timeout).
@@ -600,12 +612,16 @@ struct Waiting<'a, M: Manager> {
 }
 
 impl<'a, M: Manager> Waiting<'a, M> {
-    /// The wait starts now (the clock is read, unless a check or a creation read it already),
-    /// or goes on from a caller's own creation that made the call wait (its `mark`).
+    /// The wait starts now (with a timeout, its start is read unless a check or a creation read
+    /// it already), or goes on from a caller's own creation that made the call wait (its
+    /// `mark`).
     fn start(shared: &'a Shared<M>, budget: &mut Budget, mark: Option<WaiterMark<'a>>) -> Self {
         crate::coop::reset();
-        let started = budget.start();
-        let deadline = budget.timeout.and_then(|t| started.checked_add(t));
+        let now = clock::now();
+        let deadline = match budget.timeout {
+            Some(t) => budget.start_at(now).checked_add(t),
+            None => None,
+        };
         Waiting {
             deadline,
             kept: deadline.is_some() && deadline::available(),
@@ -613,7 +629,7 @@ impl<'a, M: Manager> Waiting<'a, M> {
             again: false,
             moves: 0,
             started_here: false,
-            _mark: mark.unwrap_or_else(|| WaiterMark::new(&shared.ledger, started)),
+            _mark: mark.unwrap_or_else(|| WaiterMark::at(&shared.ledger, now)),
             _pool: std::marker::PhantomData,
         }
     }
@@ -624,16 +640,23 @@ impl<'a, M: Manager> Waiting<'a, M> {
 /// that did not finish at once, or the queue) and handed on until the call ends. (How many
 /// wait is the waitlist's queue length, kept under its lock: no counter of its own for every
 /// caller to touch.)
-pub(crate) struct WaiterMark<'a>(&'a Ledger, Instant);
+/// The wait is measured on the wait clock (see `clock`).
+pub(crate) struct WaiterMark<'a>(&'a Ledger, clock::Reading);
 
 impl<'a> WaiterMark<'a> {
-    pub(crate) fn new(ledger: &'a Ledger, started: Instant) -> Self {
-        WaiterMark(ledger, started)
+    /// A wait that starts now.
+    pub(crate) fn new(ledger: &'a Ledger) -> Self {
+        WaiterMark(ledger, clock::now())
+    }
+
+    /// A wait that started at `start`, a reading of the wait clock.
+    fn at(ledger: &'a Ledger, start: clock::Reading) -> Self {
+        WaiterMark(ledger, start)
     }
 }
 
 impl Drop for WaiterMark<'_> {
     fn drop(&mut self) {
-        self.0.record_wait(self.1.elapsed());
+        self.0.record_wait(self.1.until(clock::now()));
     }
 }

@@ -116,7 +116,7 @@ impl<M: Manager> Pool<M> {
                     Some(d) => Some(shared.runtime.sleep(d)),
                     None => None,
                 };
-                *mark = Some(WaiterMark::new(&shared.ledger, budget.start()));
+                *mark = Some(WaiterMark::new(&shared.ledger));
                 limits = Some((timer, listener));
             }
             let (timer, listener) = limits.as_mut().expect("set just above");

@@ -118,6 +118,7 @@ macro_rules! event {
 mod actor;
 mod builder;
 mod checkout;
+mod clock;
 mod close;
 mod config;
 mod coop;

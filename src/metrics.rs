@@ -22,7 +22,7 @@
 //! | `gracepool_hooks_failed_total` | counter | hooks that failed, all three kinds |
 //! | `gracepool_refreshes_total` | counter | refreshes of the pool |
 //! | `gracepool_moves_total` | counter | moves to another runtime (a pool whose runtime follows its callers) |
-//! | `gracepool_wait_seconds` | histogram | how long each call to `get` that had to wait waited |
+//! | `gracepool_wait_seconds` | histogram | how long each call to `get` that had to wait waited (on the coarse clock on Linux: whole ticks, see `Counters::wait_total`) |
 //! | `gracepool_create_seconds` | histogram | how long each successful `Manager::create` took |
 //! | `gracepool_use_seconds` | histogram | how long each connection was checked out, from its checkout (after its check) to its return |
 //!

@@ -52,8 +52,16 @@ pub struct Counters {
     pub gets_timed_out: u64,
     /// The time the calls that had to wait waited, added up: divided by `gets_waited`, the
     /// mean wait.
+    ///
+    /// On Linux and Android waits are read on the system's coarse monotonic clock, which
+    /// advances once a kernel tick (1–4 ms; a read costs a few nanoseconds where
+    /// `Instant::now()` costs tens): each wait counts as a whole number of ticks, within one
+    /// tick of its length, and the sum is right on average (a wait crosses as many tick
+    /// boundaries, on average, as its length holds ticks). Elsewhere, and where the tick is
+    /// over 10 ms, waits are read on `Instant`.
     pub wait_total: Duration,
-    /// The longest wait of one call.
+    /// The longest wait of one call, read as `wait_total`'s are: within one tick of the
+    /// clock. Waits all shorter than a tick show as zero or one tick.
     pub wait_max: Duration,
     /// Closed as broken: [`Manager::is_broken`](crate::Manager::is_broken), a guard dropped
     /// while panicking, [`Pooled::close`](crate::Pooled::close), or idle ones a `get` took as

@@ -1,0 +1,170 @@
+//! The clock of waits: the system's coarse monotonic clock where it has one.
+//!
+//! Every caller that waits reads a clock twice, as its wait starts (the wait deadline, and the
+//! wait statistics) and as it ends (the statistics). `Instant::now()` cost 23 ns a read on the
+//! 2-core KVM machine the benchmarks run on, about 7 % of a waited checkout with one
+//! connection shared by 32 tasks (P3 in `benches/RESULTS.md`). Linux's
+//! `CLOCK_MONOTONIC_COARSE` cost 3.4 ns there: it returns the time of the kernel's last tick
+//! (every 4 ms on that machine, [`resolution`]) without reading the hardware counter.
+//!
+//! What the coarse clock is good for, and what it is not:
+//! - **Wait statistics** (`wait_total`, `wait_max`, the `metrics` feature's wait histogram):
+//!   a wait is the difference of two readings, a whole number of ticks. Each is within one
+//!   tick of the true wait, and the sum is right on average: a wait of length `d` crosses
+//!   `d / tick` tick boundaries on average, whatever its length.
+//! - **Wait deadlines**: a deadline taken from it is pushed one tick later
+//!   ([`deadline_start`]), so that it never falls before the true one; it falls at most two
+//!   ticks after it. Only wait timeouts of at least [`COARSE_DEADLINES_FROM`] take their start
+//!   from it (8 ms late at most on a 30 s timeout); shorter ones read `Instant::now()`.
+//!
+//! Elsewhere (macOS, Windows, the BSDs) both are `Instant::now()` and exact.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Wait timeouts from this long on start from the coarse clock.
+pub(crate) const COARSE_DEADLINES_FROM: Duration = Duration::from_secs(1);
+
+/// A reading of the wait clock: the time since an arbitrary, fixed point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Reading(Duration);
+
+impl Reading {
+    /// From this reading to `later`, zero if `later` is not later.
+    pub(crate) fn until(self, later: Reading) -> Duration {
+        later.0.saturating_sub(self.0)
+    }
+}
+
+/// Reads the wait clock.
+pub(crate) fn now() -> Reading {
+    Reading(read())
+}
+
+/// The start of a wait whose deadline is `timeout` away, as an `Instant` that is never before
+/// the true now: `Instant::now()` for a short timeout or where there is no coarse clock, the
+/// coarse clock's reading `now` (just read) pushed one tick later otherwise.
+pub(crate) fn deadline_start(timeout: Option<Duration>, now: Reading) -> Instant {
+    match (timeout, coarse()) {
+        (Some(t), Some(c)) if t >= COARSE_DEADLINES_FROM => {
+            // The tick read is at most one tick before now, and the anchor's tick at most one
+            // tick before its instant: the instant of the tick read, mapped through the
+            // anchor, is less than a tick before now. One tick more is never before it.
+            c.anchor + now.0.saturating_sub(c.anchor_reading) + c.resolution
+        }
+        _ => Instant::now(),
+    }
+}
+
+/// The coarse clock's tick (zero where there is none).
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn resolution() -> Duration {
+    coarse().map_or(Duration::ZERO, |c| c.resolution)
+}
+
+struct Coarse {
+    /// An instant and the coarse clock's reading at it.
+    anchor: Instant,
+    anchor_reading: Duration,
+    resolution: Duration,
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn read() -> Duration {
+    use rustix::time::{clock_gettime, ClockId};
+    to_duration(clock_gettime(ClockId::MonotonicCoarse))
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn to_duration(ts: rustix::time::Timespec) -> Duration {
+    // A monotonic clock counts from boot: never negative.
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn coarse() -> Option<&'static Coarse> {
+    static COARSE: OnceLock<Option<Coarse>> = OnceLock::new();
+    COARSE
+        .get_or_init(|| {
+            use rustix::time::{clock_getres, ClockId};
+            let resolution = to_duration(clock_getres(ClockId::MonotonicCoarse));
+            // A tick longer than 10 ms (a kernel built with a low tick rate) would make the
+            // statistics too coarse to read: the exact clock then.
+            if resolution.is_zero() || resolution > Duration::from_millis(10) {
+                return None;
+            }
+            Some(Coarse {
+                anchor: Instant::now(),
+                anchor_reading: read(),
+                resolution,
+            })
+        })
+        .as_ref()
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn read() -> Duration {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed()
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn coarse() -> Option<&'static Coarse> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deadline_start_is_never_before_now_nor_more_than_two_ticks_after() {
+        let tick = resolution();
+        for timeout in [
+            None,
+            Some(Duration::from_millis(10)),
+            Some(Duration::from_secs(30)),
+        ] {
+            for _ in 0..2_000 {
+                let before = Instant::now();
+                let start = deadline_start(timeout, now());
+                let after = Instant::now();
+                assert!(start >= before, "{timeout:?}: {start:?} before {before:?}");
+                assert!(
+                    start <= after + tick * 2,
+                    "{timeout:?}: {start:?} more than two ticks ({tick:?}) after {after:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_wait_read_on_the_wait_clock_is_within_one_tick() {
+        let tick = resolution();
+        for wait in [
+            Duration::ZERO,
+            Duration::from_millis(3),
+            Duration::from_millis(25),
+        ] {
+            let (start, fine) = (now(), Instant::now());
+            std::thread::sleep(wait);
+            let (read, exact) = (start.until(now()), fine.elapsed());
+            // A millisecond more either way: the two clocks are read one after the other.
+            let slack = tick + Duration::from_millis(1);
+            assert!(
+                read + slack >= exact && read <= exact + slack,
+                "read {read:?}, exact {exact:?}, tick {tick:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn short_timeouts_read_the_exact_clock() {
+        let before = Instant::now();
+        let start = deadline_start(Some(COARSE_DEADLINES_FROM - Duration::from_nanos(1)), now());
+        assert!(start >= before && start <= Instant::now());
+    }
+}
