@@ -46,12 +46,10 @@ pub(crate) fn now() -> Reading {
 /// coarse clock's reading `now` (just read) pushed one tick later otherwise.
 pub(crate) fn deadline_start(timeout: Option<Duration>, now: Reading) -> Instant {
     match (timeout, coarse()) {
-        (Some(t), Some(c)) if t >= COARSE_DEADLINES_FROM => {
-            // The tick read is at most one tick before now, and the anchor's tick at most one
-            // tick before its instant: the instant of the tick read, mapped through the
-            // anchor, is less than a tick before now. One tick more is never before it.
-            c.anchor + now.0.saturating_sub(c.anchor_reading) + c.resolution
-        }
+        // The tick read is at most one tick before now, and the anchor's tick at most one tick
+        // before the anchor's instant: the reading mapped through the anchor is less than a
+        // tick before now, and `base` holds one tick more.
+        (Some(t), Some(c)) if t >= COARSE_DEADLINES_FROM => c.base + now.0,
         _ => Instant::now(),
     }
 }
@@ -63,9 +61,9 @@ pub(crate) fn resolution() -> Duration {
 }
 
 struct Coarse {
-    /// An instant and the coarse clock's reading at it.
-    anchor: Instant,
-    anchor_reading: Duration,
+    /// The instant of the coarse clock's zero, one tick later: an instant and the clock's
+    /// reading at it (its anchor) tell where the zero lies.
+    base: Instant,
     resolution: Duration,
 }
 
@@ -103,9 +101,9 @@ fn coarse() -> Option<&'static Coarse> {
             if resolution.is_zero() || resolution > Duration::from_millis(10) {
                 return None;
             }
+            let (anchor, reading) = (Instant::now(), read());
             Some(Coarse {
-                anchor: Instant::now(),
-                anchor_reading: read(),
+                base: anchor.checked_sub(reading)? + resolution,
                 resolution,
             })
         })
