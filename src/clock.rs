@@ -54,6 +54,16 @@ pub(crate) fn deadline_start(timeout: Option<Duration>, now: Reading) -> Instant
     }
 }
 
+/// An instant never before the true now, and at most two ticks after it: from the coarse clock
+/// where there is one (a few nanoseconds), else `Instant::now()`. What a connection's creation
+/// is stamped with: its lifetime then never ends early.
+pub(crate) fn not_before_now() -> Instant {
+    match coarse() {
+        Some(c) => c.base + read(),
+        None => Instant::now(),
+    }
+}
+
 /// The coarse clock's tick (zero where there is none).
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn resolution() -> Duration {
@@ -162,6 +172,20 @@ mod tests {
             assert!(
                 read + slack >= exact && read <= exact + slack,
                 "read {read:?}, exact {exact:?}, tick {tick:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_creation_stamp_is_never_before_now_nor_more_than_two_ticks_after() {
+        let tick = resolution();
+        for _ in 0..2_000 {
+            let before = Instant::now();
+            let stamp = not_before_now();
+            let after = Instant::now();
+            assert!(
+                stamp >= before && stamp <= after + tick * 2,
+                "{stamp:?} {before:?} {tick:?}"
             );
         }
     }

@@ -474,9 +474,12 @@ impl Ledger {
         self.epoch
     }
 
-    /// Milliseconds since `epoch`, read from the system clock now.
+    /// Milliseconds since `epoch`, read from the system clock now: never before the true now,
+    /// and at most two ticks of the coarse clock after it (see `clock::not_before_now`).
     pub(crate) fn real_now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        crate::clock::not_before_now()
+            .saturating_duration_since(self.epoch)
+            .as_millis() as u64
     }
 
     pub(crate) fn tick_clock(&self) -> u64 {
