@@ -18,8 +18,18 @@ use common::{await_clients, worker, Load, Runners};
 const WORKERS: usize = 16;
 const SIZE: usize = 4;
 
+/// The pool the tests under load use: redis-rs' response timeout (500 ms by default) raised
+/// to 30 s, so that a machine loaded enough to answer late retires no connection (each such
+/// timeout is a command failed and a connection replaced, which these tests count as the
+/// kills' doing). A killed connection fails at once: its socket is closed.
 fn pool(server: &RedisServer, runtime: impl gracepool::Runtime) -> Pool {
-    Pool::builder(Manager::new(server.url()).expect("a valid URL"))
+    let patient = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    let manager = Manager::new(server.url())
+        .expect("a valid URL")
+        .with_connection_config(patient);
+    Pool::builder(manager)
         .max_size(SIZE)
         .runtime(runtime)
         .build()

@@ -62,13 +62,13 @@ fn sigterm_while_requests_hang_on_an_unreachable_database_exits_within_the_budge
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("the service did not start: {line:?}"))
         .to_string();
-    // It serves, with a few connections open.
+    // It serves, with four connections open: four requests that each hold a connection at
+    // the same time (quick ones could all be served by fewer, the pool making a fresh pool's
+    // first connection alone).
     let warm: Vec<_> = (0..4)
-        .map(|i| {
+        .map(|_| {
             let addr = addr.clone();
-            std::thread::spawn(move || {
-                http_get(&addr, &format!("/add?n={i}"), Duration::from_secs(10))
-            })
+            std::thread::spawn(move || http_get(&addr, "/sleep?ms=500", Duration::from_secs(10)))
         })
         .collect();
     for w in warm {
