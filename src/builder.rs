@@ -71,9 +71,9 @@ impl<M: Manager> Builder<M> {
     }
 
     /// How long [`Pool::get`] waits for a connection; `None` waits until one comes or the
-    /// pool closes. A wait never times out early. On Linux and Android a timeout of a second
-    /// or more is kept on the kernel's coarse clock and may end up to two of its ticks late
-    /// (1–4 ms each); a shorter one reads `Instant::now()`.
+    /// pool closes. A wait does not time out early. On Linux and Android a timeout of a second
+    /// or more is kept on the kernel's coarse clock and may end up to three of its ticks late
+    /// (1–10 ms each, 4 ms on most kernels); a shorter one reads `Instant::now()`.
     pub fn wait_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.config.wait_timeout = timeout.into();
         self

@@ -64,10 +64,15 @@ impl Budget {
             .get_or_insert_with(|| clock::deadline_start(timeout, now))
     }
 
-    /// What is left of the wait timeout (`None`: no timeout).
+    /// What is left of the wait timeout (`None`: no timeout): up to its deadline, which a start
+    /// taken from the coarse clock may put a few ticks after `now + timeout` (see `clock`).
     pub(crate) fn remaining(&mut self) -> Option<Duration> {
         let timeout = self.timeout?;
-        Some(timeout.saturating_sub(self.start().elapsed()))
+        let start = self.start();
+        Some(match start.checked_add(timeout) {
+            Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+            None => timeout.saturating_sub(start.elapsed()),
+        })
     }
 
     pub(crate) fn waited(&self) -> Duration {

@@ -158,9 +158,12 @@ impl<M: Manager> Pool<M> {
             }
             Made::Closing => return Err(shared.closed_error()),
             Made::TimedOut if wait_over => return Err(self.timed_out(budget)),
-            Made::TimedOut => CreateFailure::Timeout(
-                create_timeout.expect("only a set timeout expires before the wait timeout"),
-            ),
+            // Only a set create timeout expires before the wait timeout; without one, the
+            // timer was the wait's, and the wait is over.
+            Made::TimedOut => match create_timeout {
+                Some(limit) => CreateFailure::Timeout(limit),
+                None => return Err(self.timed_out(budget)),
+            },
             Made::Done(Err(failure)) => failure,
         };
         // Failed: callers stop creating, and the actor pauses before it retries, as after a

@@ -474,12 +474,12 @@ impl Ledger {
         self.epoch
     }
 
-    /// Milliseconds since `epoch`, read from the system clock now: never before the true now,
-    /// and at most two ticks of the coarse clock after it (see `clock::not_before_now`).
+    /// Milliseconds since `epoch`, read from the system clock now, rounded up: not before the
+    /// true now, and at most three ticks of the coarse clock after it (see
+    /// `clock::not_before_now`).
     pub(crate) fn real_now_ms(&self) -> u64 {
-        crate::clock::not_before_now()
-            .saturating_duration_since(self.epoch)
-            .as_millis() as u64
+        let since = crate::clock::not_before_now().saturating_duration_since(self.epoch);
+        u64::try_from(since.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn tick_clock(&self) -> u64 {

@@ -54,11 +54,12 @@ pub struct Counters {
     /// mean wait.
     ///
     /// On Linux and Android waits are read on the system's coarse monotonic clock, which
-    /// advances once a kernel tick (1–4 ms; a read costs a few nanoseconds where
-    /// `Instant::now()` costs tens): each wait counts as a whole number of ticks, within one
-    /// tick of its length, and the sum is right on average (a wait crosses as many tick
-    /// boundaries, on average, as its length holds ticks). Elsewhere, and where the tick is
-    /// over 10 ms, waits are read on `Instant`.
+    /// advances once a kernel tick (1–10 ms, 4 ms on most distributions' kernels; a read
+    /// costs a few nanoseconds where `Instant::now()` costs tens): each wait counts as a whole
+    /// number of ticks, within one tick of its length, and the sum is right on average (a wait
+    /// crosses as many tick boundaries, on average, as its length holds ticks). Elsewhere, and
+    /// where the tick is over 10 ms, waits are read on `Instant`. A wait is counted from the
+    /// moment the call queues, or its own creation turned out not to be quick.
     pub wait_total: Duration,
     /// The longest wait of one call, read as `wait_total`'s are: within one tick of the
     /// clock. Waits all shorter than a tick show as zero or one tick.
@@ -212,9 +213,10 @@ impl CloseReport {
 /// [`Pooled::metrics`](crate::Pooled::metrics).
 ///
 /// Times are the pool's, to the millisecond: [`created`](Metrics::created) as the connection was
-/// made, [`last_returned`](Metrics::last_returned) as its guard dropped, to within one
-/// maintenance interval (a return reads no clock: it takes the actor's). Cheap to make: the
-/// instants are worked out only when asked for.
+/// made (for one a caller made, on Linux, up to three ticks of the kernel's coarse clock
+/// later: 12 ms with 4 ms ticks; never earlier), [`last_returned`](Metrics::last_returned) as
+/// its guard dropped, to within one maintenance interval (a return reads no clock: it takes
+/// the actor's). Cheap to make: the instants are worked out only when asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Metrics {
     epoch: Instant,

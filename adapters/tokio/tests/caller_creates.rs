@@ -202,6 +202,40 @@ fn the_create_timeout_and_a_panic_reach_the_caller() {
     });
 }
 
+/// A wait timeout of a second or more runs out while the caller makes its connection itself,
+/// with no create timeout: the call ends as a timeout, at the wait timeout, and the creation
+/// is not counted as failed. (Such a timeout starts from the coarse clock on Linux, a few ticks
+/// after the call: what is left of it must count to that start's deadline, or the creation's
+/// timer ends before the deadline and reads as the create timeout, which is not set.)
+#[test]
+fn a_wait_timeout_that_runs_out_during_the_callers_creation_is_a_timeout() {
+    let m = Counting::new();
+    let rt = current_thread();
+    rt.block_on(async {
+        let pool = Pool::builder(m.clone())
+            .max_size(2)
+            .create_timeout(None)
+            .wait_timeout(Duration::from_secs(1))
+            .runtime(TokioRuntime::current())
+            .build()
+            .unwrap();
+        m.set_create(Fault::Stall);
+        let started = Instant::now();
+        let got = pool.get().await;
+        let took = started.elapsed();
+        assert!(
+            matches!(&got, Err(Error::Timeout { waited, .. }) if *waited >= Duration::from_secs(1)),
+            "{:?}",
+            got.map(|c| c.id)
+        );
+        assert!(took >= Duration::from_secs(1), "{took:?}");
+        let c = pool.status().counters;
+        assert_eq!((c.create_failed, c.gets_timed_out), (0, 1), "{c:?}");
+        let report = pool.close().await;
+        assert_accounted(&report.counters);
+    });
+}
+
 #[test]
 fn a_failed_creation_in_the_caller_keeps_it_waiting_while_the_actor_retries() {
     let m = Where::default();
