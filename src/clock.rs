@@ -37,6 +37,10 @@ pub(crate) const COARSE_DEADLINES_FROM: Duration = Duration::from_secs(1);
 /// taken from it could come early: the kernel advances it at each tick, one behind the true
 /// time at most, and one more tick covers a tick taken late (a virtual machine's vCPU
 /// descheduled at its tick, say).
+#[cfg_attr(
+    any(loom, not(any(target_os = "linux", target_os = "android"))),
+    allow(dead_code)
+)]
 const MARGIN_TICKS: u32 = 2;
 
 /// A reading of the wait clock: the time since an arbitrary, fixed point.
@@ -90,6 +94,10 @@ pub(crate) fn resolution() -> Duration {
     coarse().map_or(Duration::ZERO, |c| c.resolution)
 }
 
+#[cfg_attr(
+    any(loom, not(any(target_os = "linux", target_os = "android"))),
+    allow(dead_code)
+)]
 struct Coarse {
     /// The instant of the coarse clock's zero, [`MARGIN_TICKS`] ticks later.
     base: Instant,
