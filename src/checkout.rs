@@ -50,10 +50,10 @@ impl Budget {
 
     /// When the call started waiting, read now the first time it is asked.
     pub(crate) fn start(&mut self) -> Instant {
-        let timeout = self.timeout;
-        *self
-            .started
-            .get_or_insert_with(|| clock::deadline_start(timeout, clock::now()))
+        match self.started {
+            Some(started) => started,
+            None => self.start_at(clock::now()),
+        }
     }
 
     /// As `start`, with the wait clock just read.
