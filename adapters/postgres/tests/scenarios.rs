@@ -321,10 +321,15 @@ fn terminated_under_load(pg: &PgServer, check: CheckMethod) -> (usize, usize, us
         created > killed,
         "new connections replaced the killed: {report:?}"
     );
-    // The killed ones had no goodbye to say; the new ones all said it.
-    assert_eq!(
-        report.counters.closed_graceful as usize,
-        created - killed,
+    // The killed ones had no goodbye to say; the new ones all said it. The pool's count may
+    // take a killed one as graceful: the refresh its first 57P01 sets off can write a
+    // Terminate into a killed session before its driver has read the server's FATAL, and the
+    // driver then ends cleanly (seen once in CI's rehearsal: 11 graceful for 16 made and 7
+    // killed). The server's log below is exact: it saw every new one's Terminate and ended
+    // the killed ones itself.
+    let graceful = report.counters.closed_graceful as usize;
+    assert!(
+        (created - killed..=created).contains(&graceful),
         "{report:?}"
     );
     // The server agrees (a creation under way as the close began finished and said goodbye
