@@ -15,7 +15,7 @@ use gracepool_smol::SmolRuntime;
 use gracepool_testkit::redis::{client_list_at, RedisServer};
 use gracepool_tokio::TokioRuntime;
 
-use common::{worker, Load, Runners};
+use common::{await_clients, worker, Load, Runners};
 
 const SCENARIO: &str = "GRACEPOOL_REDIS_SCENARIO";
 const URL: &str = "GRACEPOOL_REDIS_URL";
@@ -53,8 +53,10 @@ fn run_child(scenario: &str) {
         "{scenario}: no client left 200 ms later: {line}"
     );
     assert!(field("ok") > 0, "{scenario}: {line}");
+    // The child's sockets closed as it exited; the server lists a client until it has read
+    // the close (seen once in CI's rehearsal: 1 client right after the exit).
     assert_eq!(
-        server.clients(),
+        await_clients(&server, 0),
         0,
         "{scenario}: nothing left after the child exited"
     );
